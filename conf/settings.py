@@ -1,0 +1,217 @@
+"""Settings: the shipped defaults file, then an optional user file, then the environment.
+
+The names are the ones RefreshToV1Api users already have in their docker-compose files, so a
+deployment can switch gateways without renaming anything. ``conf/config.json`` holds every
+setting with its default; the table below only says how to read and check each one, so a
+default lives in exactly one place. A bad value stops start-up with one line naming the setting.
+"""
+
+import json
+import os
+import urllib.parse
+
+from logs import mask
+
+DEFAULTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.json")
+
+
+class SettingsError(Exception):
+    """A setting has a value the gateway cannot run with. The message names the setting."""
+
+
+def _text(name, raw):
+    if not isinstance(raw, str):
+        raise SettingsError("%s must be a string, got %r" % (name, raw))
+    return raw.strip()
+
+
+def _url(name, raw):
+    value = _text(name, raw).rstrip("/")
+    if value:
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise SettingsError("%s must be an http(s) URL such as http://127.0.0.1:8181, got %r" % (name, raw))
+    return value
+
+
+def _path_prefix(name, raw):
+    """A URL path segment such as ``my-prefix``; stored without slashes."""
+    value = _text(name, raw).strip("/")
+    if any(c in value for c in "?#% "):
+        raise SettingsError("%s must be a plain path prefix, got %r" % (name, raw))
+    return value
+
+
+def _integer(low, high):
+    def parse(name, raw):
+        if isinstance(raw, bool):
+            raise SettingsError("%s must be a whole number, got %r" % (name, raw))
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise SettingsError("%s must be a whole number, got %r" % (name, raw)) from None
+        if not low <= value <= high:
+            raise SettingsError("%s must be between %d and %d, got %d" % (name, low, high, value))
+        return value
+    return parse
+
+
+def _number(low, high):
+    def parse(name, raw):
+        if isinstance(raw, bool):
+            raise SettingsError("%s must be a number, got %r" % (name, raw))
+        try:
+            value = float(str(raw).strip())
+        except ValueError:
+            raise SettingsError("%s must be a number, got %r" % (name, raw)) from None
+        if not low <= value <= high:
+            raise SettingsError("%s must be between %g and %g, got %g" % (name, low, high, value))
+        return value
+    return parse
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _boolean(name, raw):
+    if isinstance(raw, bool):
+        return raw
+    word = str(raw).strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise SettingsError("%s must be true or false, got %r" % (name, raw))
+
+
+def _names(name, raw):
+    """Comma-separated model aliases, e.g. ``gpt-4-s,gpt-4``."""
+    if isinstance(raw, list):
+        raw = ",".join(str(x) for x in raw)
+    names = [n.strip() for n in _text(name, raw).split(",") if n.strip()]
+    if not names:
+        raise SettingsError("%s needs at least one model name" % name)
+    if len(set(names)) != len(names):
+        raise SettingsError("%s lists a model name twice: %r" % (name, raw))
+    return names
+
+
+def _log_level(name, raw):
+    value = _text(name, raw).upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise SettingsError("%s must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got %r" % (name, raw))
+    return value
+
+
+# name -> (parser, other environment spellings accepted for it)
+SPEC = {
+    "BASE_URL": (_url, ()),
+    "PROXY_API_PREFIX": (_path_prefix, ()),
+    "HOST": (_text, ()),
+    "PORT": (_integer(0, 65535), ()),
+    "UPLOAD_BASE_URL": (_url, ()),
+    "KEY_FOR_GPTS_INFO": (_text, ()),
+    "GPTS_CONFIG": (_text, ()),
+    "API_PREFIX": (_path_prefix, ()),
+    "LOG_LEVEL": (_log_level, ()),
+    "NEED_LOG_TO_FILE": (_boolean, ()),
+    "GPT_4_S_NEW_NAME": (_names, ("GPT_4_S_New_Name",)),
+    "GPT_4_MOBILE_NEW_NAME": (_names, ("GPT_4_MOBILE_New_Name",)),
+    "GPT_3_5_NEW_NAME": (_names, ("GPT_3_5_New_Name",)),
+    "BOT_MODE": (_boolean, ("BOT_MODE_ENABLED",)),
+    "BOT_MODE_ENABLED_PLUGIN_OUTPUT": (_boolean, ()),
+    "BOT_MODE_ENABLED_BING_REFERENCE_OUTPUT": (_boolean, ()),
+    "BOT_MODE_ENABLED_MARKDOWN_IMAGE_OUTPUT": (_boolean, ()),
+    "BOT_MODE_ENABLED_PLAIN_IMAGE_URL_OUTPUT": (_boolean, ()),
+    "NEED_DELETE_CONVERSATION_AFTER_RESPONSE": (_boolean, ()),
+    "PROCESS_WORKERS": (_integer(1, 64), ()),
+    "KEEPALIVE_INTERVAL": (_number(0, 3600), ()),
+    "UPSTREAM_CONNECT_TIMEOUT": (_number(0.1, 600), ()),
+    "UPSTREAM_IDLE_TIMEOUT": (_number(1, 86400), ()),
+    "UPSTREAM_MAX_TRANSFERS": (_integer(1, 100000), ()),
+    "MAX_REQUEST_BODY": (_integer(1024, 1 << 30), ()),
+}
+
+_SECRET_WORDS = ("KEY", "TOKEN", "SECRET")
+
+
+class Settings:
+    """The effective settings, read-only, as attributes named like the settings in lower case."""
+
+    def __init__(self, values):
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, attr):
+        try:
+            return self._values[attr.upper()]
+        except KeyError:
+            raise AttributeError(attr) from None
+
+    def __setattr__(self, attr, value):
+        raise AttributeError("settings are read-only")
+
+    def replace(self, **changes):
+        """A copy with some values changed (used by --demo and by tests)."""
+        values = dict(self._values)
+        values.update({k.upper(): v for k, v in changes.items()})
+        return Settings(values)
+
+    def summary(self):
+        """One line per setting for the start-up log, secrets masked."""
+        lines = []
+        for name in SPEC:
+            value = self._values[name]
+            if any(word in name for word in _SECRET_WORDS):
+                value = mask(value)
+            lines.append("%s=%s" % (name, value))
+        return lines
+
+
+def _read_json_object(path, what):
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise SettingsError("%s %s does not exist" % (what, path)) from None
+    except (OSError, ValueError) as e:
+        raise SettingsError("%s %s is not valid JSON: %s" % (what, path, e)) from None
+    if not isinstance(data, dict):
+        raise SettingsError("%s %s must hold a JSON object" % (what, path))
+    return data
+
+
+def load(config_path=None, environ=None):
+    """Read defaults, the optional user file and the environment; return checked ``Settings``.
+
+    Raises ``SettingsError`` with one line naming the bad setting.
+    """
+    environ = os.environ if environ is None else environ
+    raw = _read_json_object(DEFAULTS_PATH, "defaults file")
+    if config_path:
+        user = _read_json_object(config_path, "config file")
+        unknown = sorted(set(user) - set(SPEC))
+        if unknown:
+            raise SettingsError("config file %s has unknown settings: %s" % (config_path, ", ".join(unknown)))
+        raw.update(user)
+    for name, (_parse, aliases) in SPEC.items():
+        for env_name in (name,) + aliases:
+            if env_name in environ:
+                raw[name] = environ[env_name]
+                break
+    values = {}
+    for name, (parse, _aliases) in SPEC.items():
+        if name not in raw:
+            raise SettingsError("%s has no default in %s" % (name, DEFAULTS_PATH))
+        values[name] = parse(name, raw[name])
+    _check_model_names(values)
+    return Settings(values)
+
+
+def _check_model_names(values):
+    seen = {}
+    for name in ("GPT_4_S_NEW_NAME", "GPT_4_MOBILE_NEW_NAME", "GPT_3_5_NEW_NAME"):
+        for model in values[name]:
+            if model in seen:
+                raise SettingsError("model name %r is used by both %s and %s" % (model, seen[model], name))
+            seen[model] = name

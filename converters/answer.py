@@ -1,0 +1,196 @@
+"""The answer stage: message events in, segments out.
+
+It decides what each upstream message is for the person reading the answer: the user's and
+system's echoed messages are not part of it; assistant prose is ``Text``; what the assistant
+sends to a tool (python code, browser calls, a DALL·E prompt) and what a tool sends back are
+blocks; images a tool made become ``Image`` segments for the handler to fetch; citation markers
+``【11†source】`` become ``Cite`` segments. How any of this looks is the renderer's business.
+"""
+
+import re
+
+from converters.events import (BlockClose, BlockOpen, BlockText, Cite, Done, Image, MessageEnd,
+                               MessageStart, MessageUpdate, Moderation, StreamError, Text,
+                               TextDelta)
+
+# 【11†source】, 【11†来源】, and the 2024 form 【4:0†source】; the first number is the one
+# metadata.citations[].metadata.extra.cited_message_idx names.
+_MARKER = re.compile(r"【(\d+)(?::\d+)?†([^】\n]{0,40})】")
+# What the start of a marker may look like while it is still arriving.
+_MARKER_PREFIX = re.compile(r"【\d*(?::\d*)?(?:†[^】\n]{0,40})?\Z")
+_MARKER_MAX = 64
+
+_FINISH = {"stop": "stop", "max_tokens": "length", "interrupted": "stop", "content_filter": "content_filter"}
+
+PROSE, BLOCK, HIDDEN = "prose", "block", "hidden"
+
+
+def _tool_call_kind(recipient):
+    if recipient == "python":
+        return "code", "python"
+    if recipient == "browser":
+        return "browser", None
+    if recipient.startswith("dalle"):
+        return "dalle_prompt", "json"
+    return "tool_call", None
+
+
+def _file_id(asset_pointer):
+    if isinstance(asset_pointer, str) and asset_pointer.startswith("file-service://"):
+        return asset_pointer[len("file-service://"):]
+    return None
+
+
+class Answer:
+    def __init__(self):
+        self.finish_reason = None      # from the upstream's finish_details, when it says
+        self.error = None              # an in-stream error message
+        self.done = False              # the upstream said the answer is complete
+        self.blocked = False           # moderation blocked the answer
+        self._open = None              # kind of the block being written, if any
+        self._role = {}                # message id -> PROSE / BLOCK / HIDDEN
+        self._held = ""                # prose held back: a citation marker still arriving
+        self._held_msg = None
+
+    def feed(self, events):
+        """Message events in, segments out."""
+        out = []
+        for ev in events:
+            if type(ev) is TextDelta:
+                role = self._role.get(ev.message.id)
+                if role is PROSE:
+                    self._prose(ev.message, ev.text, out)
+                elif role is BLOCK:
+                    if self._open is None:
+                        self._open_block(ev.message, out)
+                    out.append(BlockText(ev.text))
+            elif type(ev) is MessageStart:
+                self._start(ev.message, out)
+            elif type(ev) is MessageUpdate:
+                if self._held and self._held_msg is ev.message:
+                    held, self._held = self._held, ""
+                    self._prose(ev.message, held, out)
+            elif type(ev) is MessageEnd:
+                self._end(ev.message, out)
+            elif type(ev) is Done:
+                self.done = True
+            elif type(ev) is StreamError:
+                self.error = ev.text
+            elif type(ev) is Moderation:
+                self.blocked = self.blocked or ev.blocked
+        return out
+
+    def close(self):
+        """End of the answer: close what is open, so fences never dangle."""
+        out = []
+        self._flush_held(out)
+        self._close_block(out)
+        return out
+
+    # message kinds
+
+    def _start(self, msg, out):
+        if msg.role == "assistant" and msg.recipient == "all":
+            role = PROSE
+            self._close_block(out)
+        elif msg.role == "assistant" or (msg.role == "tool" and msg.name == "python"):
+            role = BLOCK
+            self._flush_held(out)
+            self._close_block(out)
+        else:
+            role = HIDDEN  # user/system echoes, browser display and quote messages, dalle's note
+        self._role[msg.id] = role
+
+    def _open_block(self, msg, out):
+        if msg.role == "tool":
+            kind, language = "output", None
+        else:
+            kind, language = _tool_call_kind(msg.recipient)
+        self._open = kind
+        out.append(BlockOpen(kind, language))
+
+    def _close_block(self, out):
+        if self._open is not None:
+            out.append(BlockClose(self._open))
+            self._open = None
+
+    def _end(self, msg, out):
+        role = self._role.get(msg.id)
+        if role is PROSE:
+            self._flush_held(out)
+            details = msg.metadata.get("finish_details") or {}
+            reason = _FINISH.get(details.get("type"))
+            if reason:
+                self.finish_reason = reason
+        elif role is BLOCK:
+            self._close_block(out)
+        if msg.role == "tool":
+            self._images(msg, out)
+
+    def _images(self, msg, out):
+        """Images a tool made: DALL·E parts, and charts the code interpreter displayed."""
+        for part in msg.content.get("parts") or ():
+            if isinstance(part, dict):
+                file_id = _file_id(part.get("asset_pointer"))
+                if file_id:
+                    dalle = (part.get("metadata") or {}).get("dalle") or {}
+                    out.append(Image(file_id, dalle.get("prompt"), "dalle"))
+        aggregate = msg.metadata.get("aggregate_result") or {}
+        for item in aggregate.get("messages") or ():
+            if isinstance(item, dict) and item.get("message_type") == "image":
+                file_id = _file_id(item.get("image_url"))
+                if file_id:
+                    out.append(Image(file_id, None, "python"))
+
+    # prose and citation markers
+
+    def _prose(self, msg, text, out, final=False):
+        """Pass prose on, resolving markers. ``final``: no more text will come for ``msg``
+        (set at its end only: the dialect may mark a message ended while its last text is
+        still being passed on)."""
+        if self._held:
+            text = self._held + text
+            self._held = ""
+        if "【" not in text:
+            out.append(Text(text))
+            return
+        pos = 0
+        while True:
+            start = text.find("【", pos)
+            if start < 0:
+                if pos < len(text):
+                    out.append(Text(text[pos:]))
+                return
+            if start > pos:
+                out.append(Text(text[pos:start]))
+            m = _MARKER.match(text, start)
+            if m:
+                cite = self._citation(msg, int(m.group(1)))
+                if cite is None and not final:
+                    # Its source may arrive in a later event: wait, keeping order.
+                    self._held, self._held_msg = text[start:], msg
+                    return
+                if cite is not None:
+                    out.append(cite)
+                # A marker with no source is dropped, never shown raw.
+                pos = m.end()
+                continue
+            rest = text[start:start + _MARKER_MAX]
+            if not final and len(text) - start < _MARKER_MAX and _MARKER_PREFIX.match(rest):
+                self._held, self._held_msg = text[start:], msg  # could still become a marker
+                return
+            out.append(Text("【"))  # a bracket that is not a citation passes through
+            pos = start + 1
+
+    def _flush_held(self, out):
+        if self._held:
+            held, self._held = self._held, ""
+            self._prose(self._held_msg, held, out, final=True)
+
+    @staticmethod
+    def _citation(msg, number):
+        for c in msg.metadata.get("citations") or ():
+            meta = c.get("metadata") or {}
+            if (meta.get("extra") or {}).get("cited_message_idx") == number:
+                return Cite(number, meta.get("title") or "", meta.get("url") or "")
+        return None

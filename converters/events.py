@@ -1,0 +1,193 @@
+"""The values passed between converter stages.
+
+Dialect stages (``legacy``: whole-message snapshots; ``delta``: 2024 patches) turn upstream
+events into *message events* (``MessageStart``, ``TextDelta``, ``MessageUpdate``,
+``MessageEnd``, ``StreamError``, ``Moderation``, ``Done``) about ``Message`` objects. The
+answer stage turns those into *segments* a renderer formats (``Text``, ``BlockOpen``,
+``BlockText``, ``BlockClose``, ``Cite``, ``Image``, ``SandboxFile``). Nothing here does IO.
+"""
+
+
+class Message:
+    """What is known about one upstream message of the answer (author, recipient, content...).
+
+    ``content`` and ``metadata`` are the upstream's dicts as last seen; ``sent`` counts the
+    characters of the message's text already passed on as ``TextDelta``.
+    """
+
+    __slots__ = ("id", "role", "name", "recipient", "content_type", "language", "status",
+                 "end_turn", "content", "metadata", "sent", "ended")
+
+    def __init__(self, id, role, name=None, recipient="all", content_type="text", language=None):
+        self.id = id
+        self.role = role
+        self.name = name
+        self.recipient = recipient or "all"
+        self.content_type = content_type
+        self.language = language
+        self.status = "in_progress"
+        self.end_turn = None
+        self.content = {}
+        self.metadata = {}
+        self.sent = 0
+        self.ended = False
+
+    @classmethod
+    def from_upstream(cls, m):
+        author = m.get("author") or {}
+        content = m.get("content") or {}
+        msg = cls(m.get("id"), author.get("role"), author.get("name"),
+                  m.get("recipient"), content.get("content_type"), content.get("language"))
+        return msg
+
+    def __repr__(self):
+        return "Message(%r, %s/%s -> %s, %s)" % (self.id, self.role, self.name, self.recipient, self.content_type)
+
+
+def content_text(content):
+    """The streamed text of a message's content, whatever its content type."""
+    parts = content.get("parts")
+    if parts is not None:
+        if len(parts) == 1:
+            first = parts[0]
+            return first if isinstance(first, str) else ""
+        return "".join(p for p in parts if isinstance(p, str))
+    text = content.get("text")
+    if isinstance(text, str):
+        return text
+    result = content.get("result")
+    return result if isinstance(result, str) else ""
+
+
+# Message events (dialect stage -> answer stage)
+
+class MessageStart:
+    __slots__ = ("message",)
+
+    def __init__(self, message):
+        self.message = message
+
+
+class TextDelta:
+    __slots__ = ("message", "text")
+
+    def __init__(self, message, text):
+        self.message = message
+        self.text = text
+
+
+class MessageUpdate:
+    """The message's metadata changed in a way later stages care about (new citations)."""
+    __slots__ = ("message",)
+
+    def __init__(self, message):
+        self.message = message
+
+
+class MessageEnd:
+    __slots__ = ("message",)
+
+    def __init__(self, message):
+        self.message = message
+
+
+class StreamError:
+    __slots__ = ("text",)
+
+    def __init__(self, text):
+        self.text = text
+
+
+class Moderation:
+    __slots__ = ("blocked",)
+
+    def __init__(self, blocked):
+        self.blocked = blocked
+
+
+class Done:
+    """The upstream said ``[DONE]`` (or ``message_stream_complete``)."""
+    __slots__ = ()
+
+
+# Segments (answer stage -> renderer)
+
+class Text:
+    """Assistant prose meant for the person."""
+    __slots__ = ("text",)
+
+    def __init__(self, text):
+        self.text = text
+
+    def __repr__(self):
+        return "Text(%r)" % self.text
+
+
+class BlockOpen:
+    """Start of tool material: ``kind`` is code, output, browser, dalle_prompt or tool_call."""
+    __slots__ = ("kind", "language")
+
+    def __init__(self, kind, language=None):
+        self.kind = kind
+        self.language = language
+
+    def __repr__(self):
+        return "BlockOpen(%r, %r)" % (self.kind, self.language)
+
+
+class BlockText:
+    __slots__ = ("text",)
+
+    def __init__(self, text):
+        self.text = text
+
+    def __repr__(self):
+        return "BlockText(%r)" % self.text
+
+
+class BlockClose:
+    __slots__ = ("kind",)
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __repr__(self):
+        return "BlockClose(%r)" % self.kind
+
+
+class Cite:
+    """A resolved citation marker ``【n†source】``: number, title and url of the source."""
+    __slots__ = ("number", "title", "url")
+
+    def __init__(self, number, title, url):
+        self.number = number
+        self.title = title
+        self.url = url
+
+    def __repr__(self):
+        return "Cite(%r, %r, %r)" % (self.number, self.title, self.url)
+
+
+class Image:
+    """An image the upstream holds (``file-service://file-XXXX``), to fetch and show."""
+    __slots__ = ("file_id", "prompt", "source")
+
+    def __init__(self, file_id, prompt=None, source="dalle"):
+        self.file_id = file_id
+        self.prompt = prompt
+        self.source = source
+
+    def __repr__(self):
+        return "Image(%r, %r)" % (self.file_id, self.source)
+
+
+class SandboxFile:
+    """A file the code interpreter wrote, linked as ``(sandbox:/mnt/data/x)`` in the answer."""
+    __slots__ = ("path", "message_id")
+
+    def __init__(self, path, message_id):
+        self.path = path
+        self.message_id = message_id
+
+    def __repr__(self):
+        return "SandboxFile(%r)" % self.path

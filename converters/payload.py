@@ -1,0 +1,102 @@
+"""OpenAI chat requests in, upstream conversation payloads out. No IO.
+
+``parse_chat_request`` checks what a client sent and says precisely what is wrong (the
+client sees the message); ``conversation_payload`` builds the body of
+``POST backend-api/conversation`` the way the late-2023 web client did.
+"""
+
+from errors import bad_request
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class ChatRequest:
+    __slots__ = ("model", "messages", "stream", "include_usage")
+
+    def __init__(self, model, messages, stream, include_usage):
+        self.model = model
+        self.messages = messages        # [(upstream role, text)]
+        self.stream = stream
+        self.include_usage = include_usage
+
+
+def _text_of(content, index):
+    """An OpenAI message content (string or list of parts) as one text."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise bad_request("messages[%d].content must be a string or a list of parts" % index,
+                          "messages.%d.content" % index)
+    texts = []
+    for j, part in enumerate(content):
+        where = "messages.%d.content.%d" % (index, j)
+        if not isinstance(part, dict):
+            raise bad_request("messages[%d].content[%d] must be an object" % (index, j), where)
+        kind = part.get("type")
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise bad_request("messages[%d].content[%d].text must be a string" % (index, j), where)
+            texts.append(text)
+        else:
+            raise bad_request("messages[%d].content[%d] has type %r, which this gateway does not take"
+                              % (index, j, kind), where, "unsupported_content")
+    return "\n".join(texts)
+
+
+def parse_chat_request(body):
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required and must be a string", "model")
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise bad_request("'messages' is required and must be a non-empty list", "messages")
+    messages = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise bad_request("messages[%d] must be an object" % i, "messages.%d" % i)
+        role = ROLES.get(m.get("role"))
+        if role is None:
+            raise bad_request("messages[%d].role must be one of system, user, assistant; got %r"
+                              % (i, m.get("role")), "messages.%d.role" % i)
+        messages.append((role, _text_of(m.get("content"), i)))
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise bad_request("'stream' must be true or false", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise bad_request("'stream_options' must be an object", "stream_options")
+    include_usage = bool(options.get("include_usage")) and stream
+    return ChatRequest(model, messages, stream, include_usage)
+
+
+def upstream_message(message_id, role, text):
+    return {"id": message_id, "author": {"role": role},
+            "content": {"content_type": "text", "parts": [text]}, "metadata": {}}
+
+
+def conversation_payload(messages, route, new_id):
+    """The upstream body. ``messages``: [(role, text)] or prepared upstream message dicts;
+    ``new_id``: a function returning a fresh uuid4 string (passed in: no randomness here)."""
+    up = [m if isinstance(m, dict) else upstream_message(new_id(), m[0], m[1]) for m in messages]
+    payload = {
+        "action": "next",
+        "messages": up,
+        "parent_message_id": new_id(),
+        "model": route.slug,
+        "timezone_offset_min": -480,
+        "history_and_training_disabled": False,
+        "conversation_mode": {"kind": "primary_assistant"},
+        "force_paragen": False,
+        "force_rate_limit": False,
+    }
+    if route.gizmo_id:
+        mode = {"kind": "gizmo_interaction", "gizmo_id": route.gizmo_id}
+        payload["conversation_mode"] = mode
+    return payload

@@ -1,0 +1,95 @@
+"""An incremental ``text/event-stream`` decoder: bytes in, events out, no IO.
+
+It follows the WHATWG parsing rules (lines end in CR, LF or CRLF; ``:`` starts a comment;
+several ``data:`` lines join with LF; ``event:`` names the event; a blank line dispatches) and
+accepts network chunks split anywhere: inside a line, inside a multi-byte UTF-8 character
+(lines stay bytes until complete) and between the CR and LF of one line end.
+
+Event data stays ``bytes``: ``ujson.loads`` takes bytes directly, and a long answer sends
+megabytes of events, so not decoding them twice matters.
+"""
+
+
+class Event:
+    __slots__ = ("event", "data")
+
+    def __init__(self, event, data):
+        self.event = event  # str or None
+        self.data = data    # bytes
+
+    def __repr__(self):
+        return "Event(%r, %r)" % (self.event, self.data)
+
+    def __eq__(self, other):
+        return isinstance(other, Event) and (self.event, self.data) == (other.event, other.data)
+
+
+class SSEDecoder:
+    def __init__(self):
+        self._partial = []       # pieces of the line not yet terminated
+        self._skip_lf = False    # the last chunk ended in CR: a leading LF belongs to it
+        self._event = None
+        self._data = []
+
+    def feed(self, chunk):
+        """Take the next network chunk; return the events it completed (a list, maybe empty)."""
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        if b"\r" in chunk:
+            self._skip_lf = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        events = []
+        end = chunk.find(b"\n")
+        if end < 0:
+            if chunk:
+                self._partial.append(chunk)
+            return events
+        if self._partial:
+            self._partial.append(chunk[:end])
+            line = b"".join(self._partial)
+            self._partial = []
+        else:
+            line = chunk[:end]
+        self._line(line, events)
+        start = end + 1
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                break
+            self._line(chunk[start:end], events)
+            start = end + 1
+        if start < len(chunk):
+            self._partial.append(chunk[start:])
+        return events
+
+    def close(self):
+        """End of stream. Per the spec an event not closed by a blank line is discarded,
+        but a last line without its line end still counts as a line."""
+        events = []
+        if self._partial:
+            self._line(b"".join(self._partial), events)
+            self._partial = []
+        return events
+
+    def _line(self, line, events):
+        if line.startswith(b"data:"):
+            self._data.append(line[6:] if line[5:6] == b" " else line[5:])
+        elif not line:
+            if self._data:
+                data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+                events.append(Event(self._event, data))
+            self._event = None
+            self._data = []
+        elif line[:1] == b":":
+            pass
+        else:
+            name, _, value = line.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if name == b"event":
+                self._event = value.decode("utf-8", "replace")
+            elif name == b"data":
+                self._data.append(value)
+            # id and retry do not matter for a single upstream answer; unknown fields are ignored.

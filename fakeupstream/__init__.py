@@ -1,0 +1,1 @@
+"""The demo/fake upstream: a PandoraNext-style backend-api that answers from scripts."""

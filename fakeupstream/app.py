@@ -1,0 +1,210 @@
+"""A faithful fake of the PandoraNext backend-api, for tests and for ``./run.sh --demo``.
+
+It answers ``POST /backend-api/conversation`` like the real upstream (docs/upstream-protocol.md),
+with any proxy prefix in front of ``backend-api``. What it answers is a scenario picked by a
+word in the last user message, or planned for an API key by a test:
+
+    POST /_fake/plan {"key": "k1", "scenario": "long", "chunking": "random:7", "pace_ms": 1, ...}
+    GET  /_fake/log?key=k1       -> every request that key made, and whether the client aborted
+
+Plans are per key, so tests running against one fake upstream do not see each other.
+"""
+
+import asyncio
+import random
+import time
+import uuid
+
+import ujson
+import tornado.web
+from tornado.iostream import StreamClosedError
+
+from fakeupstream import scenarios
+from fakeupstream.script import legacy_events
+
+
+class State:
+    """Plans and request log, per API key."""
+
+    def __init__(self):
+        self.plans = {}   # key -> plan dict (sticky until replaced)
+        self.log = {}     # key -> [record]
+
+    def record(self, key, record):
+        self.log.setdefault(key, []).append(record)
+        return record
+
+
+def _key(handler):
+    auth = handler.request.headers.get("Authorization", "")
+    return auth[7:] if auth.startswith("Bearer ") else ""
+
+
+class FakeHandler(tornado.web.RequestHandler):
+    def initialize(self, state):
+        self.state = state
+
+    def check_xsrf_cookie(self):
+        pass
+
+    def json(self, status, obj):
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(ujson.dumps(obj, ensure_ascii=False))
+
+    def start_record(self):
+        key = _key(self)
+        body = None
+        if self.request.body:
+            try:
+                body = ujson.loads(self.request.body)
+            except ValueError:
+                body = self.request.body.decode("utf-8", "replace")
+        return key, self.state.record(key, {
+            "method": self.request.method, "path": self.request.path, "query": self.request.query,
+            "authorization": self.request.headers.get("Authorization"), "body": body,
+            "time": time.time(), "aborted": False, "completed": False})
+
+    def refuse_without_key(self, key):
+        if not key:
+            self.json(401, {"detail": "Unauthorized"})
+            return True
+        return False
+
+
+class ConversationHandler(FakeHandler):
+    async def post(self, prefix=None):
+        key, record = self.start_record()
+        self._record = record
+        if self.refuse_without_key(key):
+            return
+        plan = dict(self.state.plans.get(key) or {})
+        body = record["body"] if isinstance(record["body"], dict) else {}
+        if plan.get("hold_s"):
+            await asyncio.sleep(plan["hold_s"])
+        status = plan.get("status")
+        if status:
+            return self._error(status, plan)
+        messages = body.get("messages") or []
+        ask = ""
+        for m in messages:
+            parts = (m.get("content") or {}).get("parts") or []
+            ask = " ".join(p for p in parts if isinstance(p, str)) or ask
+        name = plan.get("scenario") or scenarios.pick(ask)
+        make = scenarios.SCENARIOS[name]
+        options = plan.get("options") or {}
+        script = make(ask, body.get("model", "gpt-4"), **options)
+        cid = str(uuid.uuid4())
+        events = legacy_events(script, cid, messages, pings=plan.get("pings", True))
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        await self._write_events(events, plan, drop=not script.done)
+        record["completed"] = True
+
+    async def _write_events(self, events, plan, drop):
+        pieces = split(events, plan.get("chunking", "event"))
+        pace = plan.get("pace_ms", 0) / 1000.0
+        silence = plan.get("silence")  # [piece index, seconds]: a long tool run
+        try:
+            for i, piece in enumerate(pieces):
+                if silence and i == silence[0]:
+                    await asyncio.sleep(silence[1])
+                if self._record["aborted"]:
+                    return
+                self.write(piece)
+                await self.flush()
+                if pace:
+                    await asyncio.sleep(pace)
+            if drop:
+                self.request.connection.stream.close()  # mid-answer, no terminating chunk
+                return
+            self.finish()
+        except StreamClosedError:
+            self._record["aborted"] = True
+
+    def on_connection_close(self):
+        if not self._record.get("completed"):
+            self._record["aborted"] = True
+
+    def _error(self, status, plan):
+        detail = plan.get("detail")
+        if status == 403 and plan.get("cloudflare"):
+            self.set_status(403)
+            self.set_header("Content-Type", "text/html")
+            return self.finish("<html><body><div class='cf-please-wait'>Just a moment...</div></body></html>")
+        defaults = {
+            401: "Unauthorized",
+            403: "You do not have access to this model.",
+            404: "Conversation not found",
+            413: {"message": "The message you submitted was too long, please reload the conversation and submit something shorter."},
+            429: {"code": "model_cap_exceeded", "message": "You've reached the current usage cap for GPT-4, please try again after 2:27 PM.", "clears_in": 3600},
+            500: "Internal server error",
+            502: "Bad gateway",
+        }
+        self.json(status, {"detail": detail if detail is not None else defaults.get(status, "error")})
+
+
+def split(events, chunking):
+    """Cut the stream into network pieces: per event, every N bytes, or at random places."""
+    if chunking == "event":
+        return events
+    blob = b"".join(events)
+    if chunking == "whole":
+        return [blob]
+    kind, _, arg = chunking.partition(":")
+    if kind == "bytes":
+        n = max(1, int(arg))
+        return [blob[i:i + n] for i in range(0, len(blob), n)]
+    if kind == "random":
+        rng = random.Random(int(arg or 0))
+        pieces, i = [], 0
+        while i < len(blob):
+            n = rng.randint(1, 97)
+            pieces.append(blob[i:i + n])
+            i += n
+        return pieces
+    raise ValueError("unknown chunking %r" % chunking)
+
+
+class HideHandler(FakeHandler):
+    def patch(self, prefix, conversation_id):
+        key, record = self.start_record()
+        if self.refuse_without_key(key):
+            return
+        self.json(200, {"success": True})
+
+
+class PlanHandler(FakeHandler):
+    def post(self):
+        plan = ujson.loads(self.request.body)
+        self.state.plans[plan.pop("key")] = plan
+        self.json(200, {"ok": True})
+
+
+class LogHandler(FakeHandler):
+    def get(self):
+        self.json(200, self.state.log.get(self.get_argument("key"), []))
+
+
+def make_app(state=None):
+    state = state or State()
+    args = {"state": state}
+    return tornado.web.Application([
+        (r"/(?:(.+)/)?backend-api/conversation", ConversationHandler, args),
+        (r"/(?:(.+)/)?backend-api/conversation/([^/]+)", HideHandler, args),
+        (r"/_fake/plan", PlanHandler, args),
+        (r"/_fake/log", LogHandler, args),
+    ])
+
+
+def listen(port=0, address="127.0.0.1"):
+    """Start the fake upstream on the current IOLoop; return its base URL."""
+    import tornado.httpserver
+    import tornado.netutil
+    sockets = tornado.netutil.bind_sockets(port, address)
+    server = tornado.httpserver.HTTPServer(make_app())
+    server.add_sockets(sockets)
+    return "http://%s:%d" % (address, sockets[0].getsockname()[1])
+
+
+start_demo_upstream = listen

@@ -1,0 +1,141 @@
+"""Answers as scripts of messages, rendered into the upstream's event streams.
+
+A scenario says *what* the upstream answers (a list of ``Msg``); this module says *how* the
+upstream streams it: the late-2023 dialect repeats the whole message in every event (see
+docs/upstream-protocol.md section 1). Rendering both dialects from one script keeps their
+transcripts of one scenario from drifting apart.
+"""
+
+import json
+import uuid
+
+
+class Msg:
+    """One upstream message of an answer.
+
+    ``text`` is what streams (parts[0] for text, ``text`` for code and execution output,
+    ``result`` for browsing display). ``step`` is how many characters each event adds.
+    ``final_parts`` are extra content parts the finished message carries (image pointers),
+    ``metadata`` what its final event carries (citations, aggregate_result, finish_details).
+    Citations appear in earlier events once their ``end_ix`` has been streamed.
+    """
+
+    def __init__(self, text="", role="assistant", name=None, recipient="all", content_type="text",
+                 step=4, final_parts=None, metadata=None, status="finished_successfully",
+                 end_turn=None, extra_content=None):
+        self.id = str(uuid.uuid4())
+        self.text = text
+        self.role = role
+        self.name = name
+        self.recipient = recipient
+        self.content_type = content_type
+        self.step = max(1, step)
+        self.final_parts = final_parts or []
+        self.metadata = metadata or {}
+        self.status = status
+        self.end_turn = end_turn
+        self.extra_content = extra_content or {}
+
+
+class Script:
+    """A whole answer: its messages and how the stream around them behaves."""
+
+    def __init__(self, messages, model="gpt-4", error=None, title="演示对话", blocked=False, done=True):
+        self.messages = messages
+        self.model = model
+        self.error = error          # an in-stream error after the messages
+        self.title = title
+        self.blocked = blocked      # moderation blocks the answer
+        self.done = done            # ends with [DONE]
+
+
+def content_for(msg, text, final):
+    ct = msg.content_type
+    if ct in ("code",):
+        content = {"content_type": "code", "language": "unknown", "text": text}
+    elif ct in ("execution_output", "system_error"):
+        content = {"content_type": ct, "text": text}
+    elif ct == "tether_browsing_display":
+        content = {"content_type": ct, "result": text, "summary": None}
+    elif ct == "tether_quote":
+        content = {"content_type": ct, "text": text}
+    elif ct == "multimodal_text":
+        content = {"content_type": ct, "parts": ([text] if text else []) + (msg.final_parts if final else [])}
+    else:
+        content = {"content_type": ct, "parts": [text]}
+    content.update(msg.extra_content)
+    return content
+
+
+def message_dict(msg, text, final, parent_id, model, create_time):
+    metadata = {"message_type": "next", "model_slug": model, "parent_id": parent_id}
+    citations = msg.metadata.get("citations")
+    for key, value in msg.metadata.items():
+        if final:
+            metadata[key] = value
+    if citations and not final:
+        metadata["citations"] = [c for c in citations if c.get("end_ix", 0) <= len(text)]
+    if final and msg.role == "assistant" and msg.recipient == "all" and "finish_details" not in metadata:
+        metadata["finish_details"] = {"type": "stop", "stop_tokens": [100260]}
+        metadata["is_complete"] = True
+    return {
+        "id": msg.id,
+        "author": {"role": msg.role, "name": msg.name, "metadata": {}},
+        "create_time": create_time,
+        "update_time": None,
+        "content": content_for(msg, text, final),
+        "status": msg.status if final else "in_progress",
+        "end_turn": msg.end_turn if final else None,
+        "weight": 1.0,
+        "metadata": metadata,
+        "recipient": msg.recipient,
+    }
+
+
+def _event(obj):
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+PING = b"event: ping\ndata: 2023-12-20 12:34:56.123456\n\n"
+
+
+def user_echo(conversation_id, user_messages, model):
+    """The first events echo what the client sent (roles user and system)."""
+    events = []
+    for m in user_messages:
+        echo = dict(m)
+        echo.setdefault("author", {"role": "user"})
+        echo["status"] = "finished_successfully"
+        echo["recipient"] = "all"
+        echo["metadata"] = {"timestamp_": "absolute", "message_type": None}
+        events.append(_event({"message": echo, "conversation_id": conversation_id, "error": None}))
+    return events
+
+
+def legacy_events(script, conversation_id, user_messages, pings=True):
+    """The late-2023 stream: every event carries the whole message so far."""
+    events = user_echo(conversation_id, user_messages, script.model)
+    parent = user_messages[-1]["id"] if user_messages else str(uuid.uuid4())
+    t = 1703062013.02
+    for i, msg in enumerate(script.messages):
+        text = msg.text
+        cuts = list(range(msg.step, len(text), msg.step))
+        for n, cut in enumerate(cuts):
+            events.append(_event({"message": message_dict(msg, text[:cut], False, parent, script.model, t),
+                                  "conversation_id": conversation_id, "error": None}))
+            if pings and n == len(cuts) // 2:
+                events.append(PING)
+        events.append(_event({"message": message_dict(msg, text, True, parent, script.model, t),
+                              "conversation_id": conversation_id, "error": None}))
+        parent = msg.id
+        if i == 0:
+            events.append(_event({"type": "title_generation", "title": script.title,
+                                  "conversation_id": conversation_id}))
+    events.append(_event({"conversation_id": conversation_id, "message_id": parent, "is_completion": True,
+                          "moderation_response": {"flagged": script.blocked, "blocked": script.blocked,
+                                                  "moderation_id": "modr-demo"}}))
+    if script.error:
+        events.append(_event({"message": None, "conversation_id": conversation_id, "error": script.error}))
+    if script.done:
+        events.append(b"data: [DONE]\n\n")
+    return events

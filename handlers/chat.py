@@ -1,0 +1,276 @@
+"""``POST /v1/chat/completions``: one upstream conversation per request, stream or not.
+
+The handler reads top to bottom: check the request, start the upstream transfer, wait until the
+upstream accepts (its error becomes ours), then relay the converted answer. ``Relay`` is the
+single path for both modes: it feeds upstream bytes to the ``Conversion`` and hands the text to
+a sink; ``StreamSink`` writes OpenAI chunks as they come, ``CollectSink`` gathers them into one
+``chat.completion``. Actions (an image to fetch) run in order without blocking other streams.
+"""
+
+import collections
+import logging
+import time
+import uuid
+
+import ujson
+from tornado.concurrent import Future, future_set_result_unless_cancelled
+from tornado.ioloop import IOLoop, PeriodicCallback
+
+from converters import openai_format
+from converters.payload import conversation_payload, parse_chat_request
+from converters.pipeline import Conversion
+from errors import ApiError, from_upstream
+from handlers.base import JsonBodyHandler
+from logs import mask
+
+log = logging.getLogger("gateway.chat")
+
+
+def new_id():
+    return str(uuid.uuid4())
+
+
+class StreamSink:
+    """Writes the answer as ``chat.completion.chunk`` events."""
+
+    streaming = True
+
+    def __init__(self, handler, encoder, include_usage, tokens):
+        self.handler = handler
+        self.encoder = encoder
+        self.include_usage = include_usage
+        self.tokens = tokens
+        self.texts = [] if include_usage else None
+        self.last_write = time.monotonic()
+        self.started = False
+
+    def start(self):
+        self.started = True
+        h = self.handler
+        h.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        h.set_header("Cache-Control", "no-cache")
+        h.set_header("X-Accel-Buffering", "no")  # tell nginx in front of us not to buffer
+        self._send(self.encoder.role())
+
+    def text(self, text):
+        if self.texts is not None:
+            self.texts.append(text)
+        self._send(self.encoder.content(text))
+
+    def keepalive(self):
+        self._send(openai_format.KEEPALIVE)
+
+    def finish(self, reason, prompt_messages):
+        tail = self.encoder.finish(reason)
+        if self.include_usage:
+            tail += self.encoder.usage(self.tokens.usage(prompt_messages, "".join(self.texts)))
+        self.handler.finish(tail + openai_format.DONE)
+
+    def fail(self, error):
+        self.handler.finish(openai_format.error_event(error) + openai_format.DONE)
+
+    def _send(self, data):
+        self.last_write = time.monotonic()
+        self.handler.write(data)
+        self.handler.flush()
+
+
+class CollectSink:
+    """Gathers the answer and writes one ``chat.completion`` at the end."""
+
+    streaming = False
+
+    def __init__(self, handler, encoder, tokens):
+        self.handler = handler
+        self.encoder = encoder
+        self.tokens = tokens
+        self.texts = []
+        self.last_write = time.monotonic()
+        self.started = False
+
+    def start(self):
+        pass
+
+    def text(self, text):
+        self.texts.append(text)
+
+    def keepalive(self):
+        pass  # a status line sent early could not honestly report a later failure
+
+    def finish(self, reason, prompt_messages):
+        e = self.encoder
+        text = "".join(self.texts)
+        body = openai_format.completion(e.completion_id, e.created, e.model, text, reason,
+                                        self.tokens.usage(prompt_messages, text))
+        self.handler.set_header("Content-Type", "application/json; charset=utf-8")
+        self.handler.finish(openai_format.dumps(body))
+
+    def fail(self, error):
+        self.handler.send_error_json(error)
+
+
+class Relay:
+    """Upstream bytes -> ``Conversion`` -> sink, in order, with actions performed in between."""
+
+    def __init__(self, conversion, sink, perform):
+        self.conversion = conversion
+        self.sink = sink
+        self.perform = perform          # async function: action -> text
+        self.closed = False             # the client went away
+        self.last_upstream = time.monotonic()
+        self._queue = collections.deque()
+        self._busy = True               # hold everything until begin(): the sink is not ready
+        self._idle = None
+
+    def on_chunk(self, data):
+        self.last_upstream = time.monotonic()
+        items = self.conversion.feed(data)
+        if items:
+            self._emit(items)
+
+    def finish_input(self):
+        items = self.conversion.close()
+        if items:
+            self._emit(items)
+
+    def begin(self):
+        """The sink has started: pass on what arrived before, then everything as it comes."""
+        items = list(self._queue)
+        self._queue.clear()
+        self._busy = False
+        self._emit(items)
+
+    def _emit(self, items):
+        if self.closed:
+            return
+        if self._busy:
+            self._queue.extend(items)
+            return
+        for i, item in enumerate(items):
+            if type(item) is str:
+                self.sink.text(item)
+            else:
+                self._queue.extend(items[i:])
+                self._busy = True
+                IOLoop.current().add_callback(self._drain)
+                return
+
+    async def _drain(self):
+        try:
+            while self._queue and not self.closed:
+                item = self._queue.popleft()
+                text = item if type(item) is str else await self.perform(item)
+                if text and not self.closed:
+                    self.sink.text(text)
+        finally:
+            self._busy = False
+            if self._idle is not None:
+                future_set_result_unless_cancelled(self._idle, None)
+
+    async def drained(self):
+        """Wait until every queued item, including actions, has reached the sink."""
+        while self._busy:
+            self._idle = Future()
+            await self._idle
+
+
+class ChatCompletionsHandler(JsonBodyHandler):
+    async def post(self):
+        gw = self.gateway
+        request = parse_chat_request(self.json_body())
+        route = gw.models.resolve(request.model)
+        if route is None:
+            raise ApiError(404, "The model `%s` does not exist. GET /v1/models lists the models here." % request.model,
+                           "invalid_request_error", "model_not_found", "model")
+        key = self.api_key()
+        messages = await gw.prepare_messages(key, request, route)
+        payload = conversation_payload(messages, route, new_id)
+
+        encoder = openai_format.ChunkEncoder("chatcmpl-" + uuid.uuid4().hex[:29], int(time.time()), request.model)
+        if request.stream:
+            sink = StreamSink(self, encoder, request.include_usage, gw.tokens)
+        else:
+            sink = CollectSink(self, encoder, gw.tokens)
+        relay = Relay(Conversion(gw.renderer()), sink, lambda action: gw.perform(action, key, relay.conversion))
+        transfer = gw.upstream.start_conversation(key, payload, relay.on_chunk)
+        self._transfer, self._relay = transfer, relay
+        gw.watch.add(relay, transfer)
+        try:
+            status = await transfer.accepted
+            if status != 200:
+                await transfer.done
+                if self._relay.closed:
+                    return
+                if status is None:
+                    raise ApiError(502, "the upstream could not be reached: %s" % transfer.failure,
+                                   "upstream_error", "upstream_unreachable")
+                raise from_upstream(status, bytes(transfer.error_body))
+            sink.start()
+            relay.begin()
+            await transfer.done
+            if relay.closed:
+                return
+            relay.finish_input()
+            await relay.drained()
+            reason, error = relay.conversion.outcome(cut=transfer.failure is not None)
+            if error is not None:
+                if transfer.failure:
+                    error.message += " (%s)" % transfer.failure
+                log.warning("answer for key %s failed: %s", mask(key), error.message)
+                sink.fail(error)
+            else:
+                sink.finish(reason, request.messages)
+        finally:
+            gw.watch.discard(relay)
+            cid = relay.conversion.conversation_id
+            if cid and gw.settings.need_delete_conversation_after_response:
+                IOLoop.current().add_callback(gw.upstream.hide_conversation, key, cid)
+
+    def on_connection_close(self):
+        relay = getattr(self, "_relay", None)
+        if relay is not None and not relay.closed:
+            relay.closed = True
+            self._transfer.cancel("the client disconnected")
+
+
+class StreamWatch:
+    """Keep-alives for quiet streams and the upstream-silence timeout, for all streams at once.
+
+    One periodic sweep per process instead of a timer per stream: thousands of streams cost one
+    cheap loop a tick, and writing text costs only a clock read.
+    """
+
+    def __init__(self, keepalive_interval, idle_timeout):
+        self.keepalive_interval = keepalive_interval
+        self.idle_timeout = idle_timeout
+        self._relays = {}
+        tick = min(keepalive_interval, 1.0) if keepalive_interval > 0 else 1.0
+        self._timer = PeriodicCallback(self._sweep, tick * 1000)
+
+    def start(self):
+        self._timer.start()
+
+    def stop(self):
+        self._timer.stop()
+
+    def add(self, relay, transfer):
+        self._relays[relay] = transfer
+
+    def discard(self, relay):
+        self._relays.pop(relay, None)
+
+    def __len__(self):
+        return len(self._relays)
+
+    def _sweep(self):
+        now = time.monotonic()
+        keepalive = self.keepalive_interval
+        for relay, transfer in list(self._relays.items()):
+            if relay.closed:
+                continue
+            if now - relay.last_upstream >= self.idle_timeout:
+                transfer.cancel("the upstream sent nothing for %g s" % self.idle_timeout)
+                continue
+            sink = relay.sink
+            if keepalive and sink.started and now - sink.last_write >= keepalive:
+                sink.keepalive()

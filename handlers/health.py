@@ -1,0 +1,8 @@
+"""``GET /healthz``: 200 once the process serves requests (never under API_PREFIX)."""
+
+from handlers.base import ApiHandler
+
+
+class HealthHandler(ApiHandler):
+    def get(self):
+        self.finish({"status": "ok", "open_streams": len(self.gateway.watch)})

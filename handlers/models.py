@@ -1,0 +1,33 @@
+"""``GET /v1/models``: every name the model table answers to, in OpenAI's list shape."""
+
+import ujson
+
+from errors import ApiError
+from handlers.base import ApiHandler
+
+CREATED = 1700000000  # a fixed date: these models do not change between requests
+
+
+def _model(route):
+    item = {"id": route.name, "object": "model", "created": CREATED,
+            "owned_by": "gpts" if route.gizmo_id else "openai"}
+    if route.gizmo_id:
+        item["gizmo_id"] = route.gizmo_id
+        item["display_name"] = route.display_name or route.name
+    return item
+
+
+class ModelsHandler(ApiHandler):
+    def get(self):
+        data = [_model(r) for r in self.gateway.models.routes()]
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(ujson.dumps({"object": "list", "data": data}, ensure_ascii=False))
+
+
+class ModelHandler(ApiHandler):
+    def get(self, name):
+        route = self.gateway.models.resolve(name)
+        if route is None:
+            raise ApiError(404, "The model `%s` does not exist" % name, "invalid_request_error", "model_not_found", "model")
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(ujson.dumps(_model(route), ensure_ascii=False))

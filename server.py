@@ -1,0 +1,95 @@
+"""Start the gateway: read settings, build the application, fork workers, listen.
+
+    python server.py [--config PATH] [--demo]
+
+``--demo`` also starts the bundled demo upstream (fakeupstream/) on a loopback port and points
+BASE_URL at it, so every endpoint can be tried without an account.
+"""
+
+import argparse
+import logging
+import sys
+
+import tornado.httpserver
+import tornado.ioloop
+import tornado.netutil
+import tornado.process
+import tornado.web
+
+import logs
+from conf import settings as conf_settings
+from gateway import Gateway
+from handlers.base import NotFoundHandler
+from handlers.chat import ChatCompletionsHandler
+from handlers.health import HealthHandler
+from handlers.models import ModelHandler, ModelsHandler
+
+log = logging.getLogger("gateway")
+
+
+def routes(settings):
+    prefix = "/" + settings.api_prefix if settings.api_prefix else ""
+    return [
+        (prefix + r"/v1/chat/completions", ChatCompletionsHandler),
+        (prefix + r"/v1/models", ModelsHandler),
+        (prefix + r"/v1/models/([^/]+)", ModelHandler),
+        (r"/healthz", HealthHandler),
+    ]
+
+
+def make_app(gateway):
+    app = tornado.web.Application(routes(gateway.settings), default_handler_class=NotFoundHandler,
+                                  compress_response=False)
+    app.gateway = gateway
+    return app
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="OpenAI-compatible gateway for a PandoraNext-style backend-api")
+    p.add_argument("--config", help="settings file (JSON); environment variables override it")
+    p.add_argument("--demo", action="store_true", help="also run the bundled demo upstream and use it")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = conf_settings.load(args.config)
+    except conf_settings.SettingsError as e:
+        print("settings: %s" % e, file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level, settings.need_log_to_file)
+
+    if args.demo:
+        from fakeupstream.app import start_demo_upstream
+        demo_url = start_demo_upstream()
+        settings = settings.replace(base_url=demo_url, proxy_api_prefix="", process_workers=1)
+        log.info("demo upstream listening on %s (answers like PandoraNext, no account needed)", demo_url)
+    elif not settings.base_url:
+        print("BASE_URL is not set: point it at your PandoraNext proxy (e.g. BASE_URL=http://127.0.0.1:8181), "
+              "or run ./run.sh --demo to try the gateway against the bundled demo upstream.", file=sys.stderr)
+        return 2
+
+    for line in settings.summary():
+        log.info("setting %s", line)
+    sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+    port = sockets[0].getsockname()[1]
+    if settings.process_workers > 1:
+        tornado.process.fork_processes(settings.process_workers)
+
+    try:
+        gateway = Gateway(settings)
+    except conf_settings.SettingsError as e:
+        print("settings: %s" % e, file=sys.stderr)
+        return 2
+    server = tornado.httpserver.HTTPServer(
+        make_app(gateway), max_body_size=max(settings.max_request_body * 4, 64 << 20), xheaders=True)
+    server.add_sockets(sockets)
+    gateway.start()
+    log.info("listening on http://%s:%d (pid %d)", settings.host, port, tornado.process.task_id() or 0)
+    tornado.ioloop.IOLoop.current().start()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
