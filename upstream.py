@@ -7,13 +7,14 @@ a client that goes away must not leave an orphan transfer running upstream, so
 ``CancellableCurlClient`` adds ``cancel``.
 """
 
+import asyncio
 import logging
 
 import pycurl
 import ujson
 from tornado.concurrent import Future, future_set_result_unless_cancelled
 from tornado.curl_httpclient import CurlAsyncHTTPClient
-from tornado.httpclient import HTTPRequest, HTTPResponse
+from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 
 from logs import mask
 
@@ -44,15 +45,25 @@ class CancellableCurlClient(CurlAsyncHTTPClient):
             self._free_list.append(curl)
         super().fetch_impl(request, callback)
 
+    async def fetch_any(self, request):
+        """Fetch and always return a response: Tornado raises for transport failures (code 599)
+        even with ``raise_error=False``; here they are responses with ``code`` 599 too."""
+        try:
+            return await self.fetch(request, raise_error=False)
+        except HTTPClientError as e:
+            return HTTPResponse(request, 599, error=e)
+
     def cancel(self, request):
+        """End ``request`` (the HTTPRequest given to fetch) now, as if the transfer had failed."""
         for curl in self._curls:
             info = getattr(curl, "info", None)
-            if info is not None and info["request"] is request:
+            # fetch wraps the request in a _RequestProxy holding it as .request
+            if info is not None and getattr(info["request"], "request", info["request"]) is request:
                 self._finish(curl, pycurl.E_ABORTED_BY_CALLBACK, "cancelled by the gateway")
                 self._process_queue()
                 return True
         for item in list(self._requests):
-            if item[0] is request:
+            if getattr(item[0], "request", item[0]) is request:
                 self._requests.remove(item)
                 item[1](HTTPResponse(request, 599, error=Exception("cancelled by the gateway")))
                 return True
@@ -84,7 +95,7 @@ class Transfer:
         request.header_callback = self._header_line
         request.streaming_callback = self._chunk
         request.prepare_curl_callback = self._prepare
-        self.done = client.fetch(request, raise_error=False)
+        self.done = asyncio.ensure_future(client.fetch_any(request))
         self.done.add_done_callback(self._finished)
 
     def cancel(self, reason="cancelled"):
@@ -164,12 +175,11 @@ class UpstreamClient:
         """A plain JSON call below ``backend-api``: ``(status, decoded JSON or None, raw bytes)``.
 
         Status 599 means the upstream could not be reached; its error text is the raw body."""
-        response = await self.http.fetch(HTTPRequest(
+        response = await self.http.fetch_any(HTTPRequest(
             self.url(path), method=method, headers=self._headers(key),
             body=None if body is None else ujson.dumps(body, ensure_ascii=False),
             connect_timeout=self.settings.upstream_connect_timeout,
-            request_timeout=timeout, follow_redirects=False, allow_nonstandard_methods=True),
-            raise_error=False)
+            request_timeout=timeout, follow_redirects=False, allow_nonstandard_methods=True))
         raw = response.body or b""
         if response.code == 599:
             return 599, None, str(response.error).encode()
@@ -187,9 +197,9 @@ class UpstreamClient:
 
     async def fetch_url(self, url, timeout=60, max_bytes=None):
         """GET a plain URL (a download_url); ``(status, bytes, content type)``."""
-        response = await self.http.fetch(HTTPRequest(
+        response = await self.http.fetch_any(HTTPRequest(
             url, connect_timeout=self.settings.upstream_connect_timeout, request_timeout=timeout,
-            follow_redirects=True, max_redirects=3), raise_error=False)
+            follow_redirects=True, max_redirects=3))
         return response.code, response.body or b"", response.headers.get("Content-Type", "")
 
     def close(self):

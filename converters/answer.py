@@ -42,7 +42,10 @@ def _file_id(asset_pointer):
 
 
 class Answer:
-    def __init__(self):
+    """``echo_ids``: ids of the messages the request sent; the upstream may echo them back."""
+
+    def __init__(self, echo_ids=()):
+        self._echo_ids = frozenset(echo_ids)
         self.finish_reason = None      # from the upstream's finish_details, when it says
         self.error = None              # an in-stream error message
         self.done = False              # the upstream said the answer is complete
@@ -90,7 +93,9 @@ class Answer:
     # message kinds
 
     def _start(self, msg, out):
-        if msg.role == "assistant" and msg.recipient == "all":
+        if msg.id in self._echo_ids:
+            role = HIDDEN  # part of the question, not of the answer
+        elif msg.role == "assistant" and msg.recipient == "all":
             role = PROSE
             self._close_block(out)
         elif msg.role == "assistant" or (msg.role == "tool" and msg.name == "python"):

@@ -14,10 +14,12 @@ from errors import ApiError
 
 
 class Conversion:
-    def __init__(self, renderer):
+    """``echo_ids``: ids of the upstream messages the request carried (never part of the answer)."""
+
+    def __init__(self, renderer, echo_ids=()):
         self._sse = SSEDecoder()
         self._dialect = LegacyDialect()
-        self._answer = Answer()
+        self._answer = Answer(echo_ids)
         self._renderer = renderer
         self.produced = False  # the client has been given something to show
 

@@ -33,6 +33,8 @@ class SSEDecoder:
 
     def feed(self, chunk):
         """Take the next network chunk; return the events it completed (a list, maybe empty)."""
+        if not chunk:
+            return []
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":

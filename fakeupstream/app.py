@@ -6,6 +6,12 @@ word in the last user message, or planned for an API key by a test:
 
     POST /_fake/plan {"key": "k1", "scenario": "long", "chunking": "random:7", "pace_ms": 1, ...}
     GET  /_fake/log?key=k1       -> every request that key made, and whether the client aborted
+    POST /_fake/release?key=k1   -> let a stream held by the plan's "gate" go on
+
+Plan options: scenario, options (scenario arguments), chunking (event | whole | bytes:N |
+random:SEED), pace_ms, pings, status (+ detail, cloudflare) for an error answer, hold_s before
+answering, silence [piece index, seconds], gate (piece index at which the stream waits for a
+release; headers are always sent at once, as the real upstream does).
 
 Plans are per key, so tests running against one fake upstream do not see each other.
 """
@@ -29,6 +35,12 @@ class State:
     def __init__(self):
         self.plans = {}   # key -> plan dict (sticky until replaced)
         self.log = {}     # key -> [record]
+        self.gates = {}   # key -> asyncio.Event
+
+    def gate(self, key):
+        if key not in self.gates:
+            self.gates[key] = asyncio.Event()
+        return self.gates[key]
 
     def record(self, key, record):
         self.log.setdefault(key, []).append(record)
@@ -98,17 +110,21 @@ class ConversationHandler(FakeHandler):
         events = legacy_events(script, cid, messages, pings=plan.get("pings", True))
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
-        await self._write_events(events, plan, drop=not script.done)
+        await self._write_events(events, plan, drop=not script.done, key=key)
         record["completed"] = True
 
-    async def _write_events(self, events, plan, drop):
+    async def _write_events(self, events, plan, drop, key):
         pieces = split(events, plan.get("chunking", "event"))
         pace = plan.get("pace_ms", 0) / 1000.0
         silence = plan.get("silence")  # [piece index, seconds]: a long tool run
+        gate = plan.get("gate")
         try:
+            await self.flush()  # the status line and headers go out before any answer byte
             for i, piece in enumerate(pieces):
                 if silence and i == silence[0]:
                     await asyncio.sleep(silence[1])
+                if gate is not None and i == gate:
+                    await self._wait_for_release(key)
                 if self._record["aborted"]:
                     return
                 self.write(piece)
@@ -121,6 +137,15 @@ class ConversationHandler(FakeHandler):
             self.finish()
         except StreamClosedError:
             self._record["aborted"] = True
+
+    async def _wait_for_release(self, key):
+        """Wait for the test's release, but give up once the client has gone."""
+        event = self.state.gate(key)
+        while not event.is_set() and not self._record["aborted"]:
+            try:
+                await asyncio.wait_for(event.wait(), 0.1)
+            except asyncio.TimeoutError:
+                pass
 
     def on_connection_close(self):
         if not self._record.get("completed"):
@@ -181,6 +206,12 @@ class PlanHandler(FakeHandler):
         self.json(200, {"ok": True})
 
 
+class ReleaseHandler(FakeHandler):
+    def post(self):
+        self.state.gate(self.get_argument("key")).set()
+        self.json(200, {"ok": True})
+
+
 class LogHandler(FakeHandler):
     def get(self):
         self.json(200, self.state.log.get(self.get_argument("key"), []))
@@ -194,6 +225,7 @@ def make_app(state=None):
         (r"/(?:(.+)/)?backend-api/conversation/([^/]+)", HideHandler, args),
         (r"/_fake/plan", PlanHandler, args),
         (r"/_fake/log", LogHandler, args),
+        (r"/_fake/release", ReleaseHandler, args),
     ])
 
 

@@ -103,6 +103,8 @@ def user_echo(conversation_id, user_messages, model):
     """The first events echo what the client sent (roles user and system)."""
     events = []
     for m in user_messages:
+        if (m.get("author") or {}).get("role", "user") not in ("user", "system"):
+            continue
         echo = dict(m)
         echo.setdefault("author", {"role": "user"})
         echo["status"] = "finished_successfully"

@@ -191,7 +191,8 @@ class ChatCompletionsHandler(JsonBodyHandler):
             sink = StreamSink(self, encoder, request.include_usage, gw.tokens)
         else:
             sink = CollectSink(self, encoder, gw.tokens)
-        relay = Relay(Conversion(gw.renderer()), sink, lambda action: gw.perform(action, key, relay.conversion))
+        echo_ids = [m["id"] for m in payload["messages"]]
+        relay = Relay(Conversion(gw.renderer(), echo_ids), sink, lambda action: gw.perform(action, key, relay.conversion))
         transfer = gw.upstream.start_conversation(key, payload, relay.on_chunk)
         self._transfer, self._relay = transfer, relay
         gw.watch.add(relay, transfer)

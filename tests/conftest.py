@@ -81,6 +81,10 @@ class FakeUpstream(Process):
         status, _, body = http("POST", self.url + "/_fake/plan", plan)
         assert status == 200, body
 
+    def release(self, key):
+        status, _, body = http("POST", self.url + "/_fake/release?key=" + key, b"")
+        assert status == 200, body
+
     def log(self, key):
         status, _, body = http("GET", self.url + "/_fake/log?key=" + key)
         assert status == 200

@@ -1,0 +1,133 @@
+"""The converter pipeline on transcripts: exact text under any chunking, nothing leaks.
+
+Expected texts are written by hand from the transcripts in tests/fixtures/.
+"""
+
+import random
+
+import pytest
+
+from conftest import read_fixture
+from converters.pipeline import Conversion
+from converters.render import MarkdownRenderer
+from fakeupstream import scenarios
+from fakeupstream.script import legacy_events
+
+
+def convert(pieces, cut=False):
+    """Feed ``pieces``; return (client text, finish_reason, error)."""
+    conv = Conversion(MarkdownRenderer())
+    out = []
+    for p in pieces:
+        out.extend(conv.feed(p))
+    out.extend(conv.close())
+    assert all(isinstance(x, str) for x in out), out
+    reason, error = conv.outcome(cut=cut)
+    return "".join(out), reason, error
+
+
+def random_pieces(data, rng, max_size=64):
+    pieces, i = [], 0
+    while i < len(data):
+        n = rng.randint(1, max_size)
+        pieces.append(data[i:i + n])
+        i += n
+    return pieces
+
+
+HELLO_ZH = "你好！有什么可以帮你？😊"
+HELLO_EN = 'Hello there!\nHow can I help "you" today?'
+
+
+@pytest.mark.parametrize("name, expected", [("hello_zh.sse", HELLO_ZH), ("hello_en_crlf.sse", HELLO_EN)])
+def test_transcript_in_one_piece(name, expected):
+    text, reason, error = convert([read_fixture(name)])
+    assert error is None
+    assert text == expected
+    assert reason == "stop"
+
+
+@pytest.mark.parametrize("name, expected", [("hello_zh.sse", HELLO_ZH), ("hello_en_crlf.sse", HELLO_EN)])
+def test_transcript_under_random_chunkings(name, expected):
+    data = read_fixture(name)
+    rng = random.Random(name)
+    for _ in range(50):
+        assert convert(random_pieces(data, rng))[0] == expected
+
+
+def test_every_single_byte_split_of_a_short_transcript():
+    data = read_fixture("hello_en_crlf.sse")
+    for i in range(len(data) + 1):
+        assert convert([data[:i], data[i:]])[0] == HELLO_EN, i
+
+
+def test_byte_by_byte_feeding_splits_every_utf8_character():
+    assert convert([bytes([b]) for b in read_fixture("hello_zh.sse")])[0] == HELLO_ZH
+
+
+def test_deltas_arrive_as_the_upstream_streams_them():
+    """Each event's new text reaches the client when that event completes, not at the end."""
+    conv = Conversion(MarkdownRenderer())
+    seen = []
+    for block in read_fixture("hello_zh.sse").split(b"\n\n"):
+        seen.append("".join(conv.feed(block + b"\n\n")))
+    assert [s for s in seen if s] == ["你好！", "有什么", "可以帮你", "？😊"]
+
+
+def test_pings_echoes_titles_and_moderation_never_reach_the_client():
+    text = convert([read_fixture("hello_zh.sse")])[0]
+    for leaked in ("你是一个乐于助人的助手", "你好你好", "问候与帮助", "2023-12-20", "modr"):
+        assert leaked not in text
+
+
+def script_bytes(make, ask="问题"):
+    return b"".join(legacy_events(make(ask, "gpt-4"), "cid-1", []))
+
+
+def test_in_stream_error_is_an_error_not_a_success():
+    text, reason, error = convert([script_bytes(scenarios.stream_error)])
+    assert text == "我正在回答，但是"  # what was said before the error is kept
+    assert reason is None
+    assert error.status == 502 and "Something went wrong" in error.message
+
+
+def test_answer_that_ends_before_done_is_an_error():
+    text, reason, error = convert([script_bytes(scenarios.drop)])
+    assert reason is None and error.code == "upstream_incomplete"
+
+
+def test_a_transfer_cut_by_the_network_is_an_error_even_after_done():
+    _, reason, error = convert([read_fixture("hello_zh.sse")], cut=True)
+    assert reason is None and error.code == "upstream_incomplete"
+
+
+def test_an_empty_answer_is_an_error():
+    text, reason, error = convert([script_bytes(scenarios.empty)])
+    assert text == ""
+    assert error.code == "empty_answer"
+
+
+def test_max_tokens_finishes_with_length():
+    text, reason, error = convert([script_bytes(scenarios.max_tokens)])
+    assert (text, reason, error) == ("这段回答被截断了 because it hit the limit", "length", None)
+
+
+def test_moderation_block_finishes_with_content_filter():
+    assert convert([script_bytes(scenarios.blocked)])[1] == "content_filter"
+
+
+def test_long_answer_is_exact_under_random_chunking():
+    data = script_bytes(lambda ask, model: scenarios.long(ask, model, chars=3000))
+    expected = scenarios.long("", "gpt-4", chars=3000).messages[0].text
+    rng = random.Random(3)
+    assert convert(random_pieces(data, rng, 4096))[0] == expected
+
+
+def test_messages_the_request_sent_are_never_part_of_the_answer():
+    """Even if the upstream echoes an assistant message from the history, it is not answer text."""
+    history = ('data: {"message": {"id": "sent-1", "author": {"role": "assistant"}, "content": {"content_type": "text", '
+               '"parts": ["旧的回答"]}, "status": "finished_successfully", "recipient": "all", "metadata": {}}, '
+               '"conversation_id": "c", "error": null}\n\n').encode()
+    conv = Conversion(MarkdownRenderer(), echo_ids=["sent-1"])
+    out = conv.feed(history + read_fixture("hello_zh.sse")) + conv.close()
+    assert "".join(out) == HELLO_ZH
