@@ -229,14 +229,18 @@ def make_app(state=None):
     ])
 
 
-def listen(port=0, address="127.0.0.1"):
+def listen_app(state=None, port=0, address="127.0.0.1"):
     """Start the fake upstream on the current IOLoop; return its base URL."""
     import tornado.httpserver
     import tornado.netutil
     sockets = tornado.netutil.bind_sockets(port, address)
-    server = tornado.httpserver.HTTPServer(make_app())
+    server = tornado.httpserver.HTTPServer(make_app(state))
     server.add_sockets(sockets)
     return "http://%s:%d" % (address, sockets[0].getsockname()[1])
+
+
+def listen(port=0, address="127.0.0.1"):
+    return listen_app(None, port, address)
 
 
 start_demo_upstream = listen
