@@ -25,6 +25,13 @@ def _text(name, raw):
     return raw.strip()
 
 
+def _prefix_text(name, raw):
+    """Text put before something else: kept as written (a trailing space matters)."""
+    if not isinstance(raw, str):
+        raise SettingsError("%s must be a string, got %r" % (name, raw))
+    return raw
+
+
 def _url(name, raw):
     value = _text(name, raw).rstrip("/")
     if value:
@@ -124,6 +131,7 @@ SPEC = {
     "BOT_MODE_ENABLED_BING_REFERENCE_OUTPUT": (_boolean, ()),
     "BOT_MODE_ENABLED_MARKDOWN_IMAGE_OUTPUT": (_boolean, ()),
     "BOT_MODE_ENABLED_PLAIN_IMAGE_URL_OUTPUT": (_boolean, ()),
+    "DALLE_PROMPT_PREFIX": (_prefix_text, ()),
     "NEED_DELETE_CONVERSATION_AFTER_RESPONSE": (_boolean, ()),
     "PROCESS_WORKERS": (_integer(1, 64), ()),
     "KEEPALIVE_INTERVAL": (_number(0, 3600), ()),
