@@ -24,7 +24,7 @@ class Gateway:
         self.upstream = UpstreamClient(settings)
         self.tokens = TokenCounter()
         self.watch = StreamWatch(settings.keepalive_interval, settings.upstream_idle_timeout)
-        self.media = MediaStore()
+        self.media = MediaStore(settings.images_dir)
 
     def start(self):
         self.watch.start()
@@ -52,18 +52,26 @@ class Gateway:
         saved = await self.fetch(action, key, conversion)
         return action.render(self.public_url(public_base, saved[0]) if saved else None)
 
-    @staticmethod
-    def public_url(public_base, name):
-        """Where clients fetch a saved file (see handlers/images.py)."""
-        return "%s/images/%s" % (public_base, name)
-
     async def fetch(self, action, key, conversion):
         """Fetch an image or sandbox file the answer shows: ``(saved name, bytes)`` or None.
 
         Two steps, as the upstream wants: a backend-api call (with the key) answers a
         short-lived ``download_url``; a plain GET of it (no Authorization) gives the bytes.
-        Failures are logged; the answer then shows a short notice instead.
+        Failures (refused, unreachable, a malformed URL, a full disk) are logged; the answer
+        then shows a short notice instead.
         """
+        try:
+            return await self._fetch(action, key, conversion)
+        except Exception:
+            log.exception("fetching %r failed", action)
+            return None
+
+    @staticmethod
+    def public_url(public_base, name):
+        """Where clients fetch a saved file (see handlers/images.py)."""
+        return "%s/images/%s" % (public_base, name)
+
+    async def _fetch(self, action, key, conversion):
         t = type(action)
         if t is FetchImage:
             what = action.image.file_id

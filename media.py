@@ -1,6 +1,6 @@
 """Files the gateway keeps for its clients: images and sandbox files fetched from the upstream.
 
-Upstream download URLs expire, so the bytes are saved under ``static/images/`` and served by
+Upstream download URLs expire, so the bytes are saved under IMAGES_DIR (``static/images/``) and served by
 the gateway itself at ``/images/<name>`` (handlers/images.py). Names are collision-free
 (time + random part, created exclusively) and made of safe characters only, so a name taken
 from a URL can be checked with one pattern before it gets near the file system.
@@ -13,9 +13,6 @@ import secrets
 import time
 
 import filetype
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
-IMAGES_DIR = os.path.join(ROOT, "static", "images")
 
 # What a saved file's name may look like (no slashes, no leading dot, no "..").
 NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*\Z")
@@ -34,7 +31,7 @@ def _safe(text, limit=60):
 
 
 class MediaStore:
-    def __init__(self, directory=IMAGES_DIR):
+    def __init__(self, directory):
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
 

@@ -32,6 +32,15 @@ def _prefix_text(name, raw):
     return raw
 
 
+def _directory(name, raw):
+    """A directory path; relative paths are below the project directory (where server.py is)."""
+    value = _text(name, raw)
+    if not value:
+        raise SettingsError("%s must name a directory" % name)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.normpath(os.path.join(root, value))
+
+
 def _url(name, raw):
     value = _text(name, raw).rstrip("/")
     if value:
@@ -118,6 +127,7 @@ SPEC = {
     "HOST": (_text, ()),
     "PORT": (_integer(0, 65535), ()),
     "UPLOAD_BASE_URL": (_url, ()),
+    "IMAGES_DIR": (_directory, ()),
     "KEY_FOR_GPTS_INFO": (_text, ()),
     "GPTS_CONFIG": (_text, ()),
     "API_PREFIX": (_path_prefix, ()),
