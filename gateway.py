@@ -5,6 +5,7 @@ and the IOLoop must not be shared between processes) and holds no per-request st
 """
 
 import logging
+import urllib.parse
 
 from conf.models import ModelTable
 from converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer
@@ -75,7 +76,7 @@ class Gateway:
         t = type(action)
         if t is FetchImage:
             what = action.image.file_id
-            url, reason = await self.upstream.download_url(key, "files/%s/download" % what)
+            url, reason = await self.upstream.download_url(key, "files/%s/download" % urllib.parse.quote(what, safe=""))
         elif t is FetchSandboxFile:
             what = action.file.path
             cid = conversion.conversation_id
@@ -83,7 +84,7 @@ class Gateway:
                 log.warning("sandbox file %s: no conversation id to fetch it with", what)
                 return None
             url, reason = await self.upstream.download_url(
-                key, "conversation/%s/interpreter/download" % cid,
+                key, "conversation/%s/interpreter/download" % urllib.parse.quote(cid, safe=""),
                 message_id=action.file.message_id, sandbox_path=what)
         else:
             log.warning("no handler for action %r", action)
