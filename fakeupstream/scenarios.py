@@ -1,6 +1,8 @@
 """Named answers of the demo upstream.
 
-A demo user picks one with a word in the message (``/code``, ``/search``, ``/long``...); a
+A demo user picks one with a word in the message (``/code``, ``/code2``, ``/search``,
+``/browse``, ``/draw``, ``/draw2``, ``/chart``, ``/file``, ``/long``, ``/error``; a request that
+mentions DALL·E, as the images endpoint's does, draws); a
 test picks one for its key through ``POST /_fake/plan``. Each builds a ``Script`` from the
 request so answers can quote what was asked.
 """
