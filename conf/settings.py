@@ -25,6 +25,22 @@ def _text(name, raw):
     return raw.strip()
 
 
+def _prefix_text(name, raw):
+    """Text put before something else: kept as written (a trailing space matters)."""
+    if not isinstance(raw, str):
+        raise SettingsError("%s must be a string, got %r" % (name, raw))
+    return raw
+
+
+def _directory(name, raw):
+    """A directory path; relative paths are below the project directory (where server.py is)."""
+    value = _text(name, raw)
+    if not value:
+        raise SettingsError("%s must name a directory" % name)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.normpath(os.path.join(root, value))
+
+
 def _url(name, raw):
     value = _text(name, raw).rstrip("/")
     if value:
@@ -111,6 +127,7 @@ SPEC = {
     "HOST": (_text, ()),
     "PORT": (_integer(0, 65535), ()),
     "UPLOAD_BASE_URL": (_url, ()),
+    "IMAGES_DIR": (_directory, ()),
     "KEY_FOR_GPTS_INFO": (_text, ()),
     "GPTS_CONFIG": (_text, ()),
     "API_PREFIX": (_path_prefix, ()),
@@ -124,6 +141,7 @@ SPEC = {
     "BOT_MODE_ENABLED_BING_REFERENCE_OUTPUT": (_boolean, ()),
     "BOT_MODE_ENABLED_MARKDOWN_IMAGE_OUTPUT": (_boolean, ()),
     "BOT_MODE_ENABLED_PLAIN_IMAGE_URL_OUTPUT": (_boolean, ()),
+    "DALLE_PROMPT_PREFIX": (_prefix_text, ()),
     "NEED_DELETE_CONVERSATION_AFTER_RESPONSE": (_boolean, ()),
     "PROCESS_WORKERS": (_integer(1, 64), ()),
     "KEEPALIVE_INTERVAL": (_number(0, 3600), ()),

@@ -43,6 +43,7 @@ class Conversion:
             out.extend(self._renderer.render(self._answer.feed(self._dialect.event(ev))))
         segments = self._answer.feed(self._dialect.close()) + self._answer.close()
         out.extend(self._renderer.render(segments))
+        out.extend(self._renderer.close())
         return self._merge(out)
 
     def outcome(self, cut=False):

@@ -13,6 +13,10 @@ random:SEED), pace_ms, pings, status (+ detail, cloudflare) for an error answer,
 answering, silence [piece index, seconds], gate (piece index at which the stream waits for a
 release; headers are always sent at once, as the real upstream does).
 
+Files (DALL·E images, charts, files the code wrote) are fetched as upstream does it: the
+backend-api call answers a ``download_url`` on this host (``/_fake/blob/...``), which a plain
+GET without Authorization turns into the bytes (fakeupstream/files.py).
+
 Plans are per key, so tests running against one fake upstream do not see each other.
 """
 
@@ -25,7 +29,7 @@ import ujson
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from fakeupstream import scenarios
+from fakeupstream import files, scenarios
 from fakeupstream.script import legacy_events
 
 
@@ -199,6 +203,50 @@ class HideHandler(FakeHandler):
         self.json(200, {"success": True})
 
 
+class FileDownloadHandler(FakeHandler):
+    """``GET backend-api/files/{id}/download`` -> a download_url for the file's bytes."""
+
+    def get(self, prefix, file_id):
+        key, record = self.start_record()
+        if self.refuse_without_key(key):
+            return
+        if files.image_bytes(file_id) is None:
+            return self.json(404, {"detail": "File not found"})
+        self.json(200, {"status": "success", "file_name": file_id + ".png", "metadata": {},
+                        "download_url": "%s://%s/_fake/blob/file/%s?sig=demo" % (
+                            self.request.protocol, self.request.host, file_id)})
+
+
+class InterpreterDownloadHandler(FakeHandler):
+    """``GET backend-api/conversation/{cid}/interpreter/download?message_id=&sandbox_path=``."""
+
+    def get(self, prefix, conversation_id):
+        key, record = self.start_record()
+        if self.refuse_without_key(key):
+            return
+        path = self.get_argument("sandbox_path", "")
+        if not self.get_argument("message_id", "") or not path.startswith("/mnt/data/"):
+            return self.json(400, {"detail": "bad sandbox download request"})
+        self.json(200, {"status": "success", "download_url": "%s://%s/_fake/blob/sandbox%s?sig=demo" % (
+            self.request.protocol, self.request.host, path)})
+
+
+class BlobHandler(FakeHandler):
+    """The download_url itself: plain GET, no Authorization, the bytes."""
+
+    def get(self, kind, name):
+        self.start_record()
+        data = files.image_bytes(name) if kind == "file" else files.sandbox_bytes("/" + name)
+        if data is None:
+            self.set_status(404)
+            return self.finish(b"")
+        if kind == "file":
+            self.set_header("Content-Type", "image/webp" if data[:4] == b"RIFF" else "image/png")
+        else:
+            self.set_header("Content-Type", "text/csv")
+        self.finish(data)
+
+
 class PlanHandler(FakeHandler):
     def post(self):
         plan = ujson.loads(self.request.body)
@@ -223,6 +271,9 @@ def make_app(state=None):
     return tornado.web.Application([
         (r"/(?:(.+)/)?backend-api/conversation", ConversationHandler, args),
         (r"/(?:(.+)/)?backend-api/conversation/([^/]+)", HideHandler, args),
+        (r"/(?:(.+)/)?backend-api/conversation/([^/]+)/interpreter/download", InterpreterDownloadHandler, args),
+        (r"/(?:(.+)/)?backend-api/files/([^/]+)/download", FileDownloadHandler, args),
+        (r"/_fake/blob/(file|sandbox)/(.+)", BlobHandler, args),
         (r"/_fake/plan", PlanHandler, args),
         (r"/_fake/log", LogHandler, args),
         (r"/_fake/release", ReleaseHandler, args),

@@ -17,12 +17,13 @@ class Msg:
     ``result`` for browsing display). ``step`` is how many characters each event adds.
     ``final_parts`` are extra content parts the finished message carries (image pointers),
     ``metadata`` what its final event carries (citations, aggregate_result, finish_details).
-    Citations appear in earlier events once their ``end_ix`` has been streamed.
+    Citations appear in earlier events once their ``end_ix`` has been streamed. ``cuts`` sets
+    the event boundaries by hand (to split a citation marker over several events).
     """
 
     def __init__(self, text="", role="assistant", name=None, recipient="all", content_type="text",
                  step=4, final_parts=None, metadata=None, status="finished_successfully",
-                 end_turn=None, extra_content=None):
+                 end_turn=None, extra_content=None, cuts=None):
         self.id = str(uuid.uuid4())
         self.text = text
         self.role = role
@@ -35,6 +36,7 @@ class Msg:
         self.status = status
         self.end_turn = end_turn
         self.extra_content = extra_content or {}
+        self.cuts = cuts            # explicit event boundaries (character offsets) instead of ``step``
 
 
 class Script:
@@ -121,7 +123,7 @@ def legacy_events(script, conversation_id, user_messages, pings=True):
     t = 1703062013.02
     for i, msg in enumerate(script.messages):
         text = msg.text
-        cuts = list(range(msg.step, len(text), msg.step))
+        cuts = msg.cuts if msg.cuts is not None else list(range(msg.step, len(text), msg.step))
         for n, cut in enumerate(cuts):
             events.append(_event({"message": message_dict(msg, text[:cut], False, parent, script.model, t),
                                   "conversation_id": conversation_id, "error": None}))

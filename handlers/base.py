@@ -40,6 +40,11 @@ class ApiHandler(RequestHandler):
                            "invalid_request_error", "invalid_api_key")
         return key
 
+    def public_base_url(self):
+        """Where clients reach this gateway, for links to saved images: UPLOAD_BASE_URL, or
+        else the scheme and Host the request came with (X-Forwarded-Proto is honoured)."""
+        return self.gateway.settings.upload_base_url or "%s://%s" % (self.request.protocol, self.request.host)
+
     def send_error_json(self, error):
         self.clear()
         self.set_status(error.status)
