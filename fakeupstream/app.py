@@ -7,6 +7,10 @@ word in the last user message, or planned for an API key by a test:
     POST /_fake/plan {"key": "k1", "scenario": "long", "chunking": "random:7", "pace_ms": 1, ...}
     GET  /_fake/log?key=k1       -> every request that key made, and whether the client aborted
 
+The answer comes in the v1 delta dialect when the request asks for ``"supported_encodings":
+["v1"]``, else whole messages; ``"encoding": "legacy" | "v1"`` in a plan forces one. The log
+says which (``encoding``).
+
 Plans are per key, so tests running against one fake upstream do not see each other.
 """
 
@@ -20,7 +24,7 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from fakeupstream import scenarios
-from fakeupstream.script import legacy_events
+from fakeupstream.script import RENDERERS
 
 
 class State:
@@ -95,7 +99,10 @@ class ConversationHandler(FakeHandler):
         options = plan.get("options") or {}
         script = make(ask, body.get("model", "gpt-4"), **options)
         cid = str(uuid.uuid4())
-        events = legacy_events(script, cid, messages, pings=plan.get("pings", True))
+        # Like the real upstream: v1 only for clients that ask for it; a plan may force either.
+        encoding = plan.get("encoding") or ("v1" if "v1" in (body.get("supported_encodings") or ()) else "legacy")
+        record["encoding"] = encoding
+        events = RENDERERS[encoding](script, cid, messages, pings=plan.get("pings", True))
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         await self._write_events(events, plan, drop=not script.done)
