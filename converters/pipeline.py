@@ -19,8 +19,6 @@ from converters.legacy import LegacyDialect
 from converters.sse import SSEDecoder
 from errors import ApiError
 
-ENCODINGS = ("auto", "legacy", "v1")
-
 
 class _Detect:
     """The dialect stage until the stream shows its dialect.

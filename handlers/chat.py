@@ -184,14 +184,15 @@ class ChatCompletionsHandler(JsonBodyHandler):
                            "invalid_request_error", "model_not_found", "model")
         key = self.api_key()
         messages = await gw.prepare_messages(key, request, route)
-        payload = conversation_payload(messages, route, new_id)
+        encoding = gw.settings.upstream_encoding
+        payload = conversation_payload(messages, route, new_id, encoding)
 
         encoder = openai_format.ChunkEncoder("chatcmpl-" + uuid.uuid4().hex[:29], int(time.time()), request.model)
         if request.stream:
             sink = StreamSink(self, encoder, request.include_usage, gw.tokens)
         else:
             sink = CollectSink(self, encoder, gw.tokens)
-        relay = Relay(Conversion(gw.renderer()), sink, lambda action: gw.perform(action, key, relay.conversion))
+        relay = Relay(Conversion(gw.renderer(), encoding), sink, lambda action: gw.perform(action, key, relay.conversion))
         transfer = gw.upstream.start_conversation(key, payload, relay.on_chunk)
         self._transfer, self._relay = transfer, relay
         gw.watch.add(relay, transfer)
@@ -222,6 +223,8 @@ class ChatCompletionsHandler(JsonBodyHandler):
                 sink.finish(reason, request.messages)
         finally:
             gw.watch.discard(relay)
+            for warning in relay.conversion.warnings:  # each kind once per stream
+                log.warning("upstream stream for key %s: %s", mask(key), warning)
             cid = relay.conversion.conversation_id
             if cid and gw.settings.need_delete_conversation_after_response:
                 IOLoop.current().add_callback(gw.upstream.hide_conversation, key, cid)

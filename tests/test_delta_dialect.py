@@ -295,3 +295,13 @@ def test_patches_without_event_names_are_recognised():
     conv = Conversion(MarkdownRenderer())
     assert "".join(conv.feed(blob) + conv.close()) == "你好！有什么可以帮你？ 😀"
     assert conv.dialect == "v1"
+
+
+def test_the_conversion_collects_skipped_patches_for_the_handler_to_log():
+    blob = b"".join([HEAD, add(message()), delta({"p": "/message/content/parts/0", "o": "append", "v": "ok"}),
+                     delta({"p": "/message/content/parts/0", "o": "rot13", "v": "?"}), delta({"v": "!"}),
+                     finish(), DONE])
+    conv = Conversion(MarkdownRenderer())
+    assert "".join(conv.feed(blob) + conv.close()) == "ok"
+    assert conv.outcome() == ("stop", None)
+    assert conv.warnings == ["skipped 'rot13' at '/message/content/parts/0': unknown operation"]
