@@ -12,7 +12,11 @@ piece of logic for both dialects. Text is the exception, because it is almost ev
 ``append`` to the message's text field is passed on as a ``TextDelta`` at once and only kept
 as a list of pieces, joined into the document when something needs the whole text (the message
 ends, or a patch touches the text field in another way). That keeps the cost of an event
-proportional to what it carries, not to the length of the answer so far.
+proportional to what it carries, not to the length of the answer so far. So while a message
+streams, the text inside ``Message.content`` may lag behind the ``TextDelta``s; it is whole by
+``MessageEnd``. (Content whose text is spread over several parts takes the general path: each
+append re-joins, as the legacy dialect does.) ``c`` on an ``add`` counts the messages of the
+answer; a new message is recognised by its id, as in the legacy dialect.
 
 Operations or paths this stage cannot apply are skipped and described once in ``warnings``
 (the handler logs them): a new kind of patch must not break an answer.
