@@ -103,6 +103,8 @@ class ConversationHandler(FakeHandler):
         encoding = plan.get("encoding") or ("v1" if "v1" in (body.get("supported_encodings") or ()) else "legacy")
         record["encoding"] = encoding
         events = RENDERERS[encoding](script, cid, messages, pings=plan.get("pings", True))
+        if plan.get("future_patches") and encoding == "v1":
+            events = with_future_patches(events)
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         await self._write_events(events, plan, drop=not script.done)
@@ -149,6 +151,19 @@ class ConversationHandler(FakeHandler):
             502: "Bad gateway",
         }
         self.json(status, {"detail": detail if detail is not None else defaults.get(status, "error")})
+
+
+FUTURE_PATCH = b'event: delta\ndata: {"p": "/message/content/parts/0", "o": "future_op", "v": "?"}\n\n'
+FUTURE_EVENT = b'data: {"type": "future_kind", "payload": {"p": 1}}\n\n'
+
+
+def with_future_patches(events):
+    """A v1 stream as a later upstream might send it: an operation and an event kind nobody
+    knows yet, after the first message's ``add`` (plan option ``future_patches``)."""
+    for i, event in enumerate(events):
+        if event.startswith(b'event: delta\ndata: {"p": "", "o": "add"'):
+            return events[:i + 1] + [FUTURE_PATCH, FUTURE_PATCH, FUTURE_EVENT] + events[i + 1:]
+    return events
 
 
 def split(events, chunking):

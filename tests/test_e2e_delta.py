@@ -4,9 +4,12 @@ What the user notices: the same answer whichever dialect the upstream speaks, st
 and the gateway asking the upstream for exactly what UPSTREAM_ENCODING says.
 """
 
+import time
+
 import pytest
 
 from conf.settings import SettingsError, load
+from logs import mask
 
 CODE_ANSWER = ("```python\nimport math\nprint(math.pi)\n```\n"
                "Result:\n```\n3.141592653589793\n```\n"
@@ -68,3 +71,17 @@ def test_a_bad_encoding_setting_is_refused_by_name():
         load(environ={"UPSTREAM_ENCODING": "v2"})
     assert load(environ={"UPSTREAM_ENCODING": " V1 "}).upstream_encoding == "v1"
     assert load(environ={}).upstream_encoding == "auto"
+
+
+def test_an_unknown_patch_is_skipped_and_logged_once(gateway, upstream, key):
+    upstream.plan(key, scenario="code", future_patches=True)
+    assert ask(gateway.client(key), True) == (CODE_ANSWER, "stop")
+    assert upstream.conversations(key)[0]["encoding"] == "v1"
+    line = "upstream stream for key %s: skipped 'future_op' at '/message/content/parts/0': unknown operation" % mask(key)
+    log = gateway.log_text()
+    for _ in range(50):  # the handler logs after the response is finished
+        if line in log:
+            break
+        time.sleep(0.05)
+        log = gateway.log_text()
+    assert log.count(line) == 1
