@@ -120,6 +120,15 @@ def _log_level(name, raw):
     return value
 
 
+def _choice(*choices):
+    def parse(name, raw):
+        value = _text(name, raw).lower()
+        if value not in choices:
+            raise SettingsError("%s must be one of %s, got %r" % (name, ", ".join(choices), raw))
+        return value
+    return parse
+
+
 # name -> (parser, other environment spellings accepted for it)
 SPEC = {
     "BASE_URL": (_url, ()),
@@ -149,6 +158,7 @@ SPEC = {
     "UPSTREAM_IDLE_TIMEOUT": (_number(1, 86400), ()),
     "UPSTREAM_MAX_TRANSFERS": (_integer(1, 100000), ()),
     "MAX_REQUEST_BODY": (_integer(1024, 1 << 30), ()),
+    "UPSTREAM_ENCODING": (_choice("auto", "legacy", "v1"), ()),
 }
 
 _SECRET_WORDS = ("KEY", "TOKEN", "SECRET")

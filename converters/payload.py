@@ -83,9 +83,16 @@ def upstream_message(message_id, role, text):
             "content": {"content_type": "text", "parts": [text]}, "metadata": {}}
 
 
-def conversation_payload(messages, route, new_id):
+# UPSTREAM_ENCODING -> what the request asks the upstream to stream. ``auto`` asks for v1 and
+# takes whatever comes (the pipeline detects the dialect per stream); ``legacy`` asks for nothing,
+# which is what the late-2023 web client sent.
+SUPPORTED_ENCODINGS = {"auto": ["v1"], "v1": ["v1"], "legacy": None}
+
+
+def conversation_payload(messages, route, new_id, encoding="legacy"):
     """The upstream body. ``messages``: [(role, text)] or prepared upstream message dicts;
-    ``new_id``: a function returning a fresh uuid4 string (passed in: no randomness here)."""
+    ``new_id``: a function returning a fresh uuid4 string (passed in: no randomness here);
+    ``encoding``: the UPSTREAM_ENCODING setting."""
     up = [m if isinstance(m, dict) else upstream_message(new_id(), m[0], m[1]) for m in messages]
     payload = {
         "action": "next",
@@ -101,6 +108,9 @@ def conversation_payload(messages, route, new_id):
     if route.gizmo_id:
         mode = {"kind": "gizmo_interaction", "gizmo_id": route.gizmo_id}
         payload["conversation_mode"] = mode
+    encodings = SUPPORTED_ENCODINGS[encoding]
+    if encodings:
+        payload["supported_encodings"] = list(encodings)
     return payload
 
 

@@ -17,6 +17,10 @@ Files (DALL·E images, charts, files the code wrote) are fetched as upstream doe
 backend-api call answers a ``download_url`` on this host (``/_fake/blob/...``), which a plain
 GET without Authorization turns into the bytes (fakeupstream/files.py).
 
+The answer comes in the v1 delta dialect when the request asks for ``"supported_encodings":
+["v1"]``, else whole messages; ``"encoding": "legacy" | "v1"`` in a plan forces one. The log
+says which (``encoding``).
+
 Plans are per key, so tests running against one fake upstream do not see each other.
 """
 
@@ -30,7 +34,7 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from fakeupstream import files, scenarios
-from fakeupstream.script import legacy_events
+from fakeupstream.script import RENDERERS
 
 
 class State:
@@ -111,7 +115,12 @@ class ConversationHandler(FakeHandler):
         options = plan.get("options") or {}
         script = make(ask, body.get("model", "gpt-4"), **options)
         cid = str(uuid.uuid4())
-        events = legacy_events(script, cid, messages, pings=plan.get("pings", True))
+        # Like the real upstream: v1 only for clients that ask for it; a plan may force either.
+        encoding = plan.get("encoding") or ("v1" if "v1" in (body.get("supported_encodings") or ()) else "legacy")
+        record["encoding"] = encoding
+        events = RENDERERS[encoding](script, cid, messages, pings=plan.get("pings", True))
+        if plan.get("future_patches") and encoding == "v1":
+            events = with_future_patches(events)
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         await self._write_events(events, plan, drop=not script.done, key=key)
@@ -171,6 +180,19 @@ class ConversationHandler(FakeHandler):
             502: "Bad gateway",
         }
         self.json(status, {"detail": detail if detail is not None else defaults.get(status, "error")})
+
+
+FUTURE_PATCH = b'event: delta\ndata: {"p": "/message/content/parts/0", "o": "future_op", "v": "?"}\n\n'
+FUTURE_EVENT = b'data: {"type": "future_kind", "payload": {"p": 1}}\n\n'
+
+
+def with_future_patches(events):
+    """A v1 stream as a later upstream might send it: an operation and an event kind nobody
+    knows yet, after the first message's ``add`` (plan option ``future_patches``)."""
+    for i, event in enumerate(events):
+        if event.startswith(b'event: delta\ndata: {"p": "", "o": "add"'):
+            return events[:i + 1] + [FUTURE_PATCH, FUTURE_PATCH, FUTURE_EVENT] + events[i + 1:]
+    return events
 
 
 def split(events, chunking):

@@ -12,7 +12,6 @@ import logging
 import time
 import uuid
 
-import ujson
 from tornado.concurrent import Future, future_set_result_unless_cancelled
 from tornado.ioloop import IOLoop, PeriodicCallback
 
@@ -177,13 +176,17 @@ class Relay:
 class ConversationHandler(JsonBodyHandler):
     """Base for endpoints answered by one upstream conversation (chat completions, images)."""
 
+    def payload(self, messages, route):
+        """The upstream request body, asking for the stream encoding the settings choose."""
+        return conversation_payload(messages, route, new_id, self.gateway.settings.upstream_encoding)
+
     async def converse(self, key, payload, sink, perform, prompt_messages, renderer=None):
         """Start the upstream transfer, wait until it accepts (its error becomes ours), relay the
         converted answer into ``sink`` and finish it. ``perform(action, conversion)`` carries out
         a renderer's action and returns its text; ``renderer`` defaults to the gateway's."""
         gw = self.gateway
         echo_ids = [m["id"] for m in payload["messages"]]  # the upstream may echo them back
-        conversion = Conversion(renderer or gw.renderer(), echo_ids)
+        conversion = Conversion(renderer or gw.renderer(), gw.settings.upstream_encoding, echo_ids)
         relay = Relay(conversion, sink, lambda action: perform(action, conversion))
         transfer = gw.upstream.start_conversation(key, payload, relay.on_chunk)
         self._transfer, self._relay = transfer, relay
@@ -215,6 +218,8 @@ class ConversationHandler(JsonBodyHandler):
                 sink.finish(reason, prompt_messages)
         finally:
             gw.watch.discard(relay)
+            for warning in relay.conversion.warnings:  # each kind once per stream
+                log.warning("upstream stream for key %s: %s", mask(key), warning)
             cid = relay.conversion.conversation_id
             if cid and gw.settings.need_delete_conversation_after_response:
                 IOLoop.current().add_callback(gw.upstream.hide_conversation, key, cid)
@@ -236,7 +241,7 @@ class ChatCompletionsHandler(ConversationHandler):
                            "invalid_request_error", "model_not_found", "model")
         key = self.api_key()
         messages = await gw.prepare_messages(key, request, route)
-        payload = conversation_payload(messages, route, new_id)
+        payload = self.payload(messages, route)
 
         encoder = openai_format.ChunkEncoder("chatcmpl-" + uuid.uuid4().hex[:29], int(time.time()), request.model)
         if request.stream:

@@ -10,11 +10,11 @@ import base64
 import time
 
 from converters import openai_format
-from converters.payload import conversation_payload, image_prompt, parse_image_request
+from converters.payload import image_prompt, parse_image_request
 from converters.render import FetchImage, MarkdownRenderer
 from errors import ApiError
 from handlers.base import ApiHandler
-from handlers.chat import ConversationHandler, new_id
+from handlers.chat import ConversationHandler
 from media import MediaStore
 
 
@@ -74,7 +74,7 @@ class ImageGenerationsHandler(ConversationHandler):
                 "invalid_request_error", "model_not_found" if route is None else "model_cannot_draw", "model")
         key = self.api_key()
         prompt = image_prompt(gw.settings.dalle_prompt_prefix, request)
-        payload = conversation_payload([("user", prompt)], route, new_id)
+        payload = self.payload([("user", prompt)], route)
         sink = ImageSink(self, request)
         base = self.public_base_url()
 

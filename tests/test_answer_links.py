@@ -1,7 +1,7 @@
 """The answer stage's handling of prose that needs a closer look: markers and sandbox links."""
 
 from converters.answer import Answer
-from converters.events import Cite, Message, MessageEnd, MessageStart, SandboxFile, Text, TextDelta
+from converters.events import Message, MessageEnd, MessageStart, SandboxFile, Text, TextDelta
 
 
 def prose(*deltas, citations=None, end=True):

@@ -7,8 +7,6 @@ forever under Tornado 6.6, so the curl client could not be tested with it.
 
 import asyncio
 
-import pytest
-from tornado.httpclient import HTTPRequest
 
 from conf.settings import load
 from fakeupstream.app import State, listen_app
