@@ -101,8 +101,7 @@ class CollectSink:
         text = "".join(self.texts)
         body = openai_format.completion(e.completion_id, e.created, e.model, text, reason,
                                         self.tokens.usage(prompt_messages, text))
-        self.handler.set_header("Content-Type", "application/json; charset=utf-8")
-        self.handler.finish(openai_format.dumps(body))
+        self.handler.write_json(body)
 
     def fail(self, error):
         self.handler.send_error_json(error)

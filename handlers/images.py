@@ -9,7 +9,6 @@ the assistant's words. No image means the model declined: an error carrying its 
 import base64
 import time
 
-from converters import openai_format
 from converters.payload import image_prompt, parse_image_request
 from converters.render import FetchImage, MarkdownRenderer
 from errors import ApiError
@@ -56,8 +55,7 @@ class ImageSink:
                 "b64_json": base64.b64encode(raw).decode("ascii")}
             item["revised_prompt"] = revised or self.request.prompt
             data.append(item)
-        self.handler.set_header("Content-Type", "application/json; charset=utf-8")
-        self.handler.finish(openai_format.dumps({"created": int(time.time()), "data": data, "reply": reply}))
+        self.handler.write_json({"created": int(time.time()), "data": data, "reply": reply})
 
     def fail(self, error):
         self.handler.send_error_json(error)
