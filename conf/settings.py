@@ -58,32 +58,27 @@ def _path_prefix(name, raw):
     return value
 
 
-def _integer(low, high):
+def _ranged(convert, noun, low, high):
+    """A parser for numbers (``convert`` is int or float) between ``low`` and ``high``."""
     def parse(name, raw):
-        if isinstance(raw, bool):
-            raise SettingsError("%s must be a whole number, got %r" % (name, raw))
         try:
-            value = int(str(raw).strip())
+            if isinstance(raw, bool):
+                raise ValueError
+            value = convert(str(raw).strip())
         except ValueError:
-            raise SettingsError("%s must be a whole number, got %r" % (name, raw)) from None
-        if not low <= value <= high:
-            raise SettingsError("%s must be between %d and %d, got %d" % (name, low, high, value))
-        return value
-    return parse
-
-
-def _number(low, high):
-    def parse(name, raw):
-        if isinstance(raw, bool):
-            raise SettingsError("%s must be a number, got %r" % (name, raw))
-        try:
-            value = float(str(raw).strip())
-        except ValueError:
-            raise SettingsError("%s must be a number, got %r" % (name, raw)) from None
+            raise SettingsError("%s must be %s, got %r" % (name, noun, raw)) from None
         if not low <= value <= high:
             raise SettingsError("%s must be between %g and %g, got %g" % (name, low, high, value))
         return value
     return parse
+
+
+def _integer(low, high):
+    return _ranged(int, "a whole number", low, high)
+
+
+def _number(low, high):
+    return _ranged(float, "a number", low, high)
 
 
 _TRUE = {"1", "true", "yes", "on"}
