@@ -184,7 +184,7 @@ class ChatCompletionsHandler(JsonBodyHandler):
                            "invalid_request_error", "model_not_found", "model")
         key = self.api_key()
         messages = await gw.prepare_messages(key, request, route)
-        payload = conversation_payload(messages, route, new_id)
+        payload = conversation_payload(messages, route, new_id, await gw.gizmo(route))
 
         encoder = openai_format.ChunkEncoder("chatcmpl-" + uuid.uuid4().hex[:29], int(time.time()), request.model)
         if request.stream:
