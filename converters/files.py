@@ -14,6 +14,7 @@ import hashlib
 import io
 import mimetypes
 import posixpath
+import re
 import urllib.parse
 import warnings
 
@@ -147,12 +148,16 @@ def _sniffed(data):
     return [m.mime_type for m in matches if m.mime_type]
 
 
+_BINARY_CONTROLS = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+
+
 def _is_text(data):
+    """UTF-8 without the control characters that only binary data holds."""
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
         return False
-    return b"\x00" not in data
+    return _BINARY_CONTROLS.search(data) is None
 
 
 def inspect_file(data, claimed, name, where):
