@@ -9,7 +9,7 @@ messages built by the pure ``converters.files.multimodal_message``.
 import asyncio
 import mimetypes
 
-from converters.files import GENERIC_TYPES, inspect_file, multimodal_message, name_from_url, parse_data_url
+from converters.files import GENERIC_TYPES, file_error, inspect_file, multimodal_message, name_from_url, parse_data_url
 from errors import bad_request
 from urlguard import AddressPolicy, GuardedFetcher
 
@@ -60,8 +60,8 @@ class Attachments:
             data, claimed = await self.fetcher.fetch(ref.url, ref.where)
             name = ref.name or name_from_url(ref.url)
         if len(data) > self.max_bytes:
-            raise bad_request("%s: the file is %d bytes, more than the %d this gateway takes (FILE_MAX_BYTES)"
-                              % (ref.where, len(data), self.max_bytes), ref.where, "file_too_large")
+            raise file_error(ref.where, "the file is %d bytes, more than the %d this gateway takes (FILE_MAX_BYTES)"
+                             % (len(data), self.max_bytes), "file_too_large")
         if claimed.split(";")[0].strip().lower() in GENERIC_TYPES and name:
             claimed = mimetypes.guess_type(name)[0] or claimed
         return inspect_file(data, claimed, name, ref.where)

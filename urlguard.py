@@ -14,7 +14,7 @@ import ipaddress
 import socket
 import urllib.parse
 
-from errors import bad_request
+from converters.files import file_error
 
 
 class AddressPolicy:
@@ -73,44 +73,41 @@ class GuardedFetcher:
             got = await self.upstream.fetch_guarded(url, host, port, address, self.max_bytes,
                                                     self.connect_timeout, self.timeout)
             if got.too_big:
-                raise bad_request("%s: %s is larger than the %d bytes this gateway takes (FILE_MAX_BYTES)"
-                                  % (where, url, self.max_bytes), where, "file_too_large")
+                raise file_error(where, "%s is larger than the %d bytes this gateway takes (FILE_MAX_BYTES)"
+                                 % (url, self.max_bytes), "file_too_large")
             if got.status == 599:
-                raise bad_request("%s: fetching %s failed: %s" % (where, url, got.failure), where, "file_fetch_failed")
+                raise file_error(where, "fetching %s failed: %s" % (url, got.failure), "file_fetch_failed")
             if got.status in (301, 302, 303, 307, 308) and got.headers.get("Location"):
                 url = urllib.parse.urljoin(url, got.headers["Location"])
                 continue
             if got.status != 200:
-                raise bad_request("%s: fetching %s failed: HTTP %d" % (where, url, got.status), where,
-                                  "file_fetch_failed")
+                raise file_error(where, "fetching %s failed: HTTP %d" % (url, got.status), "file_fetch_failed")
             return bytes(got.body), got.headers.get("Content-Type", "")
-        raise bad_request("%s: %s redirects more than %d times" % (where, url, self.max_redirects), where,
-                          "file_fetch_failed")
+        raise file_error(where, "%s redirects more than %d times" % (url, self.max_redirects), "file_fetch_failed")
 
     @staticmethod
     def _split(url, where):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise bad_request("%s: only http:// and https:// URLs can be fetched, got %r" % (where, url[:200]),
-                              where, "unsupported_url")
+            raise file_error(where, "only http:// and https:// URLs can be fetched, got %r" % url[:200],
+                             "unsupported_url")
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
-            raise bad_request("%s: %r has a bad port" % (where, url[:200]), where, "unsupported_url") from None
+            raise file_error(where, "%r has a bad port" % url[:200], "unsupported_url") from None
         return parts.hostname, port
 
     async def _checked_address(self, host, port, url, where):
         try:
             addresses = await resolve(host, port, self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as e:
-            raise bad_request("%s: cannot resolve the host of %s: %s" % (where, url, e), where,
-                              "file_fetch_failed") from None
+            raise file_error(where, "cannot resolve the host of %s: %s" % (url, e), "file_fetch_failed") from None
         if not addresses:
-            raise bad_request("%s: the host of %s has no address" % (where, url), where, "file_fetch_failed")
+            raise file_error(where, "the host of %s has no address" % url, "file_fetch_failed")
         if not self.policy.allows_host(host):
             refused = [a for a in addresses if not self.policy.allows_address(a)]
             if refused:
-                raise bad_request(
-                    "%s: %s points to %s, a loopback, private or link-local address this gateway does not "
-                    "fetch from (FILE_FETCH_ALLOW can allow it)" % (where, url, refused[0]), where, "url_not_allowed")
+                raise file_error(where, "%s points to %s, a loopback, private or link-local address this gateway "
+                                 "does not fetch from (FILE_FETCH_ALLOW can allow it)" % (url, refused[0]),
+                                 "url_not_allowed")
         return addresses[0]

@@ -91,6 +91,12 @@ class FileInfo:
         return "my_files" if self.mime in DOCUMENT_TYPES else "ace_upload"
 
 
+def file_error(where, text, code):
+    """A 400 about one content part: ``where`` is ``messages[i].content[j]``, the param its dotted form."""
+    param = where.replace("[", ".").replace("]", "")
+    return bad_request("%s: %s" % (where, text), param, code)
+
+
 def extension(mime):
     if mime == "text/markdown":
         return ".md"
@@ -101,7 +107,7 @@ def parse_data_url(url, where):
     """``data:<mime>[;params];base64,<data>`` -> ``(mime, bytes)``; a clear 400 when it is not one."""
     head, comma, payload = url.partition(",")
     if not comma:
-        raise bad_request("%s: the data URL has no ',' before its data" % where, where, "invalid_data_url")
+        raise file_error(where, "the data URL has no ',' before its data", "invalid_data_url")
     params = head[5:].split(";")
     mime = params[0].strip().lower()
     if "base64" in (p.strip().lower() for p in params[1:]):
@@ -111,8 +117,7 @@ def parse_data_url(url, where):
         try:
             data = base64.b64decode(compact, validate=True)
         except (binascii.Error, ValueError):
-            raise bad_request("%s: the data URL's base64 data cannot be decoded" % where, where,
-                              "invalid_base64") from None
+            raise file_error(where, "the data URL's base64 data cannot be decoded", "invalid_base64") from None
     else:
         data = urllib.parse.unquote_to_bytes(payload)
     return mime, data
@@ -169,13 +174,13 @@ def inspect_file(data, claimed, name, where):
     """
     claimed = (claimed or "").split(";")[0].strip().lower()
     if not data:
-        raise bad_request("%s: the file is empty" % where, where, "invalid_file")
+        raise file_error(where, "the file is empty", "invalid_file")
     image = _image(data)
     if image is not None:
         return FileInfo(data, image[0], name, image[1], image[2])
     if claimed.startswith("image/"):
-        raise bad_request("%s: the data is labelled %s but is not a PNG, JPEG, GIF or WebP image"
-                          % (where, claimed), where, "invalid_image")
+        raise file_error(where, "the data is labelled %s but is not a PNG, JPEG, GIF or WebP image" % claimed,
+                         "invalid_image")
     sniffed = _sniffed(data)
     if claimed in GENERIC_TYPES:
         if sniffed:
@@ -185,14 +190,12 @@ def inspect_file(data, claimed, name, where):
         return FileInfo(data, mime, name)
     if claimed.startswith("text/") or claimed in TEXT_LIKE_APPLICATION:
         if not _is_text(data):
-            raise bad_request("%s: the file is labelled %s but is not UTF-8 text" % (where, claimed),
-                              where, "invalid_file")
+            raise file_error(where, "the file is labelled %s but is not UTF-8 text" % claimed, "invalid_file")
         return FileInfo(data, claimed, name)
     fits = claimed in sniffed or (claimed in ZIP_FAMILY and any(s in ZIP_FAMILY for s in sniffed))
     if not fits and (sniffed or claimed in SIGNED_TYPES):
         seen = " (its bytes look like %s)" % sniffed[0] if sniffed else ""
-        raise bad_request("%s: the file is labelled %s but its bytes are not%s" % (where, claimed, seen),
-                          where, "invalid_file")
+        raise file_error(where, "the file is labelled %s but its bytes are not%s" % (claimed, seen), "invalid_file")
     return FileInfo(data, claimed, name)
 
 

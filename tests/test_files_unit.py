@@ -134,12 +134,11 @@ def test_multimodal_message_matches_the_web_client():
 def test_gpt_payload_carries_the_gizmo_when_known():
     models = ModelTable(settings())
     models.add_gpt("helper", "g-abc")
-    ids = iter(["p1"])
     payload = conversation_payload([("user", "hi")], models.resolve("helper"), lambda: "u1", {"gizmo": {"id": "g-abc"}})
     assert payload["model"] == "gpt-4-gizmo"
     assert payload["conversation_mode"] == {"kind": "gizmo_interaction", "gizmo_id": "g-abc",
                                             "gizmo": {"gizmo": {"id": "g-abc"}}}
-    direct = conversation_payload([("user", "hi")], models.resolve("gpt-4-gizmo-g-XYZ"), lambda: next(ids, "u"))
+    direct = conversation_payload([("user", "hi")], models.resolve("gpt-4-gizmo-g-XYZ"), lambda: "u1")
     assert direct["conversation_mode"] == {"kind": "gizmo_interaction", "gizmo_id": "g-XYZ"}
 
 
