@@ -234,10 +234,9 @@ class UpstreamClient:
                 target = "[%s]" % address if ":" in address else address
                 curl.setopt(pycurl.CONNECT_TO, ["%s:%d:%s:%d" % (host, port, target, port)])
 
-        response = await self.http.fetch(HTTPRequest(
+        response = await self.http.fetch_any(HTTPRequest(
             url, headers={"User-Agent": USER_AGENT, "Accept": "*/*"}, connect_timeout=connect_timeout,
-            request_timeout=timeout, follow_redirects=False, prepare_curl_callback=prepare),
-            raise_error=False)
+            request_timeout=timeout, follow_redirects=False, prepare_curl_callback=prepare))
         result.status = response.code
         result.headers = response.headers
         if getattr(response.error, "errno", None) == pycurl.E_FILESIZE_EXCEEDED:
@@ -264,11 +263,11 @@ class UpstreamClient:
         if status != 200 or not isinstance(data, dict) or not data.get("file_id") or not data.get("upload_url"):
             raise _upload_error(1, "POST backend-api/files", status, raw)
         file_id = data["file_id"]
-        response = await self.http.fetch(HTTPRequest(
+        response = await self.http.fetch_any(HTTPRequest(
             self.upload_url(data["upload_url"]), method="PUT", body=info.data,
             headers={"x-ms-blob-type": "BlockBlob", "Content-Type": info.mime, "User-Agent": USER_AGENT},
             connect_timeout=self.settings.upstream_connect_timeout, request_timeout=timeout,
-            follow_redirects=False), raise_error=False)
+            follow_redirects=False))
         if response.code not in (200, 201):
             raw = str(response.error).encode() if response.code == 599 else (response.body or b"")
             raise _upload_error(2, "PUT upload_url", response.code, raw)
