@@ -243,6 +243,7 @@ class UpstreamClient:
             result.too_big = True
         if response.code == 599 and not result.too_big:
             result.failure = str(response.error)
+            result.connect_failed = getattr(response.error, "errno", None) == pycurl.E_COULDNT_CONNECT
         return result
 
     def upload_url(self, url):
@@ -283,7 +284,7 @@ class UpstreamClient:
 
 class Fetched:
     """What ``fetch_guarded`` got: status (599: no answer), headers, body, and why it stopped."""
-    __slots__ = ("status", "headers", "body", "too_big", "failure")
+    __slots__ = ("status", "headers", "body", "too_big", "failure", "connect_failed")
 
     def __init__(self):
         self.status = None
@@ -291,6 +292,7 @@ class Fetched:
         self.body = bytearray()
         self.too_big = False
         self.failure = None
+        self.connect_failed = False
 
 
 def _upload_error(step, what, status, raw):

@@ -69,9 +69,11 @@ class GuardedFetcher:
         """``(bytes, Content-Type)`` of a 200 answer; any problem is a 400 naming the URL."""
         for _hop in range(self.max_redirects + 1):
             host, port = self._split(url, where)
-            address = await self._checked_address(host, port, url, where)
-            got = await self.upstream.fetch_guarded(url, host, port, address, self.max_bytes,
-                                                    self.connect_timeout, self.timeout)
+            for address in await self._checked_addresses(host, port, url, where):
+                got = await self.upstream.fetch_guarded(url, host, port, address, self.max_bytes,
+                                                        self.connect_timeout, self.timeout)
+                if not got.connect_failed:
+                    break  # else try the host's next address, as browsers do on dual-stack hosts
             if got.too_big:
                 raise file_error(where, "%s is larger than the %d bytes this gateway takes (FILE_MAX_BYTES)"
                                  % (url, self.max_bytes), "file_too_large")
@@ -97,7 +99,7 @@ class GuardedFetcher:
             raise file_error(where, "%r has a bad port" % url[:200], "unsupported_url") from None
         return parts.hostname, port
 
-    async def _checked_address(self, host, port, url, where):
+    async def _checked_addresses(self, host, port, url, where):
         try:
             addresses = await resolve(host, port, self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as e:
@@ -110,4 +112,4 @@ class GuardedFetcher:
                 raise file_error(where, "%s points to %s, a loopback, private or link-local address this gateway "
                                  "does not fetch from (FILE_FETCH_ALLOW can allow it)" % (url, refused[0]),
                                  "url_not_allowed")
-        return addresses[0]
+        return addresses

@@ -18,7 +18,7 @@ PDF_SIZE = 601  # fakeupstream/static/sample.pdf
 @pytest.fixture(scope="module")
 def files_gateway(gateway_factory):
     """A gateway allowed to fetch from 127.0.0.1 (the fake upstream's host), with a small size limit."""
-    return gateway_factory(FILE_FETCH_ALLOW="127.0.0.1", FILE_MAX_BYTES=4096)
+    return gateway_factory(FILE_FETCH_ALLOW="127.0.0.1,localhost", FILE_MAX_BYTES=4096)
 
 
 def image(fmt, size):
@@ -112,8 +112,9 @@ def test_the_same_picture_twice_is_uploaded_once(files_gateway, upstream, key):
     assert messages[2]["content"]["parts"] == [pointer, "and now?"]
 
 
-def test_pdf_by_url_goes_up_as_an_attachment_only(files_gateway, upstream, key):
-    url = upstream.url + "/_fake/static/sample.pdf"
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_pdf_by_url_goes_up_as_an_attachment_only(files_gateway, upstream, key, host):
+    url = upstream.url.replace("127.0.0.1", host) + "/_fake/static/sample.pdf"
     ask(files_gateway.client(key), [{"type": "text", "text": "这个pdf里写了什么"},
                                     {"type": "image_url", "image_url": {"url": url}}])
     records = upstream.log(key)
@@ -155,6 +156,9 @@ def test_loopback_url_is_refused_by_default(gateway, upstream, key):
     assert body["message"] == (
         "messages[0].content[1]: %s/_fake/static/sample.pdf points to 127.0.0.1, a loopback, private or "
         "link-local address this gateway does not fetch from (FILE_FETCH_ALLOW can allow it)" % upstream.url)
+    by_name = upstream.url.replace("127.0.0.1", "localhost") + "/_fake/static/sample.pdf"
+    body = refused(gateway.client(key), [{"type": "image_url", "image_url": {"url": by_name}}])
+    assert body["code"] == "url_not_allowed"
     assert upstream.log(key) == []
 
 
@@ -217,3 +221,25 @@ def test_a_failed_upload_step_is_named_and_nothing_is_asked(files_gateway, upstr
     assert e.value.status_code == our_status
     assert e.value.body["message"].startswith("uploading the file failed at " + words)
     assert upstream.conversations(key) == []
+
+
+def test_connection_is_pinned_to_the_checked_address(upstream):
+    """The host name is never looked up again by curl: a name that cannot resolve still reaches
+    the address it was pinned to, so a DNS answer that changes after the check cannot matter."""
+    import asyncio
+
+    from conf import settings as conf_settings
+    from upstream import UpstreamClient
+
+    port = int(upstream.url.rsplit(":", 1)[1])
+    url = "http://pinned.invalid:%d/_fake/static/sample.pdf" % port
+
+    async def fetch():
+        client = UpstreamClient(conf_settings.load(environ={}))
+        try:
+            return await client.fetch_guarded(url, "pinned.invalid", port, "127.0.0.1", 4096, 5, 10)
+        finally:
+            client.close()
+
+    got = asyncio.run(fetch())
+    assert (got.status, len(got.body), bytes(got.body[:5])) == (200, PDF_SIZE, b"%PDF-")
