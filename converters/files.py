@@ -130,7 +130,7 @@ def name_from_url(url):
     return name if name and "." in name.strip(".") else None
 
 
-def _image(data):
+def _image(data, where):
     """``(mime, width, height)`` when the bytes are an image the upstream takes, else None."""
     try:
         with warnings.catch_warnings():
@@ -139,6 +139,8 @@ def _image(data):
                 width, height = im.size
                 fmt = im.format
                 im.verify()  # checks the structure (chunk CRCs and the like) without decoding pixels
+    except Image.DecompressionBombError:
+        raise file_error(where, "the image has more pixels than this gateway accepts", "invalid_image") from None
     except Exception:
         return None
     return IMAGE_FORMATS[fmt], width, height
@@ -175,7 +177,7 @@ def inspect_file(data, claimed, name, where):
     claimed = (claimed or "").split(";")[0].strip().lower()
     if not data:
         raise file_error(where, "the file is empty", "invalid_file")
-    image = _image(data)
+    image = _image(data, where)
     if image is not None:
         return FileInfo(data, image[0], name, image[1], image[2])
     if claimed.startswith("image/"):
