@@ -5,13 +5,16 @@ and the IOLoop must not be shared between processes) and holds no per-request st
 """
 
 import logging
+import urllib.parse
 
 from tornado.ioloop import IOLoop
 
 import gpts
 from attachments import Attachments
-from converters.render import MarkdownRenderer
+from converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer
 from handlers.chat import StreamWatch, new_id
+from logs import mask
+from media import MediaStore
 from upstream import UpstreamClient
 from usage import TokenCounter
 
@@ -28,6 +31,7 @@ class Gateway:
                                       settings.gpts_fetch_timeout)
         self.tokens = TokenCounter()
         self.watch = StreamWatch(settings.keepalive_interval, settings.upstream_idle_timeout)
+        self.media = MediaStore(settings.images_dir)
 
     def start(self):
         self.watch.start()
@@ -38,7 +42,13 @@ class Gateway:
         self.upstream.close()
 
     def renderer(self):
-        """A fresh renderer for one answer."""
+        """A fresh renderer for one answer: for bots (BOT_MODE) or for web UIs."""
+        s = self.settings
+        if s.bot_mode:
+            return BotRenderer(plugin_output=s.bot_mode_enabled_plugin_output,
+                               reference_output=s.bot_mode_enabled_bing_reference_output,
+                               markdown_image=s.bot_mode_enabled_markdown_image_output,
+                               plain_image_url=s.bot_mode_enabled_plain_image_url_output)
         return MarkdownRenderer()
 
     async def prepare_messages(self, key, request, route):
@@ -49,7 +59,56 @@ class Gateway:
         """For a GPT route, the gizmo object to send along, when known (else None)."""
         return await self.gizmos.gizmo(route)
 
-    async def perform(self, action, key, conversion):
-        """Carry out a renderer's action (fetch an image) and return the text to show."""
-        log.warning("no handler for action %r", action)
-        return action.render(None)
+    async def perform(self, action, key, conversion, public_base):
+        """Carry out a renderer's action and return the text to show."""
+        saved = await self.fetch(action, key, conversion)
+        return action.render(self.public_url(public_base, saved[0]) if saved else None)
+
+    async def fetch(self, action, key, conversion):
+        """Fetch an image or sandbox file the answer shows: ``(saved name, bytes)`` or None.
+
+        Two steps, as the upstream wants: a backend-api call (with the key) answers a
+        short-lived ``download_url``; a plain GET of it (no Authorization) gives the bytes.
+        Failures (refused, unreachable, a malformed URL, a full disk) are logged; the answer
+        then shows a short notice instead.
+        """
+        try:
+            return await self._fetch(action, key, conversion)
+        except Exception:
+            log.exception("fetching %r failed", action)
+            return None
+
+    @staticmethod
+    def public_url(public_base, name):
+        """Where clients fetch a saved file (see handlers/images.py)."""
+        return "%s/images/%s" % (public_base, name)
+
+    async def _fetch(self, action, key, conversion):
+        t = type(action)
+        if t is FetchImage:
+            what = action.image.file_id
+            url, reason = await self.upstream.download_url(key, "files/%s/download" % urllib.parse.quote(what, safe=""))
+        elif t is FetchSandboxFile:
+            what = action.file.path
+            cid = conversion.conversation_id
+            if not cid:
+                log.warning("sandbox file %s: no conversation id to fetch it with", what)
+                return None
+            url, reason = await self.upstream.download_url(
+                key, "conversation/%s/interpreter/download" % urllib.parse.quote(cid, safe=""),
+                message_id=action.file.message_id, sandbox_path=what)
+        else:
+            log.warning("no handler for action %r", action)
+            return None
+        if url is None:
+            log.warning("download of %s for key %s refused: %s", what, mask(key), reason)
+            return None
+        status, data, _ = await self.upstream.fetch_url(url)
+        if status != 200 or not data:
+            log.warning("download of %s failed: HTTP %s", what, status)
+            return None
+        name = self.media.save_image(data) if t is FetchImage else self.media.save_file(what, data)
+        if name is None:
+            log.warning("download of %s did not give an image (%d bytes)", what, len(data))
+            return None
+        return name, data

@@ -23,6 +23,7 @@ from gateway import Gateway
 from handlers.base import NotFoundHandler
 from handlers.chat import ChatCompletionsHandler
 from handlers.health import HealthHandler
+from handlers.images import ImageGenerationsHandler, SavedFileHandler
 from handlers.models import ModelHandler, ModelsHandler
 
 log = logging.getLogger("gateway")
@@ -34,6 +35,8 @@ def routes(settings):
         (prefix + r"/v1/chat/completions", ChatCompletionsHandler),
         (prefix + r"/v1/models", ModelsHandler),
         (prefix + r"/v1/models/([^/]+)", ModelHandler),
+        (prefix + r"/v1/images/generations", ImageGenerationsHandler),
+        (r"/images/(.*)", SavedFileHandler),
         (r"/healthz", HealthHandler),
     ]
 

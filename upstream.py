@@ -197,6 +197,18 @@ class UpstreamClient:
         if status != 200:
             log.warning("hiding conversation %s failed: HTTP %s %s", conversation_id, status, raw[:200])
 
+    async def download_url(self, key, path, **query):
+        """Ask ``backend-api/<path>`` for a file's ``download_url``: ``(url, None)`` or
+        ``(None, reason)``. Used for ``files/{id}/download`` and
+        ``conversation/{cid}/interpreter/download``."""
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
+        status, data, raw = await self.call("GET", path, key)
+        url = data.get("download_url") if isinstance(data, dict) else None
+        if status == 200 and isinstance(url, str) and url:
+            return url, None
+        return None, "HTTP %s %s" % (status, bytes(raw[:200]).decode("utf-8", "replace"))
+
     async def fetch_url(self, url, timeout=60, max_bytes=None):
         """GET a plain URL (a download_url); ``(status, bytes, content type)``."""
         response = await self.http.fetch_any(HTTPRequest(

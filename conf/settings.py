@@ -26,6 +26,22 @@ def _text(name, raw):
     return raw.strip()
 
 
+def _prefix_text(name, raw):
+    """Text put before something else: kept as written (a trailing space matters)."""
+    if not isinstance(raw, str):
+        raise SettingsError("%s must be a string, got %r" % (name, raw))
+    return raw
+
+
+def _directory(name, raw):
+    """A directory path; relative paths are below the project directory (where server.py is)."""
+    value = _text(name, raw)
+    if not value:
+        raise SettingsError("%s must name a directory" % name)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.normpath(os.path.join(root, value))
+
+
 def _url(name, raw):
     value = _text(name, raw).rstrip("/")
     if value:
@@ -121,6 +137,15 @@ def _log_level(name, raw):
     return value
 
 
+def _choice(*choices):
+    def parse(name, raw):
+        value = _text(name, raw).lower()
+        if value not in choices:
+            raise SettingsError("%s must be one of %s, got %r" % (name, ", ".join(choices), raw))
+        return value
+    return parse
+
+
 # name -> (parser, other environment spellings accepted for it)
 SPEC = {
     "BASE_URL": (_url, ()),
@@ -128,6 +153,7 @@ SPEC = {
     "HOST": (_text, ()),
     "PORT": (_integer(0, 65535), ()),
     "UPLOAD_BASE_URL": (_url, ()),
+    "IMAGES_DIR": (_directory, ()),
     "KEY_FOR_GPTS_INFO": (_text, ()),
     "GPTS_CONFIG": (_text, ()),
     "API_PREFIX": (_path_prefix, ()),
@@ -141,6 +167,7 @@ SPEC = {
     "BOT_MODE_ENABLED_BING_REFERENCE_OUTPUT": (_boolean, ()),
     "BOT_MODE_ENABLED_MARKDOWN_IMAGE_OUTPUT": (_boolean, ()),
     "BOT_MODE_ENABLED_PLAIN_IMAGE_URL_OUTPUT": (_boolean, ()),
+    "DALLE_PROMPT_PREFIX": (_prefix_text, ()),
     "NEED_DELETE_CONVERSATION_AFTER_RESPONSE": (_boolean, ()),
     "PROCESS_WORKERS": (_integer(1, 64), ()),
     "KEEPALIVE_INTERVAL": (_number(0, 3600), ()),
@@ -148,6 +175,7 @@ SPEC = {
     "UPSTREAM_IDLE_TIMEOUT": (_number(1, 86400), ()),
     "UPSTREAM_MAX_TRANSFERS": (_integer(1, 100000), ()),
     "MAX_REQUEST_BODY": (_integer(1024, 1 << 30), ()),
+    "UPSTREAM_ENCODING": (_choice("auto", "legacy", "v1"), ()),
     "FILE_MAX_BYTES": (_integer(1, 1 << 30), ()),
     "FILE_FETCH_CONNECT_TIMEOUT": (_number(0.1, 600), ()),
     "FILE_FETCH_TIMEOUT": (_number(1, 3600), ()),

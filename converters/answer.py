@@ -4,14 +4,16 @@ It decides what each upstream message is for the person reading the answer: the 
 system's echoed messages are not part of it; assistant prose is ``Text``; what the assistant
 sends to a tool (python code, browser calls, a DALL·E prompt) and what a tool sends back are
 blocks; images a tool made become ``Image`` segments for the handler to fetch; citation markers
-``【11†source】`` become ``Cite`` segments. How any of this looks is the renderer's business.
+``【11†source】`` become ``Cite`` segments (url None: the marker has no source and must vanish);
+links to files the code wrote, ``(sandbox:/mnt/data/x.csv)``, become ``SandboxFile`` segments
+between the brackets. How any of this looks is the renderer's business.
 """
 
 import re
 
 from converters.events import (BlockClose, BlockOpen, BlockText, Cite, Done, Image, MessageEnd,
-                               MessageStart, MessageUpdate, Moderation, StreamError, Text,
-                               TextDelta)
+                               MessageStart, MessageUpdate, Moderation, SandboxFile, StreamError,
+                               Text, TextDelta)
 
 # 【11†source】, 【11†来源】, and the 2024 form 【4:0†source】; the first number is the one
 # metadata.citations[].metadata.extra.cited_message_idx names.
@@ -19,6 +21,14 @@ _MARKER = re.compile(r"【(\d+)(?::\d+)?†([^】\n]{0,40})】")
 # What the start of a marker may look like while it is still arriving.
 _MARKER_PREFIX = re.compile(r"【\d*(?::\d*)?(?:†[^】\n]{0,40})?\Z")
 _MARKER_MAX = 64
+# How much prose may follow a marker whose source has not arrived before it is given up.
+_CITE_WAIT = 200
+# Where prose needs a closer look: a marker, or a link to a file the code interpreter wrote.
+_SPECIAL = re.compile(r"【|\(sandbox:")
+_SANDBOX = "(sandbox:"
+_SANDBOX_LINK = re.compile(r"\(sandbox:(/mnt/data/[^)\n]{1,255})\)")
+_SANDBOX_PREFIX = re.compile(r"\(sandbox:[^)\n]{0,255}\Z")
+_SANDBOX_MAX = len(_SANDBOX) + 257
 
 _FINISH = {"stop": "stop", "max_tokens": "length", "interrupted": "stop", "content_filter": "content_filter"}
 
@@ -150,42 +160,77 @@ class Answer:
     # prose and citation markers
 
     def _prose(self, msg, text, out, final=False):
-        """Pass prose on, resolving markers. ``final``: no more text will come for ``msg``
-        (set at its end only: the dialect may mark a message ended while its last text is
-        still being passed on)."""
+        """Pass prose on, resolving markers and sandbox links. ``final``: no more text will come
+        for ``msg`` (set at its end only: the dialect may mark a message ended while its last
+        text is still being passed on). Text that may still become a marker or a link is held."""
         if self._held:
             text = self._held + text
             self._held = ""
-        if "【" not in text:
+        if "【" not in text and "(" not in text:
             out.append(Text(text))
             return
         pos = 0
         while True:
-            start = text.find("【", pos)
-            if start < 0:
-                if pos < len(text):
-                    out.append(Text(text[pos:]))
+            m = _SPECIAL.search(text, pos)
+            if m is None:
+                self._tail(msg, text, pos, out, final)
                 return
+            start = m.start()
             if start > pos:
                 out.append(Text(text[pos:start]))
-            m = _MARKER.match(text, start)
-            if m:
-                cite = self._citation(msg, int(m.group(1)))
-                if cite is None and not final:
-                    # Its source may arrive in a later event: wait, keeping order.
-                    self._held, self._held_msg = text[start:], msg
-                    return
-                if cite is not None:
-                    out.append(cite)
-                # A marker with no source is dropped, never shown raw.
-                pos = m.end()
-                continue
-            rest = text[start:start + _MARKER_MAX]
-            if not final and len(text) - start < _MARKER_MAX and _MARKER_PREFIX.match(rest):
-                self._held, self._held_msg = text[start:], msg  # could still become a marker
+            if text[start] == "(":
+                pos = self._sandbox_link(msg, text, start, out, final)
+            else:
+                pos = self._marker(msg, text, start, out, final)
+            if pos is None:
                 return
-            out.append(Text("【"))  # a bracket that is not a citation passes through
-            pos = start + 1
+
+    def _marker(self, msg, text, start, out, final):
+        """A ``【`` at ``start``: the position after what was handled, or None (held)."""
+        m = _MARKER.match(text, start)
+        if m:
+            number = int(m.group(1))
+            cite = self._citation(msg, number)
+            if cite is None and not final and len(text) - m.end() < _CITE_WAIT:
+                # Its source may arrive in a later event: wait a little, keeping order. Not
+                # for ever: all later prose would stall and be re-scanned with every event.
+                self._held, self._held_msg = text[start:], msg
+                return None
+            # A marker with no source vanishes, never shown raw.
+            out.append(cite or Cite(number, None, None))
+            return m.end()
+        rest = text[start:start + _MARKER_MAX]
+        if not final and len(text) - start < _MARKER_MAX and _MARKER_PREFIX.match(rest):
+            self._held, self._held_msg = text[start:], msg  # could still become a marker
+            return None
+        out.append(Text("【"))  # a bracket that is not a citation passes through
+        return start + 1
+
+    def _sandbox_link(self, msg, text, start, out, final):
+        """``(sandbox:`` at ``start``: the link's brackets stay text, its target is the file."""
+        m = _SANDBOX_LINK.match(text, start)
+        if m:
+            out.append(Text("("))
+            out.append(SandboxFile(m.group(1), msg.id))
+            out.append(Text(")"))
+            return m.end()
+        if not final and len(text) - start < _SANDBOX_MAX and _SANDBOX_PREFIX.match(text, start):
+            self._held, self._held_msg = text[start:], msg  # the link is still arriving
+            return None
+        out.append(Text("("))
+        return start + 1
+
+    def _tail(self, msg, text, pos, out, final):
+        """The rest of the text has no marker or link, but its end may be the start of one."""
+        cut = len(text)
+        if not final:
+            bracket = text.rfind("(", max(pos, len(text) - len(_SANDBOX)))
+            if bracket >= 0 and _SANDBOX.startswith(text[bracket:]):
+                cut = bracket
+        if pos < cut:
+            out.append(Text(text[pos:cut]))
+        if cut < len(text):
+            self._held, self._held_msg = text[cut:], msg
 
     def _flush_held(self, out):
         if self._held:

@@ -5,7 +5,7 @@ part (``FileRef``). Once its bytes are at hand (the gateway fetches http URLs), 
 checks them against the type the client or the web server claimed, so a non-image labelled
 ``image/png`` or a zip labelled PDF is refused here with a clear 400 instead of confusing the
 upstream. Pillow reads image sizes (the upstream wants width and height with every image) and
-puremagic sniffs the other types by their signatures.
+filetype sniffs the other types by their signatures.
 """
 
 import base64
@@ -18,7 +18,7 @@ import re
 import urllib.parse
 import warnings
 
-import puremagic
+import filetype
 from PIL import Image
 
 from errors import bad_request
@@ -147,12 +147,9 @@ def _image(data, where):
 
 
 def _sniffed(data):
-    """Every MIME type the bytes' signature fits (a zip fits docx and pptx alike)."""
-    try:
-        matches = puremagic.magic_string(data[:1 << 20])
-    except Exception:
-        return []
-    return [m.mime_type for m in matches if m.mime_type]
+    """The MIME type the bytes' signature says, as a list ([] when nothing is recognised)."""
+    kind = filetype.guess(data)
+    return [kind.mime] if kind is not None and kind.mime not in GENERIC_TYPES else []
 
 
 _BINARY_CONTROLS = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")

@@ -17,6 +17,7 @@ class LegacyDialect:
         self.conversation_id = None
         self._messages = {}
         self._current = None
+        self._cited = {}  # message id -> number of citations already announced
 
     def event(self, ev):
         """One SSE event in, a list of message events out."""
@@ -69,10 +70,12 @@ class LegacyDialect:
         content = m.get("content") or {}
         metadata = m.get("metadata") or {}
         msg.content = content
-        old_citations = msg.metadata.get("citations")
         msg.metadata = metadata
         citations = metadata.get("citations")
-        if citations and (not old_citations or len(citations) != len(old_citations)):
+        # Counted here, not read back from msg.metadata: the delta dialect updates the
+        # message's metadata dict in place, so the old list is gone by the time we look.
+        if citations and len(citations) != self._cited.get(mid, 0):
+            self._cited[mid] = len(citations)
             out.append(MessageUpdate(msg))
         text = content_text(content)
         if len(text) > msg.sent:
@@ -84,6 +87,10 @@ class LegacyDialect:
             msg.ended = True
             out.append(MessageEnd(msg))
         return out
+
+    def message(self, message_id):
+        """The ``Message`` of an upstream message id seen so far, or None."""
+        return self._messages.get(message_id)
 
     def close(self):
         """The upstream body ended: end a message still open."""

@@ -1,9 +1,11 @@
-"""OpenAI chat requests in, upstream conversation payloads out. No IO.
+"""OpenAI chat and image requests in, upstream conversation payloads out. No IO.
 
 ``parse_chat_request`` checks what a client sent and says precisely what is wrong (the
 client sees the message); ``conversation_payload`` builds the body of
 ``POST backend-api/conversation`` the way the late-2023 web client did.
 """
+
+import re
 
 from converters.files import FileRef
 from errors import bad_request
@@ -121,10 +123,17 @@ def upstream_message(message_id, role, text):
             "content": {"content_type": "text", "parts": [text]}, "metadata": {}}
 
 
-def conversation_payload(messages, route, new_id, gizmo=None):
+# UPSTREAM_ENCODING -> what the request asks the upstream to stream. ``auto`` asks for v1 and
+# takes whatever comes (the pipeline detects the dialect per stream); ``legacy`` asks for nothing,
+# which is what the late-2023 web client sent.
+SUPPORTED_ENCODINGS = {"auto": ["v1"], "v1": ["v1"], "legacy": None}
+
+
+def conversation_payload(messages, route, new_id, encoding="legacy", gizmo=None):
     """The upstream body. ``messages``: [(role, text)] or prepared upstream message dicts;
     ``new_id``: a function returning a fresh uuid4 string (passed in: no randomness here);
-    ``gizmo``: for a GPT, the object ``GET gizmos/{id}`` returned, when known."""
+    ``encoding``: the UPSTREAM_ENCODING setting; ``gizmo``: for a GPT, the object
+    ``GET gizmos/{id}`` returned, when known."""
     up = [m if isinstance(m, dict) else upstream_message(new_id(), m[0], m[1]) for m in messages]
     payload = {
         "action": "next",
@@ -142,4 +151,58 @@ def conversation_payload(messages, route, new_id, gizmo=None):
         if gizmo is not None:
             mode["gizmo"] = gizmo
         payload["conversation_mode"] = mode
+    encodings = SUPPORTED_ENCODINGS[encoding]
+    if encodings:
+        payload["supported_encodings"] = list(encodings)
     return payload
+
+
+class ImageRequest:
+    __slots__ = ("model", "prompt", "n", "size", "response_format")
+
+    def __init__(self, model, prompt, n, size, response_format):
+        self.model = model
+        self.prompt = prompt
+        self.n = n
+        self.size = size
+        self.response_format = response_format
+
+
+IMAGE_FORMATS = ("url", "b64_json")
+DEFAULT_SIZE = "1024x1024"
+
+
+def parse_image_request(body, default_model):
+    """``POST /v1/images/generations`` body -> ``ImageRequest`` (unknown fields such as
+    quality, style and user are accepted and ignored, as the upstream cannot honour them)."""
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise bad_request("'prompt' is required and must be a non-empty string", "prompt")
+    model = body.get("model")
+    if model is None:
+        model = default_model
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' must be a string naming a model that can draw", "model")
+    n = body.get("n")
+    if n is None:
+        n = 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 4:
+        raise bad_request("'n' must be a whole number from 1 to 4, got %r" % (n,), "n")
+    size = body.get("size")
+    if size is None:
+        size = DEFAULT_SIZE
+    if not isinstance(size, str) or not re.match(r"\A\d{2,5}x\d{2,5}\Z", size):
+        raise bad_request("'size' must look like 1024x1024, got %r" % (size,), "size")
+    fmt = body.get("response_format")
+    if fmt is None:
+        fmt = "url"
+    if fmt not in IMAGE_FORMATS:
+        raise bad_request("'response_format' must be url or b64_json, got %r" % (fmt,), "response_format")
+    return ImageRequest(model, prompt.strip(), n, size, fmt)
+
+
+def image_prompt(prefix, request):
+    """What the drawing model is asked: the configured steer, the prompt, size and count."""
+    return "%s%s\n\nImage size: %s. Number of images: %d." % (prefix, request.prompt, request.size, request.n)

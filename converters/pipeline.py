@@ -1,38 +1,91 @@
 """One upstream answer, bytes in, client text out: the stages put together.
 
-    bytes -> SSEDecoder -> dialect (legacy snapshots) -> Answer -> renderer -> str | action
+    bytes -> SSEDecoder -> dialect (legacy snapshots | delta patches) -> Answer -> renderer -> str | action
 
 ``feed`` takes each network chunk as it arrives and returns what the client should see next;
 ``close`` is called once when the upstream body has ended and returns the rest. The stream
 and non-stream handlers both use this one object: non-stream is the stream, collected.
+
+Which dialect the upstream speaks is decided per stream from what arrives (``_Detect``), not
+from what was asked for: an upstream may ignore ``supported_encodings``. ``warnings`` collects
+what the stages could not understand, once each, for the handler to log.
 """
 
+import ujson
+
 from converters.answer import Answer
+from converters.delta import DeltaDialect, is_patch
 from converters.legacy import LegacyDialect
 from converters.sse import SSEDecoder
 from errors import ApiError
 
 
-class Conversion:
-    """``echo_ids``: ids of the upstream messages the request carried (never part of the answer)."""
+class _Detect:
+    """The dialect stage until the stream shows its dialect.
 
-    def __init__(self, renderer, echo_ids=()):
+    ``event: delta_encoding`` / ``event: delta`` or a patch-shaped object -> delta; a whole
+    message -> legacy. Events that say neither (pings, typed events, errors) go to the legacy
+    stage, whose state the delta stage then takes over.
+    """
+
+    def __init__(self, conversion, asked):
+        self._conversion = conversion
+        self._asked = asked
+        self._legacy = conversion._legacy
+
+    def event(self, ev):
+        if ev.event in ("delta_encoding", "delta"):
+            return self._choose(DeltaDialect(self._legacy, self._conversion.warnings)).event(ev)
+        if ev.event == "ping" or ev.data == b"[DONE]":
+            return self._legacy.event(ev)
+        try:
+            obj = ujson.loads(ev.data)
+        except ValueError:
+            return []
+        if not isinstance(obj, dict):
+            return []
+        if is_patch(obj):
+            return self._choose(DeltaDialect(self._legacy, self._conversion.warnings)).patch(obj)
+        if isinstance(obj.get("message"), dict):
+            self._choose(self._legacy)
+        return self._legacy.payload(obj)
+
+    def close(self):
+        return self._legacy.close()
+
+    def _choose(self, dialect):
+        conversion = self._conversion
+        conversion._dialect = dialect
+        conversion.dialect = "legacy" if dialect is self._legacy else "v1"
+        if self._asked == "v1" and conversion.dialect == "legacy":
+            conversion.warnings.append("asked for the v1 delta encoding, the upstream answered with whole messages")
+        elif self._asked == "legacy" and conversion.dialect == "v1":
+            conversion.warnings.append("asked for whole messages, the upstream answered with v1 deltas")
+        return dialect
+
+
+class Conversion:
+    def __init__(self, renderer, encoding="auto", echo_ids=()):
+        """``encoding``: what the request asked the upstream for (the UPSTREAM_ENCODING setting);
+        ``echo_ids``: ids of the upstream messages the request carried (never part of the answer)."""
         self._sse = SSEDecoder()
-        self._dialect = LegacyDialect()
+        self._legacy = LegacyDialect()
+        self.warnings = []
+        self.dialect = None  # "legacy" or "v1" once the stream has shown it
+        self._dialect = _Detect(self, encoding)
         self._answer = Answer(echo_ids)
         self._renderer = renderer
         self.produced = False  # the client has been given something to show
 
     @property
     def conversation_id(self):
-        return self._dialect.conversation_id
+        return self._legacy.conversation_id
 
     def feed(self, data):
         out = []
         answer = self._answer
-        dialect = self._dialect
         for ev in self._sse.feed(data):
-            segments = answer.feed(dialect.event(ev))
+            segments = answer.feed(self._dialect.event(ev))
             if segments:
                 out.extend(self._renderer.render(segments))
         return self._merge(out)
@@ -43,6 +96,7 @@ class Conversion:
             out.extend(self._renderer.render(self._answer.feed(self._dialect.event(ev))))
         segments = self._answer.feed(self._dialect.close()) + self._answer.close()
         out.extend(self._renderer.render(segments))
+        out.extend(self._renderer.close())
         return self._merge(out)
 
     def outcome(self, cut=False):

@@ -1,9 +1,11 @@
 """Renderers: segments in, the text a client shows out (plus actions that need IO).
 
 ``MarkdownRenderer`` is for web UIs: tool material in fenced blocks, citations as links,
-images as markdown. An image needs fetching before it can be shown, so the renderer emits a
-``FetchImage`` action in its place; the handler performs it and calls ``action.render(url)``
-for the text, keeping the answer's order.
+images as markdown. ``BotRenderer`` is for QQ/WeChat bots (BOT_MODE): only what a person
+should read, as its four switches say. An image or a sandbox file needs fetching before it can
+be shown, so a renderer emits a ``FetchImage`` / ``FetchSandboxFile`` action in its place; the
+handler performs it and calls ``action.render(url)`` (url None: the fetch failed) for the text,
+keeping the answer's order. ``close()`` is called once at the end of the answer.
 """
 
 from converters.events import BlockClose, BlockOpen, BlockText, Cite, Image, SandboxFile, Text
@@ -29,6 +31,9 @@ class FetchSandboxFile:
         self.file = file
         self.render = render
 
+    def __repr__(self):
+        return "FetchSandboxFile(%r)" % (self.file,)
+
 
 _FENCE_OPEN = {
     "code": "```%s\n",
@@ -38,50 +43,161 @@ _FENCE_OPEN = {
     "tool_call": "```\n",
 }
 
+IMAGE_FAILED = "(an image could not be fetched from the upstream)"
+
+
+def _file_link_text(url):
+    return url if url is not None else "#file-unavailable"
+
 
 class MarkdownRenderer:
     def __init__(self):
-        self._at_line_start = True
+        self._last = "\n"     # the last character written ("\n" at the start)
+        self._gap = False     # a marker vanished after a space: skip the spaces that follow it
 
     def render(self, segments):
         """Segments in; a list of ``str`` and actions out."""
         out = []
         for seg in segments:
             t = type(seg)
-            if t is Text or t is BlockText:
-                text = seg.text
-                if text:
-                    out.append(text)
-                    self._at_line_start = text[-1] == "\n"
+            if t is Text:
+                self._prose(out, seg.text)
+            elif t is BlockText:
+                self._block_text(out, seg.text)
             elif t is BlockOpen:
-                fence = _FENCE_OPEN[seg.kind]
-                if "%s" in fence:
-                    fence = fence % (seg.language or "")
-                self._line(out, fence)
+                self._block_open(out, seg)
             elif t is BlockClose:
-                self._line(out, "```\n")
+                self._block_close(out, seg)
             elif t is Cite:
-                out.append("[[%d](%s)]" % (seg.number, seg.url) if seg.url else "[%d]" % seg.number)
-                self._at_line_start = False
+                if seg.url is None:
+                    self._vanish()
+                else:
+                    self._cite(out, seg)
             elif t is Image:
-                out.append(FetchImage(seg, self._image_text))
-                self._at_line_start = True
+                self._image(out, seg)
             elif t is SandboxFile:
-                out.append(FetchSandboxFile(seg, self._link_text))
-                self._at_line_start = False
+                out.append(FetchSandboxFile(seg, _file_link_text))
+                self._last = ")"
         return out
+
+    def close(self):
+        """The answer has ended: anything still to say."""
+        return []
+
+    # what subclasses change
+
+    def _cite(self, out, seg):
+        self._write(out, "[[%d](%s)]" % (seg.number, seg.url) if seg.url else "[%d]" % seg.number)
+
+    def _block_open(self, out, seg):
+        fence = _FENCE_OPEN[seg.kind]
+        if "%s" in fence:
+            fence = fence % (seg.language or "")
+        self._line(out, fence)
+
+    def _block_text(self, out, text):
+        self._write(out, text)
+
+    def _block_close(self, out, seg):
+        self._line(out, "```\n")
+
+    def _image(self, out, seg):
+        lead = self._lead()
+
+        def text(url):
+            if url is None:
+                return lead + IMAGE_FAILED + "\n"
+            return "%s![image](%s)\n[download](%s)\n" % (lead, url, url)
+        out.append(FetchImage(seg, text))
+        self._last = "\n"
+
+    # helpers
+
+    def _write(self, out, text):
+        if text:
+            out.append(text)
+            self._last = text[-1]
+
+    def _prose(self, out, text):
+        if self._gap:
+            stripped = text.lstrip(" ")
+            if not stripped:
+                return  # still only spaces after the vanished marker
+            self._gap = False
+            text = stripped
+        self._write(out, text)
+
+    def _vanish(self):
+        """A marker disappears: if a space came before it, the spaces after it must not double it."""
+        if self._last in " \n":
+            self._gap = True
+
+    def _lead(self):
+        """What puts the next text at the start of a line."""
+        return "" if self._last == "\n" else "\n"
 
     def _line(self, out, text):
         """Write ``text`` at the start of a line."""
-        out.append(text if self._at_line_start else "\n" + text)
-        self._at_line_start = True
+        out.append(self._lead() + text)
+        self._last = text[-1]
 
-    @staticmethod
-    def _image_text(url):
-        if url is None:
-            return "\n(an image could not be fetched from the upstream)\n"
-        return "\n![image](%s)\n[download](%s)\n" % (url, url)
 
-    @staticmethod
-    def _link_text(url):
-        return url if url is not None else "#file-unavailable"
+class BotRenderer(MarkdownRenderer):
+    """Only what a person should read in a chat app (BOT_MODE), with RefreshToV1Api's switches.
+
+    ``plugin_output``: show code, execution output, browser calls and the DALL·E prompt (as the
+    markdown renderer does); otherwise none of it, not even its fences.
+    ``reference_output``: citation markers become ``[n]`` and one plain list of sources
+    (``[n] title url``) ends the answer; otherwise they vanish without leaving double spaces.
+    ``markdown_image`` / ``plain_image_url``: an image as ``![image](url)`` or as a bare URL on
+    its own line (the bare URL wins when both are on); both off: no image in the text at all.
+    """
+
+    def __init__(self, plugin_output=False, reference_output=False, markdown_image=True,
+                 plain_image_url=False):
+        super().__init__()
+        self.plugin_output = plugin_output
+        self.reference_output = reference_output
+        self.image_style = "plain" if plain_image_url else "markdown" if markdown_image else None
+        self._sources = {}   # number -> "[n] title url", in the order first cited
+
+    def close(self):
+        if not self._sources:
+            return []
+        text = "%s\n%s" % (self._lead(), "\n".join(self._sources.values()))
+        self._sources = {}
+        self._last = text[-1]
+        return [text]
+
+    def _cite(self, out, seg):
+        if not self.reference_output:
+            self._vanish()
+            return
+        if seg.number not in self._sources:
+            self._sources[seg.number] = " ".join(x for x in ("[%d]" % seg.number, seg.title, seg.url) if x)
+        self._write(out, "[%d]" % seg.number)
+
+    def _block_open(self, out, seg):
+        if self.plugin_output:
+            super()._block_open(out, seg)
+
+    def _block_text(self, out, text):
+        if self.plugin_output:
+            super()._block_text(out, text)
+
+    def _block_close(self, out, seg):
+        if self.plugin_output:
+            super()._block_close(out, seg)
+
+    def _image(self, out, seg):
+        style = self.image_style
+        if style is None:
+            return  # no image in the text: nothing to fetch either
+        lead = self._lead()
+
+        def text(url):
+            if url is None:
+                return lead + IMAGE_FAILED + "\n"
+            return "%s%s\n" % (lead, url if style == "plain" else "![image](%s)" % url)
+        out.append(FetchImage(seg, text))
+        self._last = "\n"

@@ -13,6 +13,14 @@ random:SEED), pace_ms, pings, status (+ detail, cloudflare) for an error answer,
 answering, silence [piece index, seconds], gate (piece index at which the stream waits for a
 release; headers are always sent at once, as the real upstream does).
 
+Files (DALL·E images, charts, files the code wrote) are fetched as upstream does it: the
+backend-api call answers a ``download_url`` on this host (``/_fake/blob/...``), which a plain
+GET without Authorization turns into the bytes (fakeupstream/files.py).
+
+The answer comes in the v1 delta dialect when the request asks for ``"supported_encodings":
+["v1"]``, else whole messages; ``"encoding": "legacy" | "v1"`` in a plan forces one. The log
+says which (``encoding``).
+
 Plans are per key, so tests running against one fake upstream do not see each other. Besides
 conversations it answers the file upload (``POST files``, ``PUT upload_url``, ``POST
 files/{id}/uploaded``) and ``GET gizmos/{id}``; plan keys for those:
@@ -38,8 +46,8 @@ import ujson
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from fakeupstream import scenarios
-from fakeupstream.script import legacy_events
+from fakeupstream import files, scenarios
+from fakeupstream.script import RENDERERS
 
 
 class State:
@@ -122,7 +130,12 @@ class ConversationHandler(FakeHandler):
         options = plan.get("options") or {}
         script = make(ask, body.get("model", "gpt-4"), **options)
         cid = str(uuid.uuid4())
-        events = legacy_events(script, cid, messages, pings=plan.get("pings", True))
+        # Like the real upstream: v1 only for clients that ask for it; a plan may force either.
+        encoding = plan.get("encoding") or ("v1" if "v1" in (body.get("supported_encodings") or ()) else "legacy")
+        record["encoding"] = encoding
+        events = RENDERERS[encoding](script, cid, messages, pings=plan.get("pings", True))
+        if plan.get("future_patches") and encoding == "v1":
+            events = with_future_patches(events)
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         await self._write_events(events, plan, drop=not script.done, key=key)
@@ -184,6 +197,19 @@ class ConversationHandler(FakeHandler):
         self.json(status, {"detail": detail if detail is not None else defaults.get(status, "error")})
 
 
+FUTURE_PATCH = b'event: delta\ndata: {"p": "/message/content/parts/0", "o": "future_op", "v": "?"}\n\n'
+FUTURE_EVENT = b'data: {"type": "future_kind", "payload": {"p": 1}}\n\n'
+
+
+def with_future_patches(events):
+    """A v1 stream as a later upstream might send it: an operation and an event kind nobody
+    knows yet, after the first message's ``add`` (plan option ``future_patches``)."""
+    for i, event in enumerate(events):
+        if event.startswith(b'event: delta\ndata: {"p": "", "o": "add"'):
+            return events[:i + 1] + [FUTURE_PATCH, FUTURE_PATCH, FUTURE_EVENT] + events[i + 1:]
+    return events
+
+
 def split(events, chunking):
     """Cut the stream into network pieces: per event, every N bytes, or at random places."""
     if chunking == "event":
@@ -214,6 +240,50 @@ class HideHandler(FakeHandler):
         self.json(200, {"success": True})
 
 
+class FileDownloadHandler(FakeHandler):
+    """``GET backend-api/files/{id}/download`` -> a download_url for the file's bytes."""
+
+    def get(self, prefix, file_id):
+        key, record = self.start_record()
+        if self.refuse_without_key(key):
+            return
+        if files.image_bytes(file_id) is None:
+            return self.json(404, {"detail": "File not found"})
+        self.json(200, {"status": "success", "file_name": file_id + ".png", "metadata": {},
+                        "download_url": "%s://%s/_fake/blob/file/%s?sig=demo" % (
+                            self.request.protocol, self.request.host, file_id)})
+
+
+class InterpreterDownloadHandler(FakeHandler):
+    """``GET backend-api/conversation/{cid}/interpreter/download?message_id=&sandbox_path=``."""
+
+    def get(self, prefix, conversation_id):
+        key, record = self.start_record()
+        if self.refuse_without_key(key):
+            return
+        path = self.get_argument("sandbox_path", "")
+        if not self.get_argument("message_id", "") or not path.startswith("/mnt/data/"):
+            return self.json(400, {"detail": "bad sandbox download request"})
+        self.json(200, {"status": "success", "download_url": "%s://%s/_fake/blob/sandbox%s?sig=demo" % (
+            self.request.protocol, self.request.host, path)})
+
+
+class BlobHandler(FakeHandler):
+    """The download_url itself: plain GET, no Authorization, the bytes."""
+
+    def get(self, kind, name):
+        self.start_record()
+        data = files.image_bytes(name) if kind == "file" else files.sandbox_bytes("/" + name)
+        if data is None:
+            self.set_status(404)
+            return self.finish(b"")
+        if kind == "file":
+            self.set_header("Content-Type", "image/webp" if data[:4] == b"RIFF" else "image/png")
+        else:
+            self.set_header("Content-Type", "text/csv")
+        self.finish(data)
+
+
 class FilesHandler(FakeHandler):
     """Step 1 of an upload: ``POST files`` -> an ``upload_url`` on blob storage and a file id."""
 
@@ -230,12 +300,12 @@ class FilesHandler(FakeHandler):
         token = uuid.uuid4().hex
         self.state.upload_tokens[token] = key
         self.state.files[file_id] = dict(body, key=key, put=False)
-        upload_url = "%s://%s/_fake/blob/%s/%s?se=2099-01-01&sp=cw&sig=fake" % (
+        upload_url = "%s://%s/_fake/upload/%s/%s?se=2099-01-01&sp=cw&sig=fake" % (
             self.request.protocol, self.request.host, token, file_id)
         self.json(200, {"status": "success", "upload_url": upload_url, "file_id": file_id})
 
 
-class BlobHandler(FakeHandler):
+class UploadBlobHandler(FakeHandler):
     """Step 2: ``PUT upload_url`` as Azure blob storage takes it (no Authorization, a SAS URL)."""
 
     def put(self, token, file_id):
@@ -271,7 +341,7 @@ class UploadedHandler(FakeHandler):
         meta = self.state.files.get(file_id)
         if meta is None or meta["key"] != key or not meta["put"]:
             return self.json(404, {"detail": "File not found"})
-        self.json(200, {"status": "success", "download_url": "%s://%s/_fake/blob/%s" % (
+        self.json(200, {"status": "success", "download_url": "%s://%s/_fake/blob/file/%s?sig=demo" % (
             self.request.protocol, self.request.host, file_id)})
 
 
@@ -369,10 +439,13 @@ def make_app(state=None):
     return tornado.web.Application([
         (r"/(?:(.+)/)?backend-api/conversation", ConversationHandler, args),
         (r"/(?:(.+)/)?backend-api/conversation/([^/]+)", HideHandler, args),
+        (r"/(?:(.+)/)?backend-api/conversation/([^/]+)/interpreter/download", InterpreterDownloadHandler, args),
+        (r"/(?:(.+)/)?backend-api/files/([^/]+)/download", FileDownloadHandler, args),
+        (r"/_fake/blob/(file|sandbox)/(.+)", BlobHandler, args),
         (r"/(?:(.+)/)?backend-api/files", FilesHandler, args),
         (r"/(?:(.+)/)?backend-api/files/([^/]+)/uploaded", UploadedHandler, args),
         (r"/(?:(.+)/)?backend-api/gizmos/([^/]+)", GizmoHandler, args),
-        (r"/_fake/blob/([0-9a-f]+)/([^/]+)", BlobHandler, args),
+        (r"/_fake/upload/([0-9a-f]+)/([^/]+)", UploadBlobHandler, args),
         (r"/_fake/static/(.*)", tornado.web.StaticFileHandler, {"path": STATIC}),
         (r"/_fake/redirect", RedirectHandler),
         (r"/_fake/bytes", BytesHandler),
@@ -382,14 +455,18 @@ def make_app(state=None):
     ])
 
 
-def listen(port=0, address="127.0.0.1"):
+def listen_app(state=None, port=0, address="127.0.0.1"):
     """Start the fake upstream on the current IOLoop; return its base URL."""
     import tornado.httpserver
     import tornado.netutil
     sockets = tornado.netutil.bind_sockets(port, address)
-    server = tornado.httpserver.HTTPServer(make_app())
+    server = tornado.httpserver.HTTPServer(make_app(state))
     server.add_sockets(sockets)
     return "http://%s:%d" % (address, sockets[0].getsockname()[1])
+
+
+def listen(port=0, address="127.0.0.1"):
+    return listen_app(None, port, address)
 
 
 start_demo_upstream = listen

@@ -1,10 +1,15 @@
 """Named answers of the demo upstream.
 
-A demo user picks one with a word in the message (``/code``, ``/search``, ``/long``...); a
+A demo user picks one with a word in the message (``/code``, ``/code2``, ``/search``,
+``/browse``, ``/draw``, ``/draw2``, ``/chart``, ``/file``, ``/long``, ``/error``; a request that
+mentions DALL·E, as the images endpoint's does, draws); a
 test picks one for its key through ``POST /_fake/plan``. Each builds a ``Script`` from the
 request so answers can quote what was asked.
 """
 
+import re
+
+from fakeupstream.files import MISSING_PREFIX
 from fakeupstream.script import Msg, Script
 
 HELLO = "你好！这是演示上游的回答。Hello from the demo upstream: "
@@ -69,17 +74,144 @@ def search(ask, model):
     ], model)
 
 
+def code_rounds(ask, model):
+    """Code interpreter with two code/run rounds before the answer."""
+    return Script([
+        Msg("x = 6 * 7\nprint(x)", recipient="python", content_type="code", step=5),
+        Msg("42", role="tool", name="python", content_type="execution_output", step=50,
+            metadata={"aggregate_result": {"status": "success", "messages": []}}),
+        Msg("print(x + 1)", recipient="python", content_type="code", step=4),
+        Msg("43", role="tool", name="python", content_type="execution_output", step=50,
+            metadata={"aggregate_result": {"status": "success", "messages": []}}),
+        Msg("结果是 42 和 43。", step=3, end_turn=True),
+    ], model)
+
+
+def _citation(text, marker, number, title, url):
+    start = text.index(marker)
+    return {"start_ix": start, "end_ix": start + len(marker), "citation_format_type": "tether_og",
+            "metadata": {"type": "webpage", "title": title, "url": url, "text": "", "pub_date": None,
+                         "extra": {"cited_message_idx": number, "evidence_text": "source"}}}
+
+
+BROWSE_ANSWER = ("Tornado 6.4 发布于 2023 年 11 月【11†source】。它需要 Python 3.8+ 【3†来源】 和 pip，"
+                 "文档在 readthedocs【7†source】。旧说法 【9†source】 已过时；括号【注】不是引用。")
+
+
+def browse(ask, model):
+    """Browsing with three citations: 【3†来源】 arrives over three events, 【9†source】 has no
+    source, and 【注】 is an ordinary bracket."""
+    text = BROWSE_ANSWER
+    citations = [
+        _citation(text, "【11†source】", 11, "Tornado 6.4 released", "https://www.tornadoweb.org/en/stable/releases/v6.4.0.html"),
+        _citation(text, "【3†来源】", 3, "Installation", "https://www.tornadoweb.org/en/stable/#installation"),
+        _citation(text, "【7†source】", 7, "Tornado docs", "https://tornado.readthedocs.io/"),
+    ]
+    split = text.index("【3†来源】")
+    cuts = sorted(set(list(range(5, split, 5)) + [split + 2, split + 4]
+                      + list(range(split + 8, len(text), 6))))
+    return Script([
+        Msg('search("tornado 6.4 release date")', recipient="browser", content_type="code", step=6),
+        Msg("# 【0†Tornado 6.4 released†www.tornadoweb.org】\nTornado 6.4 was released...", role="tool",
+            name="browser", content_type="tether_browsing_display", step=100),
+        Msg("mclick([0, 3])", recipient="browser", content_type="code", step=6),
+        Msg("Tornado 6.4 requires Python 3.8", role="tool", name="browser", content_type="tether_quote",
+            step=100, extra_content={"url": "https://www.tornadoweb.org/", "domain": "www.tornadoweb.org",
+                                     "title": "Tornado"}),
+        Msg(text, cuts=cuts, end_turn=True, metadata={"citations": citations}),
+    ], model)
+
+
+def _image_part(file_id, prompt):
+    return {"content_type": "image_asset_pointer", "asset_pointer": "file-service://" + file_id,
+            "size_bytes": 74, "width": 8, "height": 8, "fovea": 512,
+            "metadata": {"dalle": {"gen_id": "gen-" + file_id[-6:], "prompt": prompt, "seed": 42,
+                                   "serialization_title": "DALL-E generation metadata"}}}
+
+
+DALLE_FILES = ("file-dalle1png", "file-dalle2webp", "file-dalle3png", "file-dalle4png")
+REVISED = "A watercolor otter floating on calm water at sunset"
+
+
+def dalle(ask, model, images=None, missing=False):
+    """DALL·E: the prompt JSON, the tool's note then its images, then the assistant's words.
+
+    The number of images is ``images``, else what the request asks for ("Number of images: N"),
+    else one. ``missing``: the first image's file cannot be downloaded."""
+    if images is None:
+        m = re.search(r"Number of images: ([1-4])", ask)
+        images = int(m.group(1)) if m else 1
+    files = list(DALLE_FILES[:images])
+    if missing:
+        files[0] = MISSING_PREFIX + "dalle"
+    prompt = '{"size": "1024x1024", "prompt": "%s"}' % REVISED
+    return Script([
+        Msg(prompt, recipient="dalle.text2im", content_type="code", step=9),
+        Msg("DALL·E displayed %d images." % images, role="tool", name="dalle.text2im",
+            content_type="multimodal_text", step=100,
+            final_parts=[_image_part(f, REVISED) for f in files]),
+        Msg("这是你要的图片。", step=3, end_turn=True),
+    ], model)
+
+
+def dalle_two(ask, model):
+    return dalle(ask, model, images=2)
+
+
+def dalle_missing(ask, model):
+    return dalle(ask, model, images=1, missing=True)
+
+
+def no_image(ask, model):
+    """Asked to draw, the model declines in words."""
+    return Script([Msg("抱歉，我不能画这个。I can't draw that.", step=4, end_turn=True)], model)
+
+
+CHART_FILE = "file-chart1png"
+
+
+def chart(ask, model):
+    """Code that displays a chart: the image comes in aggregate_result."""
+    code_text = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()"
+    return Script([
+        Msg(code_text, recipient="python", content_type="code", step=8),
+        Msg("<<ImageDisplayed>>", role="tool", name="python", content_type="execution_output", step=50,
+            metadata={"aggregate_result": {"status": "success", "code": code_text, "messages": [
+                {"message_type": "image", "time": 1703062015.5, "sender": "server",
+                 "image_url": "file-service://" + CHART_FILE, "width": 8, "height": 8}]}}),
+        Msg("图表已经画好。", step=3, end_turn=True),
+    ], model)
+
+
+def sandbox_file(ask, model):
+    """Code that writes a file, linked in the answer as (sandbox:/mnt/data/report.csv)."""
+    code_text = "import pandas as pd\npd.DataFrame({'a': [1, 2]}).to_csv('/mnt/data/report.csv')"
+    return Script([
+        Msg(code_text, recipient="python", content_type="code", step=10),
+        Msg("", role="tool", name="python", content_type="execution_output", step=50,
+            metadata={"aggregate_result": {"status": "success", "messages": []}}),
+        Msg("文件在这里：[report.csv](sandbox:/mnt/data/report.csv)，请下载。", step=4, end_turn=True),
+    ], model)
+
+
 SCENARIOS = {
     "hello": hello, "long": long, "empty": empty, "stream_error": stream_error, "drop": drop,
     "max_tokens": max_tokens, "blocked": blocked, "code": code, "search": search,
+    "code_rounds": code_rounds, "browse": browse, "dalle": dalle, "dalle_two": dalle_two,
+    "dalle_missing": dalle_missing, "no_image": no_image, "chart": chart, "sandbox_file": sandbox_file,
 }
 
-# words a demo user can put in a message to pick a scenario
-KEYWORDS = {"/code": "code", "/search": "search", "/long": "long", "/error": "stream_error"}
+# words a demo user can put in a message to pick a scenario (longer words first: "/code2"
+# contains "/code")
+KEYWORDS = {"/code2": "code_rounds", "/code": "code", "/search": "search", "/browse": "browse",
+            "/draw2": "dalle_two", "/draw": "dalle", "/chart": "chart", "/file": "sandbox_file",
+            "/long": "long", "/error": "stream_error"}
 
 
 def pick(ask):
     for word, name in KEYWORDS.items():
         if word in ask:
             return name
+    if "dall" in ask.lower():
+        return "dalle"  # asked to draw (the images endpoint says DALL·E in its prompt)
     return "hello"

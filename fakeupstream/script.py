@@ -1,9 +1,10 @@
 """Answers as scripts of messages, rendered into the upstream's event streams.
 
 A scenario says *what* the upstream answers (a list of ``Msg``); this module says *how* the
-upstream streams it: the late-2023 dialect repeats the whole message in every event (see
-docs/upstream-protocol.md section 1). Rendering both dialects from one script keeps their
-transcripts of one scenario from drifting apart.
+upstream streams it: the late-2023 dialect repeats the whole message in every event
+(``legacy_events``, docs/upstream-protocol.md section 1); the 2024 dialect sends each message
+once and then patches to it (``v1_events``, section 4). Rendering both dialects from one script
+keeps their transcripts of one scenario from drifting apart.
 """
 
 import json
@@ -17,12 +18,13 @@ class Msg:
     ``result`` for browsing display). ``step`` is how many characters each event adds.
     ``final_parts`` are extra content parts the finished message carries (image pointers),
     ``metadata`` what its final event carries (citations, aggregate_result, finish_details).
-    Citations appear in earlier events once their ``end_ix`` has been streamed.
+    Citations appear in earlier events once their ``end_ix`` has been streamed. ``cuts`` sets
+    the event boundaries by hand (to split a citation marker over several events).
     """
 
     def __init__(self, text="", role="assistant", name=None, recipient="all", content_type="text",
                  step=4, final_parts=None, metadata=None, status="finished_successfully",
-                 end_turn=None, extra_content=None):
+                 end_turn=None, extra_content=None, cuts=None):
         self.id = str(uuid.uuid4())
         self.text = text
         self.role = role
@@ -35,6 +37,7 @@ class Msg:
         self.status = status
         self.end_turn = end_turn
         self.extra_content = extra_content or {}
+        self.cuts = cuts            # explicit event boundaries (character offsets) instead of ``step``
 
 
 class Script:
@@ -99,19 +102,19 @@ def _event(obj):
 PING = b"event: ping\ndata: 2023-12-20 12:34:56.123456\n\n"
 
 
+def _echo(m):
+    echo = dict(m)
+    echo.setdefault("author", {"role": "user"})
+    echo["status"] = "finished_successfully"
+    echo["recipient"] = "all"
+    echo["metadata"] = {"timestamp_": "absolute", "message_type": None}
+    return echo
+
+
 def user_echo(conversation_id, user_messages, model):
     """The first events echo what the client sent (roles user and system)."""
-    events = []
-    for m in user_messages:
-        if (m.get("author") or {}).get("role", "user") not in ("user", "system"):
-            continue
-        echo = dict(m)
-        echo.setdefault("author", {"role": "user"})
-        echo["status"] = "finished_successfully"
-        echo["recipient"] = "all"
-        echo["metadata"] = {"timestamp_": "absolute", "message_type": None}
-        events.append(_event({"message": echo, "conversation_id": conversation_id, "error": None}))
-    return events
+    return [_event({"message": _echo(m), "conversation_id": conversation_id, "error": None})
+            for m in user_messages if (m.get("author") or {}).get("role", "user") in ("user", "system")]
 
 
 def legacy_events(script, conversation_id, user_messages, pings=True):
@@ -121,7 +124,7 @@ def legacy_events(script, conversation_id, user_messages, pings=True):
     t = 1703062013.02
     for i, msg in enumerate(script.messages):
         text = msg.text
-        cuts = list(range(msg.step, len(text), msg.step))
+        cuts = msg.cuts if msg.cuts is not None else list(range(msg.step, len(text), msg.step))
         for n, cut in enumerate(cuts):
             events.append(_event({"message": message_dict(msg, text[:cut], False, parent, script.model, t),
                                   "conversation_id": conversation_id, "error": None}))
@@ -141,3 +144,109 @@ def legacy_events(script, conversation_id, user_messages, pings=True):
     if script.done:
         events.append(b"data: [DONE]\n\n")
     return events
+
+
+def _delta(obj):
+    return b"event: delta\ndata: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+DELTA_ENCODING = b'event: delta_encoding\ndata: "v1"\n\n'
+
+
+def _text_path(content):
+    if "text" in content:
+        return "/message/content/text"
+    if "result" in content:
+        return "/message/content/result"
+    return "/message/content/parts/0"
+
+
+class _Patches:
+    """Writes patches the way the upstream does: a bare ``{"v": ...}`` when the path and
+    operation are the previous patch's."""
+
+    def __init__(self, events):
+        self.events = events
+        self.last = None
+
+    def add(self, document, c):
+        self.events.append(_delta({"p": "", "o": "add", "v": document, "c": c}))
+        self.last = None
+
+    def op(self, path, op, value):
+        if (path, op) == self.last:
+            self.events.append(_delta({"v": value}))
+        else:
+            self.events.append(_delta({"p": path, "o": op, "v": value}))
+            self.last = (path, op)
+
+    def patch(self, ops):
+        self.events.append(_delta({"p": "", "o": "patch", "v": ops}))
+        self.last = (ops[-1]["p"], ops[-1]["o"])
+
+
+def v1_events(script, conversation_id, user_messages, pings=True):
+    """The 2024 stream asked for with ``"supported_encodings": ["v1"]``: each message once
+    (``add`` with ``c``), then appends to its text, citations as they become complete, and one
+    final patch list with the rest of the text, status, end_turn and metadata."""
+    events = [DELTA_ENCODING]
+    for m in user_messages:
+        events.append(_event({"type": "input_message", "input_message": _echo(m),
+                              "conversation_id": conversation_id}))
+    out = _Patches(events)
+    parent = user_messages[-1]["id"] if user_messages else str(uuid.uuid4())
+    t = 1703062013.02
+    for i, msg in enumerate(script.messages):
+        text = msg.text
+        first = message_dict(msg, "", False, parent, script.model, t)
+        content = first["content"]
+        if text and content.get("parts") == []:
+            content["parts"] = [""]
+        path = _text_path(content)
+        out.add({"message": first, "conversation_id": conversation_id, "error": None}, i)
+        citations = msg.metadata.get("citations") or []
+        cited = 0
+        sent = 0
+        cuts = list(range(msg.step, len(text), msg.step))
+        for n, cut in enumerate(cuts):
+            out.op(path, "append", text[sent:cut])
+            sent = cut
+            ready = [c for c in citations if c.get("end_ix", 0) <= cut]
+            if len(ready) > cited:
+                if cited == 0:
+                    out.op("/message/metadata", "append", {"citations": ready})
+                else:
+                    out.op("/message/metadata/citations", "append", ready[cited:])
+                cited = len(ready)
+            if pings and n == len(cuts) // 2:
+                events.append(PING)
+        final = message_dict(msg, text, True, parent, script.model, t)
+        ops = []
+        if text[sent:]:
+            ops.append({"p": path, "o": "append", "v": text[sent:]})
+        if msg.final_parts:
+            ops.append({"p": "/message/content/parts", "o": "append", "v": msg.final_parts})
+        ops.append({"p": "/message/status", "o": "replace", "v": final["status"]})
+        if final["end_turn"] is not None:
+            ops.append({"p": "/message/end_turn", "o": "replace", "v": final["end_turn"]})
+        metadata = {k: v for k, v in final["metadata"].items() if first["metadata"].get(k) != v}
+        if metadata:
+            ops.append({"p": "/message/metadata", "o": "append", "v": metadata})
+        out.patch(ops)
+        parent = msg.id
+        if i == 0:
+            events.append(_event({"type": "title_generation", "title": script.title,
+                                  "conversation_id": conversation_id}))
+    events.append(_event({"type": "moderation", "conversation_id": conversation_id, "message_id": parent,
+                          "is_completion": True,
+                          "moderation_response": {"flagged": script.blocked, "blocked": script.blocked,
+                                                  "moderation_id": "modr-demo"}}))
+    if script.error:
+        events.append(_event({"message": None, "conversation_id": conversation_id, "error": script.error}))
+    if script.done:
+        events.append(_event({"type": "message_stream_complete", "conversation_id": conversation_id}))
+        events.append(b"data: [DONE]\n\n")
+    return events
+
+
+RENDERERS = {"legacy": legacy_events, "v1": v1_events}

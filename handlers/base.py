@@ -5,6 +5,7 @@ import logging
 import ujson
 from tornado.web import RequestHandler, stream_request_body
 
+from converters import openai_format
 from errors import ApiError, bad_request
 
 log = logging.getLogger("gateway.http")
@@ -40,11 +41,20 @@ class ApiHandler(RequestHandler):
                            "invalid_request_error", "invalid_api_key")
         return key
 
+    def public_base_url(self):
+        """Where clients reach this gateway, for links to saved images: UPLOAD_BASE_URL, or
+        else the scheme and Host the request came with (X-Forwarded-Proto is honoured)."""
+        return self.gateway.settings.upload_base_url or "%s://%s" % (self.request.protocol, self.request.host)
+
+    def write_json(self, obj):
+        """Finish with a JSON body, UTF-8 as is and ``/`` unescaped, as OpenAI's API writes it."""
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(openai_format.dumps(obj))
+
     def send_error_json(self, error):
         self.clear()
         self.set_status(error.status)
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(ujson.dumps(error.body(), ensure_ascii=False))
+        self.write_json(error.body())
 
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]

@@ -12,7 +12,6 @@ import logging
 import time
 import uuid
 
-import ujson
 from tornado.concurrent import Future, future_set_result_unless_cancelled
 from tornado.ioloop import IOLoop, PeriodicCallback
 
@@ -102,8 +101,7 @@ class CollectSink:
         text = "".join(self.texts)
         body = openai_format.completion(e.completion_id, e.created, e.model, text, reason,
                                         self.tokens.usage(prompt_messages, text))
-        self.handler.set_header("Content-Type", "application/json; charset=utf-8")
-        self.handler.finish(openai_format.dumps(body))
+        self.handler.write_json(body)
 
     def fail(self, error):
         self.handler.send_error_json(error)
@@ -174,25 +172,22 @@ class Relay:
             await self._idle
 
 
-class ChatCompletionsHandler(JsonBodyHandler):
-    async def post(self):
-        gw = self.gateway
-        request = parse_chat_request(self.json_body())
-        route = gw.models.resolve(request.model)
-        if route is None:
-            raise ApiError(404, "The model `%s` does not exist. GET /v1/models lists the models here." % request.model,
-                           "invalid_request_error", "model_not_found", "model")
-        key = self.api_key()
-        messages = await gw.prepare_messages(key, request, route)
-        payload = conversation_payload(messages, route, new_id, await gw.gizmo(route))
+class ConversationHandler(JsonBodyHandler):
+    """Base for endpoints answered by one upstream conversation (chat completions, images)."""
 
-        encoder = openai_format.ChunkEncoder("chatcmpl-" + uuid.uuid4().hex[:29], int(time.time()), request.model)
-        if request.stream:
-            sink = StreamSink(self, encoder, request.include_usage, gw.tokens)
-        else:
-            sink = CollectSink(self, encoder, gw.tokens)
-        echo_ids = [m["id"] for m in payload["messages"]]
-        relay = Relay(Conversion(gw.renderer(), echo_ids), sink, lambda action: gw.perform(action, key, relay.conversion))
+    def payload(self, messages, route, gizmo=None):
+        """The upstream request body, asking for the stream encoding the settings choose;
+        ``gizmo``: a GPT's gizmo object when known (``Gateway.gizmo``)."""
+        return conversation_payload(messages, route, new_id, self.gateway.settings.upstream_encoding, gizmo)
+
+    async def converse(self, key, payload, sink, perform, prompt_messages, renderer=None):
+        """Start the upstream transfer, wait until it accepts (its error becomes ours), relay the
+        converted answer into ``sink`` and finish it. ``perform(action, conversion)`` carries out
+        a renderer's action and returns its text; ``renderer`` defaults to the gateway's."""
+        gw = self.gateway
+        echo_ids = [m["id"] for m in payload["messages"]]  # the upstream may echo them back
+        conversion = Conversion(renderer or gw.renderer(), gw.settings.upstream_encoding, echo_ids)
+        relay = Relay(conversion, sink, lambda action: perform(action, conversion))
         transfer = gw.upstream.start_conversation(key, payload, relay.on_chunk)
         self._transfer, self._relay = transfer, relay
         gw.watch.add(relay, transfer)
@@ -220,9 +215,11 @@ class ChatCompletionsHandler(JsonBodyHandler):
                 log.warning("answer for key %s failed: %s", mask(key), error.message)
                 sink.fail(error)
             else:
-                sink.finish(reason, request.messages)
+                sink.finish(reason, prompt_messages)
         finally:
             gw.watch.discard(relay)
+            for warning in relay.conversion.warnings:  # each kind once per stream
+                log.warning("upstream stream for key %s: %s", mask(key), warning)
             cid = relay.conversion.conversation_id
             if cid and gw.settings.need_delete_conversation_after_response:
                 IOLoop.current().add_callback(gw.upstream.hide_conversation, key, cid)
@@ -232,6 +229,28 @@ class ChatCompletionsHandler(JsonBodyHandler):
         if relay is not None and not relay.closed:
             relay.closed = True
             self._transfer.cancel("the client disconnected")
+
+
+class ChatCompletionsHandler(ConversationHandler):
+    async def post(self):
+        gw = self.gateway
+        request = parse_chat_request(self.json_body())
+        route = gw.models.resolve(request.model)
+        if route is None:
+            raise ApiError(404, "The model `%s` does not exist. GET /v1/models lists the models here." % request.model,
+                           "invalid_request_error", "model_not_found", "model")
+        key = self.api_key()
+        messages = await gw.prepare_messages(key, request, route)
+        payload = self.payload(messages, route, await gw.gizmo(route))
+
+        encoder = openai_format.ChunkEncoder("chatcmpl-" + uuid.uuid4().hex[:29], int(time.time()), request.model)
+        if request.stream:
+            sink = StreamSink(self, encoder, request.include_usage, gw.tokens)
+        else:
+            sink = CollectSink(self, encoder, gw.tokens)
+        base = self.public_base_url()
+        await self.converse(key, payload, sink, lambda action, conversion: gw.perform(action, key, conversion, base),
+                            request.messages)
 
 
 class StreamWatch:

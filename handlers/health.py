@@ -5,4 +5,4 @@ from handlers.base import ApiHandler
 
 class HealthHandler(ApiHandler):
     def get(self):
-        self.finish({"status": "ok", "open_streams": len(self.gateway.watch)})
+        self.write_json({"status": "ok", "open_streams": len(self.gateway.watch)})

@@ -1,7 +1,5 @@
 """``GET /v1/models``: every name the model table answers to, in OpenAI's list shape."""
 
-import ujson
-
 from errors import ApiError
 from handlers.base import ApiHandler
 
@@ -20,8 +18,7 @@ def _model(route):
 class ModelsHandler(ApiHandler):
     def get(self):
         data = [_model(r) for r in self.gateway.models.routes()]
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(ujson.dumps({"object": "list", "data": data}, ensure_ascii=False))
+        self.write_json({"object": "list", "data": data})
 
 
 class ModelHandler(ApiHandler):
@@ -29,5 +26,4 @@ class ModelHandler(ApiHandler):
         route = self.gateway.models.resolve(name)
         if route is None:
             raise ApiError(404, "The model `%s` does not exist" % name, "invalid_request_error", "model_not_found", "model")
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(ujson.dumps(_model(route), ensure_ascii=False))
+        self.write_json(_model(route))

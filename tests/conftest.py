@@ -9,6 +9,7 @@ environment variables, exactly as a user would run it.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -109,8 +110,14 @@ class Gateway(Process):
         env.update({k: str(v) for k, v in settings.items()})
         env.setdefault("PORT", "0")
         env.setdefault("HOST", "127.0.0.1")
+        self.images_dir = tempfile.mkdtemp(prefix="gw-images-")  # saved images stay out of the work tree
+        env.setdefault("IMAGES_DIR", self.images_dir)
         super().__init__([sys.executable, "server.py"], env=env)
         self.url = self.match.group(1).replace("0.0.0.0", "127.0.0.1")
+
+    def stop(self):
+        super().stop()
+        shutil.rmtree(self.images_dir, ignore_errors=True)
 
     def client(self, key, prefix=""):
         from openai import OpenAI

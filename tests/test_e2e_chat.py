@@ -330,3 +330,9 @@ def test_keys_are_masked_in_logs(gateway, upstream, key):
     log = gateway.log_text()
     assert key[:4] + "…" + key[-4:] in log
     assert key not in log
+
+
+def test_error_bodies_keep_slashes_and_chinese_readable(gateway, key):
+    status, _, raw = post_chat(gateway, {"model": "gpt-4-s/中文", "messages": USER})
+    assert status == 404
+    assert "gpt-4-s/中文".encode() in raw  # not gpt-4-s\/\u4e2d\u6587

@@ -134,7 +134,7 @@ def test_multimodal_message_matches_the_web_client():
 def test_gpt_payload_carries_the_gizmo_when_known():
     models = ModelTable(settings())
     models.add_gpt("helper", "g-abc")
-    payload = conversation_payload([("user", "hi")], models.resolve("helper"), lambda: "u1", {"gizmo": {"id": "g-abc"}})
+    payload = conversation_payload([("user", "hi")], models.resolve("helper"), lambda: "u1", gizmo={"gizmo": {"id": "g-abc"}})
     assert payload["model"] == "gpt-4-gizmo"
     assert payload["conversation_mode"] == {"kind": "gizmo_interaction", "gizmo_id": "g-abc",
                                             "gizmo": {"gizmo": {"id": "g-abc"}}}

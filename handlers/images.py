@@ -1,0 +1,109 @@
+"""Images: ``POST /v1/images/generations`` and ``GET /images/<name>`` (the saved files).
+
+Drawing is a chat answer in disguise: the prompt goes to a model that can call DALL·E, and
+the answer runs through the same conversation path as chat completions (``converse``) into
+``ImageSink``, which keeps the images the answer showed (fetched and saved by the gateway) and
+the assistant's words. No image means the model declined: an error carrying its words.
+"""
+
+import base64
+import time
+
+from converters.payload import image_prompt, parse_image_request
+from converters.render import FetchImage, MarkdownRenderer
+from errors import ApiError
+from handlers.base import ApiHandler
+from handlers.chat import ConversationHandler
+from media import MediaStore
+
+
+class ImageSink:
+    """Collects the answer of a drawing request and writes the images response."""
+
+    streaming = False
+    started = False
+
+    def __init__(self, handler, request):
+        self.handler = handler
+        self.request = request
+        self.texts = []
+        self.images = []      # (public url, bytes, revised prompt)
+        self.failed = 0       # images the answer showed that could not be fetched
+
+    def start(self):
+        pass
+
+    def text(self, text):
+        self.texts.append(text)
+
+    def keepalive(self):
+        pass
+
+    def finish(self, reason, prompt_messages):
+        reply = "".join(self.texts)
+        if not self.images:
+            if self.failed:
+                error = ApiError(502, "the upstream drew %d image(s) but they could not be fetched" % self.failed,
+                                       "upstream_error", "image_download_failed")
+            else:
+                error = ApiError(400, "no image was generated; the model answered: %s" % reply.strip(),
+                                       "invalid_request_error", "no_image_generated", "prompt")
+            return self.fail(error)
+        data = []
+        for url, raw, revised in self.images:
+            item = {"url": url} if self.request.response_format == "url" else {
+                "b64_json": base64.b64encode(raw).decode("ascii")}
+            item["revised_prompt"] = revised or self.request.prompt
+            data.append(item)
+        self.handler.write_json({"created": int(time.time()), "data": data, "reply": reply})
+
+    def fail(self, error):
+        self.handler.send_error_json(error)
+
+
+class ImageGenerationsHandler(ConversationHandler):
+    async def post(self):
+        gw = self.gateway
+        request = parse_image_request(self.json_body(), gw.models.first_drawing_model())
+        route = gw.models.resolve(request.model)
+        if route is None or not route.can_draw:
+            raise ApiError(400 if route else 404, "The model `%s` cannot draw; use one of: %s" % (
+                request.model, ", ".join(r.name for r in gw.models.routes() if r.can_draw)),
+                "invalid_request_error", "model_not_found" if route is None else "model_cannot_draw", "model")
+        key = self.api_key()
+        prompt = image_prompt(gw.settings.dalle_prompt_prefix, request)
+        payload = self.payload([("user", prompt)], route, await gw.gizmo(route))
+        sink = ImageSink(self, request)
+        base = self.public_base_url()
+
+        async def perform(action, conversion):
+            saved = await gw.fetch(action, key, conversion)
+            url = gw.public_url(base, saved[0]) if saved else None
+            if type(action) is FetchImage:
+                if saved:
+                    sink.images.append((url, saved[1], action.image.prompt))
+                else:
+                    sink.failed += 1
+            return action.render(url)
+
+        # The reply is for a program, whatever BOT_MODE says: the markdown renderer shows every image.
+        await self.converse(key, payload, sink, perform, [("user", prompt)], MarkdownRenderer())
+
+
+class SavedFileHandler(ApiHandler):
+    """Serves what the gateway saved under static/images; any other name is a 404."""
+
+    def get(self, name):
+        path = self.gateway.media.path(name)
+        if path is None:
+            raise ApiError(404, "no such image: %s" % name[:100], "invalid_request_error", "not_found")
+        with open(path, "rb") as f:
+            data = f.read()
+        content_type = MediaStore.content_type(name, data[:262])
+        self.set_header("Content-Type", content_type)
+        # Names are never reused: a saved file never changes.
+        self.set_header("Cache-Control", "public, max-age=31536000, immutable")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        if not content_type.startswith("image/"):
+            self.set_header("Content-Disposition", 'attachment; filename="%s"' % name)
+        self.finish(data)

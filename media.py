@@ -1,0 +1,80 @@
+"""Files the gateway keeps for its clients: images and sandbox files fetched from the upstream.
+
+Upstream download URLs expire, so the bytes are saved under IMAGES_DIR (``static/images/``) and served by
+the gateway itself at ``/images/<name>`` (handlers/images.py). Names are collision-free
+(time + random part, created exclusively) and made of safe characters only, so a name taken
+from a URL can be checked with one pattern before it gets near the file system.
+"""
+
+import mimetypes
+import os
+import re
+import secrets
+import time
+
+import filetype
+
+# What a saved file's name may look like (no slashes, no leading dot, no "..").
+NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*\Z")
+IMAGE_EXTENSIONS = {"png": "png", "jpg": "jpg", "webp": "webp", "gif": "gif"}
+
+
+def image_extension(data):
+    """The extension the image bytes call for (sniffed, not trusted from headers), or None."""
+    kind = filetype.guess(data[:262])
+    return IMAGE_EXTENSIONS.get(kind.extension) if kind is not None else None
+
+
+def _safe(text, limit=60):
+    text = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")
+    return text[:limit] or "file"
+
+
+class MediaStore:
+    def __init__(self, directory):
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+
+    def save_image(self, data):
+        """Save image bytes; the file name (``image_<time>_<random>.<ext>``), or None if the
+        bytes are not an image."""
+        ext = image_extension(data)
+        if ext is None:
+            return None
+        return self._save("image", ext, data)
+
+    def save_file(self, sandbox_path, data):
+        """Save a file the code interpreter wrote, keeping its base name and extension."""
+        base = sandbox_path.rsplit("/", 1)[-1]
+        stem, dot, ext = base.rpartition(".")
+        if not dot:
+            stem, ext = base, "bin"
+        return self._save(_safe(stem), _safe(ext, 10), data)
+
+    def _save(self, stem, ext, data):
+        while True:
+            name = "%s_%s_%s.%s" % (stem, time.strftime("%Y%m%d%H%M%S"), secrets.token_hex(4), ext)
+            try:
+                with open(os.path.join(self.directory, name), "xb") as f:
+                    f.write(data)
+                return name
+            except FileExistsError:
+                continue
+
+    def path(self, name):
+        """The saved file's path for a name from a URL, or None (not a name we give out, or gone)."""
+        if not isinstance(name, str) or not NAME.match(name):
+            return None
+        path = os.path.join(self.directory, name)
+        return path if os.path.isfile(path) else None
+
+    @staticmethod
+    def content_type(name, head):
+        """Sniffed from the bytes for images, from the name otherwise."""
+        kind = filetype.guess(head)
+        if kind is not None and kind.mime.startswith("image/"):
+            return kind.mime
+        guessed, _ = mimetypes.guess_type(name)
+        if guessed is None:
+            return "application/octet-stream"
+        return guessed + "; charset=utf-8" if guessed.startswith("text/") else guessed

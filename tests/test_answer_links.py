@@ -1,0 +1,51 @@
+"""The answer stage's handling of prose that needs a closer look: markers and sandbox links."""
+
+from converters.answer import Answer
+from converters.events import Message, MessageEnd, MessageStart, SandboxFile, Text, TextDelta
+
+
+def prose(*deltas, citations=None, end=True):
+    msg = Message("m1", "assistant")
+    msg.metadata = {"citations": citations or []}
+    answer = Answer()
+    out = answer.feed([MessageStart(msg)])
+    steps = []
+    for d in deltas:
+        got = answer.feed([TextDelta(msg, d)])
+        steps.append(got)
+        out += got
+    if end:
+        out += answer.feed([MessageEnd(msg)]) + answer.close()
+    return out, steps
+
+
+def texts(segments):
+    return "".join(s.text if type(s) is Text else "<%r>" % s for s in segments)
+
+
+def test_sandbox_link_split_over_events():
+    out, _ = prose("see [r](sa", "ndbox:/mnt/da", "ta/r.csv) ok")
+    assert texts(out) == "see [r](<SandboxFile('/mnt/data/r.csv')>) ok"
+    [f] = [s for s in out if type(s) is SandboxFile]
+    assert f.message_id == "m1"
+
+
+def test_bracket_that_is_not_a_sandbox_link_passes_through():
+    out, _ = prose("f(x) = (s", "ome) thing (sandbox:nope")
+    assert texts(out) == "f(x) = (some) thing (sandbox:nope"
+
+
+def test_prose_after_a_source_less_marker_is_not_held_until_the_end():
+    _, steps = prose("a【9†source】", "b" * 300, end=False)
+    assert texts(steps[1]) == "<Cite(9, None, None)>" + "b" * 300
+
+
+def test_marker_waits_for_its_source_in_a_later_event():
+    msg = Message("m1", "assistant")
+    answer = Answer()
+    answer.feed([MessageStart(msg)])
+    assert texts(answer.feed([TextDelta(msg, "x【3†source】")])) == "x"
+    msg.metadata = {"citations": [{"metadata": {"title": "T", "url": "https://t",
+                                                "extra": {"cited_message_idx": 3}}}]}
+    from converters.events import MessageUpdate
+    assert texts(answer.feed([MessageUpdate(msg)])) == "<Cite(3, 'T', 'https://t')>"

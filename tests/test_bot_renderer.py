@@ -1,0 +1,62 @@
+"""BOT_MODE's renderer stage on hand-made segments: what a chat-app user would read."""
+
+from converters.events import BlockClose, BlockOpen, BlockText, Cite, Image, SandboxFile, Text
+from converters.render import BotRenderer, FetchImage, MarkdownRenderer
+
+
+def render(renderer, segments, url="https://gw/images/a.png"):
+    out = renderer.render(segments) + renderer.close()
+    return "".join(x if type(x) is str else x.render(url) for x in out)
+
+
+def test_plugin_output_off_drops_tool_material_and_its_fences():
+    segs = [BlockOpen("code", "python"), BlockText("print(1)"), BlockClose("code"),
+            BlockOpen("output"), BlockText("1"), BlockClose("output"), Text("答案是 1。")]
+    assert render(BotRenderer(), segs) == "答案是 1。"
+    assert render(BotRenderer(plugin_output=True), segs) == "```python\nprint(1)\n```\nResult:\n```\n1\n```\n答案是 1。"
+
+
+def test_vanishing_markers_leave_no_double_spaces():
+    segs = [Text("see "), Cite(1, "A", "https://a"), Text(" and "), Cite(2, "B", "https://b"), Text(" "),
+            Cite(3, None, None), Text(" done"), Cite(4, "D", "https://d"), Text(".")]
+    assert render(BotRenderer(), segs) == "see and done."
+
+
+def test_references_are_numbered_and_listed_once_at_the_end():
+    segs = [Text("a"), Cite(11, "Title A", "https://a"), Text(" b"), Cite(2, "", "https://b"),
+            Text(" again"), Cite(11, "Title A", "https://a"), Text(" gone "), Cite(9, None, None), Text(" end")]
+    assert render(BotRenderer(reference_output=True), segs) == (
+        "a[11] b[2] again[11] gone end\n\n[11] Title A https://a\n[2] https://b")
+
+
+def test_no_source_list_without_citations():
+    assert render(BotRenderer(reference_output=True), [Text("plain answer\n")]) == "plain answer\n"
+
+
+def test_image_switches():
+    segs = [Text("look:"), Image("file-1"), Text("nice")]
+    assert render(BotRenderer(markdown_image=True), segs) == "look:\n![image](https://gw/images/a.png)\nnice"
+    assert render(BotRenderer(markdown_image=False, plain_image_url=True), segs) == "look:\nhttps://gw/images/a.png\nnice"
+    assert render(BotRenderer(markdown_image=True, plain_image_url=True), segs) == "look:\nhttps://gw/images/a.png\nnice"
+    assert render(BotRenderer(markdown_image=False, plain_image_url=False), segs) == "look:nice"
+
+
+def test_no_image_output_means_nothing_to_fetch():
+    out = BotRenderer(markdown_image=False, plain_image_url=False).render([Image("file-1")])
+    assert out == []
+    out = BotRenderer().render([Image("file-1")])
+    assert [type(x) for x in out] == [FetchImage]
+
+
+def test_failed_image_is_a_short_notice_in_bot_mode_too():
+    assert render(BotRenderer(), [Image("file-1")], url=None) == "(an image could not be fetched from the upstream)\n"
+
+
+def test_sandbox_links_keep_working_in_bot_mode():
+    segs = [Text("[x.csv]("), SandboxFile("/mnt/data/x.csv", "m1"), Text(")")]
+    assert render(BotRenderer(), segs, url="https://gw/images/x.csv") == "[x.csv](https://gw/images/x.csv)"
+
+
+def test_markdown_renderer_drops_source_less_markers_without_double_spaces():
+    segs = [Text("old "), Cite(9, None, None), Text(" claim"), Cite(1, "", ""), Cite(2, "t", "https://b")]
+    assert render(MarkdownRenderer(), segs) == "old claim[1][[2](https://b)]"

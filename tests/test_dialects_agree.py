@@ -1,0 +1,69 @@
+"""Both upstream dialects of every scenario give the client the same answer.
+
+The fake upstream renders one script of messages into the legacy stream (whole messages) and
+into the v1 stream (patches). Whatever the network chunking, the gateway's conversion of both
+must produce the same text, actions and outcome. The loop runs over ``SCENARIOS`` itself, so a
+scenario added later is covered without touching this file, and over ``RENDERERS``: a new
+output mode (bot mode) only needs adding there.
+"""
+
+import random
+
+import pytest
+
+from converters.payload import upstream_message
+from converters.pipeline import Conversion
+from converters.render import BotRenderer, MarkdownRenderer
+from fakeupstream.scenarios import SCENARIOS
+from fakeupstream.script import legacy_events, v1_events
+
+# name -> a fresh renderer for one answer (Gateway.renderer builds one of these per request)
+RENDERERS = {
+    "markdown": MarkdownRenderer,
+    "bot-plain": BotRenderer,
+    "bot-everything": lambda: BotRenderer(plugin_output=True, reference_output=True, plain_image_url=True),
+}
+
+SEEDS = range(6)
+
+
+def convert(blob, renderer, seed):
+    """The client-visible result of one upstream body cut into random network chunks."""
+    rng = random.Random(seed)
+    conv = Conversion(renderer())
+    items = []
+    i = 0
+    while i < len(blob):
+        n = rng.randint(1, 40)
+        items.extend(conv.feed(blob[i:i + n]))
+        i += n
+    items.extend(conv.close())
+    text = "".join(item if type(item) is str else "<%s %s>" % (type(item).__name__, item.render("https://files.example/x"))
+                   for item in items)
+    reason, error = conv.outcome()
+    return conv.dialect, text, reason, error and (error.status, error.code)
+
+
+@pytest.mark.parametrize("renderer", sorted(RENDERERS))
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_legacy_and_v1_streams_convert_to_the_same_answer(scenario, renderer):
+    user = [upstream_message("u-1", "user", "你好 /code /search")]
+    script = SCENARIOS[scenario]("你好", "gpt-4")
+    legacy = b"".join(legacy_events(script, "conv-1", user))
+    v1 = b"".join(v1_events(script, "conv-1", user))
+    make = RENDERERS[renderer]
+    expected = convert(legacy, make, 0)
+    assert expected[0] == "legacy"
+    for seed in SEEDS:
+        assert convert(legacy, make, seed) == expected
+        got = convert(v1, make, seed)
+        assert got[0] == "v1"
+        assert got[1:] == expected[1:], "scenario %s, seed %d" % (scenario, seed)
+
+
+def test_the_v1_stream_is_smaller_for_long_answers():
+    """The point of the v1 dialect: bytes grow with the answer, not with its square."""
+    script = SCENARIOS["long"]("", "gpt-4")
+    legacy = sum(map(len, legacy_events(script, "c", [])))
+    v1 = sum(map(len, v1_events(script, "c", [])))
+    assert v1 * 10 < legacy

@@ -1,0 +1,42 @@
+"""The media store: extensions from the bytes, names that cannot leave static/images."""
+
+import os
+
+import pytest
+
+from fakeupstream.files import WEBP_1X1, png
+from media import MediaStore, image_extension
+
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + b"\x00" * 32
+
+
+def test_extension_is_sniffed_from_the_bytes():
+    assert image_extension(png(2, 2, (1, 2, 3))) == "png"
+    assert image_extension(WEBP_1X1) == "webp"
+    assert image_extension(JPEG) == "jpg"
+    assert image_extension(b"<html>not an image</html>") is None
+
+
+def test_saved_names_never_collide_and_keep_the_bytes(tmp_path):
+    store = MediaStore(str(tmp_path))
+    names = {store.save_image(WEBP_1X1) for _ in range(20)}
+    assert len(names) == 20 and all(n.endswith(".webp") for n in names)
+    name = names.pop()
+    with open(store.path(name), "rb") as f:
+        assert f.read() == WEBP_1X1
+    assert store.save_image(b"plain text") is None
+
+
+def test_sandbox_file_keeps_a_safe_version_of_its_name(tmp_path):
+    store = MediaStore(str(tmp_path))
+    name = store.save_file("/mnt/data/../我的 report.v2.csv", b"a,b\n")
+    assert name.startswith("report_v2_") and name.endswith(".csv")
+    assert os.path.dirname(store.path(name)) == str(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["../conf/config.json", "..", ".gitkeep", "/etc/passwd", "a/b.png",
+                                  "a\\b.png", "x.png\x00", "", "nope.png"])
+def test_names_outside_the_store_are_refused(tmp_path, name):
+    store = MediaStore(str(tmp_path))
+    (tmp_path / ".gitkeep").write_bytes(b"")
+    assert store.path(name) is None
