@@ -7,9 +7,12 @@ and the IOLoop must not be shared between processes) and holds no per-request st
 import logging
 import urllib.parse
 
-from conf.models import ModelTable
+from tornado.ioloop import IOLoop
+
+import gpts
+from attachments import Attachments
 from converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer
-from handlers.chat import StreamWatch
+from handlers.chat import StreamWatch, new_id
 from logs import mask
 from media import MediaStore
 from upstream import UpstreamClient
@@ -21,14 +24,18 @@ log = logging.getLogger("gateway")
 class Gateway:
     def __init__(self, settings, models=None):
         self.settings = settings
-        self.models = models or ModelTable(settings)
+        self.models = models or gpts.build_models(settings)
         self.upstream = UpstreamClient(settings)
+        self.attachments = Attachments(settings, self.upstream)
+        self.gizmos = gpts.GizmoStore(self.upstream, self.models, settings.key_for_gpts_info,
+                                      settings.gpts_fetch_timeout)
         self.tokens = TokenCounter()
         self.watch = StreamWatch(settings.keepalive_interval, settings.upstream_idle_timeout)
         self.media = MediaStore(settings.images_dir)
 
     def start(self):
         self.watch.start()
+        IOLoop.current().spawn_callback(self.gizmos.fetch_all)  # in the background: start-up stays fast
 
     def close(self):
         self.watch.stop()
@@ -45,8 +52,12 @@ class Gateway:
         return MarkdownRenderer()
 
     async def prepare_messages(self, key, request, route):
-        """The request's messages as the upstream should get them."""
-        return request.messages
+        """The request's messages as the upstream should get them: files fetched, checked, uploaded."""
+        return await self.attachments.messages(key, request, route, new_id)
+
+    async def gizmo(self, route):
+        """For a GPT route, the gizmo object to send along, when known (else None)."""
+        return await self.gizmos.gizmo(route)
 
     async def perform(self, action, key, conversion, public_base):
         """Carry out a renderer's action and return the text to show."""

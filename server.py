@@ -16,6 +16,7 @@ import tornado.netutil
 import tornado.process
 import tornado.web
 
+import gpts
 import logs
 from conf import settings as conf_settings
 from gateway import Gateway
@@ -75,13 +76,18 @@ def main(argv=None):
 
     for line in settings.summary():
         log.info("setting %s", line)
+    try:
+        models = gpts.build_models(settings)  # before forking: a bad GPTs file stops start-up once
+    except conf_settings.SettingsError as e:
+        print("settings: %s" % e, file=sys.stderr)
+        return 2
     sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
     port = sockets[0].getsockname()[1]
     if settings.process_workers > 1:
         tornado.process.fork_processes(settings.process_workers)
 
     try:
-        gateway = Gateway(settings)
+        gateway = Gateway(settings, models)
     except conf_settings.SettingsError as e:
         print("settings: %s" % e, file=sys.stderr)
         return 2

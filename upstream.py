@@ -17,6 +17,7 @@ from tornado.concurrent import Future, future_set_result_unless_cancelled
 from tornado.curl_httpclient import CurlAsyncHTTPClient
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 
+from errors import ApiError, from_upstream
 from logs import mask
 
 log = logging.getLogger("gateway.upstream")
@@ -215,5 +216,102 @@ class UpstreamClient:
             follow_redirects=True, max_redirects=3))
         return response.code, response.body or b"", response.headers.get("Content-Type", "")
 
+    async def fetch_guarded(self, url, host, port, address, max_bytes, connect_timeout, timeout):
+        """GET a URL a client gave, connecting only to ``address`` (already checked by the caller).
+
+        The connection is pinned to the checked address (``CONNECT_TO``), so a DNS answer that
+        changes between the check and the connection cannot lead anywhere else; TLS still checks
+        the certificate against ``host``. Only http/https, no redirects followed here (the caller
+        checks each hop), a fresh connection, and the body is cut off past ``max_bytes``.
+        Tornado resets every curl handle after use, so none of this leaks into other transfers.
+        """
+        result = Fetched()
+        body = result.body
+
+        def write(chunk):
+            if len(body) + len(chunk) > max_bytes:
+                result.too_big = True
+                return 0  # any count but len(chunk) makes libcurl abort the transfer
+            body.extend(chunk)
+            return None
+
+        def prepare(curl):
+            curl.setopt(pycurl.WRITEFUNCTION, write)
+            curl.setopt(pycurl.MAXFILESIZE_LARGE, max_bytes)  # refuses early when Content-Length says so
+            curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+            curl.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+            curl.setopt(pycurl.FRESH_CONNECT, 1)
+            curl.setopt(pycurl.FORBID_REUSE, 1)
+            if host != address:
+                target = "[%s]" % address if ":" in address else address
+                curl.setopt(pycurl.CONNECT_TO, ["%s:%d:%s:%d" % (host, port, target, port)])
+
+        response = await self.http.fetch_any(HTTPRequest(
+            url, headers={"User-Agent": USER_AGENT, "Accept": "*/*"}, connect_timeout=connect_timeout,
+            request_timeout=timeout, follow_redirects=False, prepare_curl_callback=prepare))
+        result.status = response.code
+        result.headers = response.headers
+        if getattr(response.error, "errno", None) == pycurl.E_FILESIZE_EXCEEDED:
+            result.too_big = True
+        if response.code == 599 and not result.too_big:
+            result.failure = str(response.error)
+            result.connect_failed = getattr(response.error, "errno", None) == pycurl.E_COULDNT_CONNECT
+        return result
+
+    def upload_url(self, url):
+        """``upload_url`` with its host replaced by UPLOAD_HOST_OVERRIDE, when that is set."""
+        override = self.settings.upload_host_override
+        if not override:
+            return url
+        new, old = urllib.parse.urlsplit(override), urllib.parse.urlsplit(url)
+        return urllib.parse.urlunsplit((new.scheme, new.netloc, new.path.rstrip("/") + old.path, old.query, ""))
+
+    async def upload_file(self, key, info, timeout=120):
+        """The web client's 3-step upload of one checked file (``converters.files.FileInfo``).
+
+        Returns the upstream ``file_id``; raises an ``ApiError`` naming the step that failed.
+        """
+        status, data, raw = await self.call("POST", "files", key, {
+            "file_name": info.name, "file_size": info.size, "use_case": info.use_case})
+        if status != 200 or not isinstance(data, dict) or not data.get("file_id") or not data.get("upload_url"):
+            raise _upload_error(1, "POST backend-api/files", status, raw)
+        file_id = data["file_id"]
+        response = await self.http.fetch_any(HTTPRequest(
+            self.upload_url(data["upload_url"]), method="PUT", body=info.data,
+            headers={"x-ms-blob-type": "BlockBlob", "Content-Type": info.mime, "User-Agent": USER_AGENT},
+            connect_timeout=self.settings.upstream_connect_timeout, request_timeout=timeout,
+            follow_redirects=False))
+        if response.code not in (200, 201):
+            raw = str(response.error).encode() if response.code == 599 else (response.body or b"")
+            raise _upload_error(2, "PUT upload_url", response.code, raw)
+        status, data, raw = await self.call("POST", "files/%s/uploaded" % file_id, key, {})
+        if status != 200:
+            raise _upload_error(3, "POST backend-api/files/%s/uploaded" % file_id, status, raw)
+        log.debug("uploaded %s (%s, %d bytes) for key %s", file_id, info.mime, info.size, mask(key))
+        return file_id
+
     def close(self):
         self.http.close()
+
+
+class Fetched:
+    """What ``fetch_guarded`` got: status (599: no answer), headers, body, and why it stopped."""
+    __slots__ = ("status", "headers", "body", "too_big", "failure", "connect_failed")
+
+    def __init__(self):
+        self.status = None
+        self.headers = None
+        self.body = bytearray()
+        self.too_big = False
+        self.failure = None
+        self.connect_failed = False
+
+
+def _upload_error(step, what, status, raw):
+    prefix = "uploading the file failed at step %d of 3 (%s): " % (step, what)
+    if status == 599:
+        return ApiError(502, prefix + "the upstream could not be reached: %s" % raw.decode("utf-8", "replace"),
+                        "upstream_error", "upload_failed")
+    error = from_upstream(status, raw)
+    error.message = prefix + error.message
+    return error

@@ -6,6 +6,7 @@ setting with its default; the table below only says how to read and check each o
 default lives in exactly one place. A bad value stops start-up with one line naming the setting.
 """
 
+import ipaddress
 import json
 import os
 import urllib.parse
@@ -108,6 +109,22 @@ def _names(name, raw):
     return names
 
 
+def _hosts_and_networks(name, raw):
+    """Comma-separated host names, addresses and IP networks, e.g. ``files.lan,10.0.0.0/8``."""
+    if isinstance(raw, list):
+        raw = ",".join(str(x) for x in raw)
+    items = [x.strip() for x in _text(name, raw).split(",") if x.strip()]
+    for item in items:
+        if "/" in item:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise SettingsError("%s: %r is not an IP network such as 10.0.0.0/8" % (name, item)) from None
+        elif not all(c.isalnum() or c in ".-:_" for c in item):
+            raise SettingsError("%s: %r is not a host name, address or network" % (name, item))
+    return items
+
+
 def _log_level(name, raw):
     value = _text(name, raw).upper()
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -154,6 +171,13 @@ SPEC = {
     "UPSTREAM_MAX_TRANSFERS": (_integer(1, 100000), ()),
     "MAX_REQUEST_BODY": (_integer(1024, 1 << 30), ()),
     "UPSTREAM_ENCODING": (_choice("auto", "legacy", "v1"), ()),
+    "FILE_MAX_BYTES": (_integer(1, 1 << 30), ()),
+    "FILE_FETCH_CONNECT_TIMEOUT": (_number(0.1, 600), ()),
+    "FILE_FETCH_TIMEOUT": (_number(1, 3600), ()),
+    "FILE_FETCH_MAX_REDIRECTS": (_integer(0, 20), ()),
+    "FILE_FETCH_ALLOW": (_hosts_and_networks, ()),
+    "UPLOAD_HOST_OVERRIDE": (_url, ()),
+    "GPTS_FETCH_TIMEOUT": (_number(0.1, 600), ()),
 }
 
 _SECRET_WORDS = ("KEY", "TOKEN", "SECRET")

@@ -7,31 +7,65 @@ client sees the message); ``conversation_payload`` builds the body of
 
 import re
 
+from converters.files import FileRef
 from errors import bad_request
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 class ChatRequest:
-    __slots__ = ("model", "messages", "stream", "include_usage")
+    __slots__ = ("model", "messages", "stream", "include_usage", "files")
 
-    def __init__(self, model, messages, stream, include_usage):
+    def __init__(self, model, messages, stream, include_usage, files=None):
         self.model = model
-        self.messages = messages        # [(upstream role, text)]
+        self.messages = messages        # [(upstream role, text)]: the texts, files left out
         self.stream = stream
         self.include_usage = include_usage
+        self.files = files or {}        # message index -> [FileRef] in the client's order
 
 
-def _text_of(content, index):
-    """An OpenAI message content (string or list of parts) as one text."""
+def _url_of(value):
+    """``image_url`` is ``{"url": ...}`` in OpenAI's shape; some clients send the URL string."""
+    return value.get("url") if isinstance(value, dict) else value
+
+
+def _file_ref(part, kind, index, j):
+    """A ``FileRef`` for an ``image_url`` or ``file`` content part."""
+    where = "messages[%d].content[%d]" % (index, j)
+    param = "messages.%d.content.%d" % (index, j)
+    name = None
+    if kind == "image_url":
+        url = _url_of(part.get("image_url"))
+    else:
+        spec = part.get("file")
+        if not isinstance(spec, dict):
+            raise bad_request("%s.file must be an object with file_data (a data: URL) or url" % where, param)
+        if spec.get("file_id") and not (spec.get("file_data") or spec.get("url")):
+            raise bad_request("%s: file_id is not supported here; send the file as file_data "
+                              "(a data: URL) or url" % where, param, "unsupported_content")
+        url = spec.get("file_data") or spec.get("url")
+        name = spec.get("filename") if isinstance(spec.get("filename"), str) else None
+    if not isinstance(url, str) or not url.strip():
+        raise bad_request("%s needs a URL (data: or http(s)://)" % where, param)
+    url = url.strip()
+    scheme = url.split(":", 1)[0].lower()
+    if scheme not in ("data", "http", "https"):
+        raise bad_request("%s: only data:, http:// and https:// URLs are taken, got %s:"
+                          % (where, scheme), param, "unsupported_url")
+    return FileRef(url, name, where)
+
+
+def _content_of(content, index):
+    """An OpenAI message content (string or list of parts) as ``(text, [FileRef])``."""
     if content is None:
-        return ""
+        return "", None
     if isinstance(content, str):
-        return content
+        return content, None
     if not isinstance(content, list):
         raise bad_request("messages[%d].content must be a string or a list of parts" % index,
                           "messages.%d.content" % index)
     texts = []
+    files = []
     for j, part in enumerate(content):
         where = "messages.%d.content.%d" % (index, j)
         if not isinstance(part, dict):
@@ -42,10 +76,12 @@ def _text_of(content, index):
             if not isinstance(text, str):
                 raise bad_request("messages[%d].content[%d].text must be a string" % (index, j), where)
             texts.append(text)
+        elif kind in ("image_url", "file"):
+            files.append(_file_ref(part, kind, index, j))
         else:
             raise bad_request("messages[%d].content[%d] has type %r, which this gateway does not take"
                               % (index, j, kind), where, "unsupported_content")
-    return "\n".join(texts)
+    return "\n".join(texts), files
 
 
 def parse_chat_request(body):
@@ -58,6 +94,7 @@ def parse_chat_request(body):
     if not isinstance(raw, list) or not raw:
         raise bad_request("'messages' is required and must be a non-empty list", "messages")
     messages = []
+    files = {}
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
             raise bad_request("messages[%d] must be an object" % i, "messages.%d" % i)
@@ -65,7 +102,10 @@ def parse_chat_request(body):
         if role is None:
             raise bad_request("messages[%d].role must be one of system, user, assistant; got %r"
                               % (i, m.get("role")), "messages.%d.role" % i)
-        messages.append((role, _text_of(m.get("content"), i)))
+        text, refs = _content_of(m.get("content"), i)
+        messages.append((role, text))
+        if refs:
+            files[i] = refs
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -75,7 +115,7 @@ def parse_chat_request(body):
     if not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", "stream_options")
     include_usage = bool(options.get("include_usage")) and stream
-    return ChatRequest(model, messages, stream, include_usage)
+    return ChatRequest(model, messages, stream, include_usage, files)
 
 
 def upstream_message(message_id, role, text):
@@ -89,10 +129,11 @@ def upstream_message(message_id, role, text):
 SUPPORTED_ENCODINGS = {"auto": ["v1"], "v1": ["v1"], "legacy": None}
 
 
-def conversation_payload(messages, route, new_id, encoding="legacy"):
+def conversation_payload(messages, route, new_id, encoding="legacy", gizmo=None):
     """The upstream body. ``messages``: [(role, text)] or prepared upstream message dicts;
     ``new_id``: a function returning a fresh uuid4 string (passed in: no randomness here);
-    ``encoding``: the UPSTREAM_ENCODING setting."""
+    ``encoding``: the UPSTREAM_ENCODING setting; ``gizmo``: for a GPT, the object
+    ``GET gizmos/{id}`` returned, when known."""
     up = [m if isinstance(m, dict) else upstream_message(new_id(), m[0], m[1]) for m in messages]
     payload = {
         "action": "next",
@@ -107,6 +148,8 @@ def conversation_payload(messages, route, new_id, encoding="legacy"):
     }
     if route.gizmo_id:
         mode = {"kind": "gizmo_interaction", "gizmo_id": route.gizmo_id}
+        if gizmo is not None:
+            mode["gizmo"] = gizmo
         payload["conversation_mode"] = mode
     encodings = SUPPORTED_ENCODINGS[encoding]
     if encodings:

@@ -21,10 +21,23 @@ The answer comes in the v1 delta dialect when the request asks for ``"supported_
 ["v1"]``, else whole messages; ``"encoding": "legacy" | "v1"`` in a plan forces one. The log
 says which (``encoding``).
 
-Plans are per key, so tests running against one fake upstream do not see each other.
+Plans are per key, so tests running against one fake upstream do not see each other. Besides
+conversations it answers the file upload (``POST files``, ``PUT upload_url``, ``POST
+files/{id}/uploaded``) and ``GET gizmos/{id}``; plan keys for those:
+
+    "gizmos": {"g-abc": {"name": "Display Name"}}   names to answer with (default "GPT g-abc")
+    "gizmo_fail": {"g-abc": 1}                      fail that many fetches of the gizmo (HTTP 500)
+    "upload_fail": {"step": "create" | "put" | "uploaded", "status": 500}
+
+The PUT to ``upload_url`` carries no Authorization (it goes to blob storage), so each
+``upload_url`` holds a random token that the fake maps back to the key that created the file.
+``GET /_fake/static/<file>`` serves fakeupstream/static/ and ``GET /_fake/redirect?to=URL``
+answers 302, ``GET /_fake/bytes?n=N`` N bytes, for tests of fetching files by URL.
 """
 
 import asyncio
+import hashlib
+import os
 import random
 import time
 import uuid
@@ -44,6 +57,8 @@ class State:
         self.plans = {}   # key -> plan dict (sticky until replaced)
         self.log = {}     # key -> [record]
         self.gates = {}   # key -> asyncio.Event
+        self.upload_tokens = {}  # token in an upload_url -> key that created the file
+        self.files = {}   # file id -> {"key", "file_name", "file_size", "use_case", "put": bool}
 
     def gate(self, key):
         if key not in self.gates:
@@ -269,6 +284,134 @@ class BlobHandler(FakeHandler):
         self.finish(data)
 
 
+class FilesHandler(FakeHandler):
+    """Step 1 of an upload: ``POST files`` -> an ``upload_url`` on blob storage and a file id."""
+
+    def post(self, prefix=None):
+        key, record = self.start_record()
+        if self.refuse_without_key(key) or _planned_upload_failure(self, key, "create"):
+            return
+        body = record["body"] if isinstance(record["body"], dict) else {}
+        if not isinstance(body.get("file_name"), str) or not isinstance(body.get("file_size"), int) \
+                or body.get("use_case") not in ("multimodal", "my_files", "ace_upload"):
+            return self.json(422, {"detail": [{"loc": ["body"], "msg": "file_name, file_size and use_case "
+                                                                      "(multimodal, my_files, ace_upload) are required"}]})
+        file_id = "file-" + uuid.uuid4().hex[:24]
+        token = uuid.uuid4().hex
+        self.state.upload_tokens[token] = key
+        self.state.files[file_id] = dict(body, key=key, put=False)
+        upload_url = "%s://%s/_fake/upload/%s/%s?se=2099-01-01&sp=cw&sig=fake" % (
+            self.request.protocol, self.request.host, token, file_id)
+        self.json(200, {"status": "success", "upload_url": upload_url, "file_id": file_id})
+
+
+class UploadBlobHandler(FakeHandler):
+    """Step 2: ``PUT upload_url`` as Azure blob storage takes it (no Authorization, a SAS URL)."""
+
+    def put(self, token, file_id):
+        key = self.state.upload_tokens.get(token)
+        meta = self.state.files.get(file_id)
+        if key is None or meta is None or meta["key"] != key:
+            self.set_status(403)
+            return self.finish("<Error><Code>AuthenticationFailed</Code></Error>")
+        data = self.request.body
+        self.state.record(key, {
+            "method": "PUT", "path": self.request.path, "query": self.request.query,
+            "authorization": self.request.headers.get("Authorization"),
+            "x-ms-blob-type": self.request.headers.get("x-ms-blob-type"),
+            "content-type": self.request.headers.get("Content-Type"),
+            "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "time": time.time()})
+        if _planned_upload_failure(self, key, "put"):
+            return
+        if self.request.headers.get("x-ms-blob-type") != "BlockBlob":
+            self.set_status(400)
+            return self.finish("<Error><Code>MissingRequiredHeader</Code></Error>")
+        meta["put"] = True
+        self.set_status(201)
+        self.finish()
+
+
+class UploadedHandler(FakeHandler):
+    """Step 3: ``POST files/{id}/uploaded`` once the bytes are in."""
+
+    def post(self, prefix, file_id):
+        key, record = self.start_record()
+        if self.refuse_without_key(key) or _planned_upload_failure(self, key, "uploaded"):
+            return
+        meta = self.state.files.get(file_id)
+        if meta is None or meta["key"] != key or not meta["put"]:
+            return self.json(404, {"detail": "File not found"})
+        self.json(200, {"status": "success", "download_url": "%s://%s/_fake/blob/file/%s?sig=demo" % (
+            self.request.protocol, self.request.host, file_id)})
+
+
+def _planned_upload_failure(handler, key, step):
+    fail = (handler.state.plans.get(key) or {}).get("upload_fail") or {}
+    if fail.get("step") != step:
+        return False
+    status = fail.get("status", 500)
+    if step == "put":
+        handler.set_status(status)
+        handler.finish("<Error><Code>InternalError</Code></Error>")
+    else:
+        handler.json(status, {"detail": fail.get("detail", "upload step %s failed (planned)" % step)})
+    return True
+
+
+class GizmoHandler(FakeHandler):
+    """``GET gizmos/{id}``: the GPT's gizmo object, shaped like the web client's."""
+
+    def get(self, prefix, gizmo_id):
+        key, record = self.start_record()
+        if self.refuse_without_key(key):
+            return
+        plan = self.state.plans.get(key) or {}
+        fails = plan.get("gizmo_fail") or {}
+        if fails.get(gizmo_id, 0) > 0:
+            fails[gizmo_id] -= 1
+            return self.json(500, {"detail": "Internal server error"})
+        name = ((plan.get("gizmos") or {}).get(gizmo_id) or {}).get("name") or "GPT " + gizmo_id
+        self.json(200, gizmo_object(gizmo_id, name))
+
+
+def gizmo_object(gizmo_id, name):
+    return {
+        "gizmo": {"id": gizmo_id, "organization_id": "org-fake", "short_url": gizmo_id,
+                  "author": {"user_id": "user-fake", "display_name": "Fake Author", "is_verified": False},
+                  "voice": {"id": "ember"}, "workspace_id": None, "model": None, "instructions": None,
+                  "settings": {}, "display": {"name": name, "description": "A GPT answered by the demo upstream.",
+                                              "welcome_message": "Hello", "prompt_starters": [],
+                                              "profile_picture_url": None, "categories": []},
+                  "share_recipient": "marketplace", "updated_at": "2023-12-20T12:34:56.123456+00:00",
+                  "last_interacted_at": None, "tags": ["public"]},
+        "tools": [{"id": "gzm_cnf_fake~gzm_tool_fake", "type": "browser", "settings": None, "metadata": None}],
+        "files": [],
+        "product_features": {"attachments": {"type": "retrieval", "accepted_mime_types": ["application/pdf", "text/plain"],
+                                             "image_mime_types": ["image/jpeg", "image/png", "image/gif", "image/webp"],
+                                             "can_accept_all_mime_types": True}},
+    }
+
+
+class BytesHandler(tornado.web.RequestHandler):
+    """``GET /_fake/bytes?n=5000&type=...&chunked=1``: n bytes, without Content-Length if chunked."""
+
+    async def get(self):
+        n = int(self.get_argument("n"))
+        self.set_header("Content-Type", self.get_argument("type", "application/octet-stream"))
+        if self.get_argument("chunked", ""):
+            for i in range(0, n, 1024):
+                self.write(b"x" * min(1024, n - i))
+                await self.flush()
+        else:
+            self.write(b"x" * n)
+        self.finish()
+
+
+class RedirectHandler(tornado.web.RequestHandler):
+    def get(self):
+        self.redirect(self.get_argument("to"))
+
+
 class PlanHandler(FakeHandler):
     def post(self):
         plan = ujson.loads(self.request.body)
@@ -287,6 +430,9 @@ class LogHandler(FakeHandler):
         self.json(200, self.state.log.get(self.get_argument("key"), []))
 
 
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+
+
 def make_app(state=None):
     state = state or State()
     args = {"state": state}
@@ -296,6 +442,13 @@ def make_app(state=None):
         (r"/(?:(.+)/)?backend-api/conversation/([^/]+)/interpreter/download", InterpreterDownloadHandler, args),
         (r"/(?:(.+)/)?backend-api/files/([^/]+)/download", FileDownloadHandler, args),
         (r"/_fake/blob/(file|sandbox)/(.+)", BlobHandler, args),
+        (r"/(?:(.+)/)?backend-api/files", FilesHandler, args),
+        (r"/(?:(.+)/)?backend-api/files/([^/]+)/uploaded", UploadedHandler, args),
+        (r"/(?:(.+)/)?backend-api/gizmos/([^/]+)", GizmoHandler, args),
+        (r"/_fake/upload/([0-9a-f]+)/([^/]+)", UploadBlobHandler, args),
+        (r"/_fake/static/(.*)", tornado.web.StaticFileHandler, {"path": STATIC}),
+        (r"/_fake/redirect", RedirectHandler),
+        (r"/_fake/bytes", BytesHandler),
         (r"/_fake/plan", PlanHandler, args),
         (r"/_fake/log", LogHandler, args),
         (r"/_fake/release", ReleaseHandler, args),

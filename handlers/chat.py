@@ -175,9 +175,10 @@ class Relay:
 class ConversationHandler(JsonBodyHandler):
     """Base for endpoints answered by one upstream conversation (chat completions, images)."""
 
-    def payload(self, messages, route):
-        """The upstream request body, asking for the stream encoding the settings choose."""
-        return conversation_payload(messages, route, new_id, self.gateway.settings.upstream_encoding)
+    def payload(self, messages, route, gizmo=None):
+        """The upstream request body, asking for the stream encoding the settings choose;
+        ``gizmo``: a GPT's gizmo object when known (``Gateway.gizmo``)."""
+        return conversation_payload(messages, route, new_id, self.gateway.settings.upstream_encoding, gizmo)
 
     async def converse(self, key, payload, sink, perform, prompt_messages, renderer=None):
         """Start the upstream transfer, wait until it accepts (its error becomes ours), relay the
@@ -240,7 +241,7 @@ class ChatCompletionsHandler(ConversationHandler):
                            "invalid_request_error", "model_not_found", "model")
         key = self.api_key()
         messages = await gw.prepare_messages(key, request, route)
-        payload = self.payload(messages, route)
+        payload = self.payload(messages, route, await gw.gizmo(route))
 
         encoder = openai_format.ChunkEncoder("chatcmpl-" + uuid.uuid4().hex[:29], int(time.time()), request.model)
         if request.stream:

@@ -72,7 +72,7 @@ class ImageGenerationsHandler(ConversationHandler):
                 "invalid_request_error", "model_not_found" if route is None else "model_cannot_draw", "model")
         key = self.api_key()
         prompt = image_prompt(gw.settings.dalle_prompt_prefix, request)
-        payload = self.payload([("user", prompt)], route)
+        payload = self.payload([("user", prompt)], route, await gw.gizmo(route))
         sink = ImageSink(self, request)
         base = self.public_base_url()
 

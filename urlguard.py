@@ -1,0 +1,115 @@
+"""Fetching URLs that clients put in messages, without letting them reach internal services.
+
+A client can name any URL as an "image"; the gateway fetching it is a classic server-side
+request forgery hole (cloud metadata at 169.254.169.254, admin pages on 127.0.0.1, the
+PandoraNext box itself). So: only http/https; the host is resolved first and EVERY address
+must be public (``is_global``) unless FILE_FETCH_ALLOW lists the host or a network holding the
+address; the connection is then pinned to the checked address (no second DNS lookup that could
+answer differently); redirects are followed here, one hop at a time, each hop checked again;
+size and time are bounded.
+"""
+
+import asyncio
+import ipaddress
+import socket
+import urllib.parse
+
+from converters.files import file_error
+
+
+class AddressPolicy:
+    """Which hosts and addresses client URLs may reach. ``allow``: host names and IP networks."""
+
+    def __init__(self, allow=()):
+        self.hosts = set()
+        self.networks = []
+        for item in allow:
+            try:
+                self.networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                self.hosts.add(item.lower().rstrip("."))
+
+    def allows_host(self, host):
+        return host.lower().rstrip(".") in self.hosts
+
+    def allows_address(self, address):
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in net for net in self.networks):
+            return True
+        # is_global is False for loopback, private, link-local, shared, reserved and unspecified ranges.
+        return ip.is_global and not ip.is_multicast
+
+
+async def resolve(host, port, timeout):
+    """Every address ``host`` resolves to (an IP literal resolves to itself)."""
+    try:
+        ipaddress.ip_address(host)
+        return [host]
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+class GuardedFetcher:
+    """GET client URLs through the upstream client's curl handles, within the policy and limits."""
+
+    def __init__(self, upstream, policy, max_bytes, connect_timeout, timeout, max_redirects):
+        self.upstream = upstream
+        self.policy = policy
+        self.max_bytes = max_bytes
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.max_redirects = max_redirects
+
+    async def fetch(self, url, where):
+        """``(bytes, Content-Type)`` of a 200 answer; any problem is a 400 naming the URL."""
+        for _hop in range(self.max_redirects + 1):
+            host, port = self._split(url, where)
+            for address in await self._checked_addresses(host, port, url, where):
+                got = await self.upstream.fetch_guarded(url, host, port, address, self.max_bytes,
+                                                        self.connect_timeout, self.timeout)
+                if not got.connect_failed:
+                    break  # else try the host's next address, as browsers do on dual-stack hosts
+            if got.too_big:
+                raise file_error(where, "%s is larger than the %d bytes this gateway takes (FILE_MAX_BYTES)"
+                                 % (url, self.max_bytes), "file_too_large")
+            if got.status == 599:
+                raise file_error(where, "fetching %s failed: %s" % (url, got.failure), "file_fetch_failed")
+            if got.status in (301, 302, 303, 307, 308) and got.headers.get("Location"):
+                url = urllib.parse.urljoin(url, got.headers["Location"])
+                continue
+            if got.status != 200:
+                raise file_error(where, "fetching %s failed: HTTP %d" % (url, got.status), "file_fetch_failed")
+            return bytes(got.body), got.headers.get("Content-Type", "")
+        raise file_error(where, "%s redirects more than %d times" % (url, self.max_redirects), "file_fetch_failed")
+
+    @staticmethod
+    def _split(url, where):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise file_error(where, "only http:// and https:// URLs can be fetched, got %r" % url[:200],
+                             "unsupported_url")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise file_error(where, "%r has a bad port" % url[:200], "unsupported_url") from None
+        return parts.hostname, port
+
+    async def _checked_addresses(self, host, port, url, where):
+        try:
+            addresses = await resolve(host, port, self.connect_timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            raise file_error(where, "cannot resolve the host of %s: %s" % (url, e), "file_fetch_failed") from None
+        if not addresses:
+            raise file_error(where, "the host of %s has no address" % url, "file_fetch_failed")
+        if not self.policy.allows_host(host):
+            refused = [a for a in addresses if not self.policy.allows_address(a)]
+            if refused:
+                raise file_error(where, "%s points to %s, a loopback, private or link-local address this gateway "
+                                 "does not fetch from (FILE_FETCH_ALLOW can allow it)" % (url, refused[0]),
+                                 "url_not_allowed")
+        return addresses
