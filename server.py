@@ -8,6 +8,7 @@ BASE_URL at it, so every endpoint can be tried without an account.
 
 import argparse
 import logging
+import resource
 import sys
 
 import tornado.httpserver
@@ -25,6 +26,17 @@ from handlers.health import HealthHandler
 from handlers.models import ModelHandler, ModelsHandler
 
 log = logging.getLogger("gateway")
+
+# Connections waiting to be accepted while the loop is busy; Tornado's default of 128 drops
+# SYNs (a 1 s client retry) when a thousand bots connect at once. The kernel caps it at somaxconn.
+LISTEN_BACKLOG = 4096
+
+
+def raise_fd_limit():
+    """Each stream holds two descriptors (client, upstream): lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def routes(settings):
@@ -72,7 +84,8 @@ def main(argv=None):
 
     for line in settings.summary():
         log.info("setting %s", line)
-    sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+    raise_fd_limit()
+    sockets = tornado.netutil.bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
     port = sockets[0].getsockname()[1]
     if settings.process_workers > 1:
         tornado.process.fork_processes(settings.process_workers)
