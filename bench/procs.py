@@ -57,16 +57,19 @@ class Process:
                     found.append(int(entry))
         return found
 
-    def cpu_seconds(self):
-        total = 0
+    def cpu_seconds(self, each=False):
+        """CPU seconds (user + system) of the process and its children; ``each``: per process."""
+        total, per = 0, []
         for pid in self.pids():
             try:
                 with open("/proc/%d/stat" % pid) as f:
                     fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / _TICK
+            ticks = int(fields[11]) + int(fields[12])  # utime, stime
+            total += ticks
+            per.append(ticks / _TICK)
+        return per if each else total / _TICK
 
     def memory_kb(self, field):
         """Sum of a /proc/PID/status field (VmRSS now, VmHWM peak) over the processes, in KB."""
