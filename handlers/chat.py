@@ -45,6 +45,7 @@ class StreamSink:
         self.started = False
         self.ended = False
         self._flush_due = False
+        self._loop = IOLoop.current()  # looked up once: text() runs for every chunk
 
     def start(self):
         self.started = True
@@ -63,7 +64,7 @@ class StreamSink:
         self.handler.write(self.encoder.content(text))
         if not self._flush_due:
             self._flush_due = True
-            IOLoop.current().add_callback(self._flush)
+            self._loop.add_callback(self._flush)
 
     def _flush(self):
         self._flush_due = False
