@@ -33,6 +33,7 @@ class Client(asyncio.Protocol):
         self.request = request
         self.done = done
         self.reads = []           # (epoch seconds, bytes)
+        self.started = None       # when the connection attempt began
         self.sent = None
         self.error = None
         self.has_content = False
@@ -75,6 +76,7 @@ async def run(url, n, ramp=1.0, timeout=120.0, hold=None):
         c.request = request_bytes(host, c.key)
         clients.append(c)
         await asyncio.sleep(max(0.0, start + ramp * i / max(n, 1) - loop.time()))
+        c.started = time.time()
         try:
             await loop.create_connection(lambda: c, host, int(port))
         except OSError as e:
@@ -141,6 +143,7 @@ class Result:
 
     def __init__(self, client):
         self.key = client.key
+        self.started = client.started
         self.sent = client.sent
         self.error = client.error
         self.status = None
@@ -191,7 +194,9 @@ class Result:
         return self.error is None
 
     def ttfb(self):
-        return self.arrivals[0][0] - self.sent if self.arrivals else None
+        """From the start of connecting (a refused or queued connection counts) to the first
+        content byte."""
+        return self.arrivals[0][0] - self.started if self.arrivals else None
 
     def lags(self, t0, revealed, interval):
         """Added lag of every frame: when the client had its text minus when it was due."""
