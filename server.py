@@ -7,9 +7,12 @@ BASE_URL at it, so every endpoint can be tried without an account.
 """
 
 import argparse
+import ctypes
 import gc
 import logging
+import os
 import resource
+import signal
 import sys
 
 import tornado.httpserver
@@ -38,6 +41,23 @@ def raise_fd_limit():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid):
+    """In a forked worker: end when the parent process ends (Linux; elsewhere a no-op).
+
+    ``fork_processes`` leaves the workers running when the parent is stopped with a plain
+    ``kill``: orphans that keep the port open and answer with the old settings.
+    """
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent was gone before prctl took effect
+        sys.exit(0)
 
 
 def tune_gc():
@@ -103,7 +123,9 @@ def main(argv=None):
     sockets = tornado.netutil.bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
     port = sockets[0].getsockname()[1]
     if settings.process_workers > 1:
+        parent = os.getpid()
         tornado.process.fork_processes(settings.process_workers)
+        die_with_parent(parent)
 
     try:
         gateway = Gateway(settings)

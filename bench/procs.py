@@ -85,6 +85,7 @@ class Process:
         return total
 
     def stop(self):
+        children = self.pids()[1:]
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -92,6 +93,11 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        for pid in children:  # forked workers outlive a terminated parent unless told
+            try:
+                os.kill(pid, 15)
+            except OSError:
+                pass
         try:
             os.unlink(self.log.name)
         except OSError:
