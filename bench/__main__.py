@@ -58,11 +58,11 @@ def streams(server, upstream, n, ramp, timeout, hold=None):
     return [load.Result(c) for c in clients], cpu, wall
 
 
-def s1(table, n, events, chars, interval_ms, ramp):
-    rendered, text = transcript.render(events, chars)
+def s1(table, n, events, chars, interval_ms, ramp, dialect):
+    rendered, text = transcript.render(events, chars, dialect)
     revealed = [chars_so_far for _, chars_so_far in transcript.frames(rendered)]
     interval = interval_ms / 1000.0
-    with procs.Upstream(events, chars, interval_ms) as up, procs.Server(up.url) as server:
+    with procs.Upstream(events, chars, interval_ms, dialect) as up, procs.Server(up.url) as server:
         results, cpu, wall = streams(server, up, n, ramp, timeout=events * interval + ramp + 60)
         stats = up.stats()
         peak = server.memory_kb("VmHWM")
@@ -74,7 +74,8 @@ def s1(table, n, events, chars, interval_ms, ramp):
     for r in ok:
         lags.extend(r.lags(stats["t0"][r.key], revealed, interval))
     errors = sorted({r.error for r in results if not r.ok})
-    table.add("S1 streams held", "N=%d, %d events x %g ms, C=%d, ramp %g s" % (n, events, interval_ms, chars, ramp),
+    table.add("S1 streams held", "N=%d, %d events x %g ms, C=%d, ramp %g s, %s" % (n, events, interval_ms, chars, ramp,
+                                                                                     dialect),
               "completed %d, failed %d, exact %d/%d; TTFB p50/p99 %s/%s ms; added lag p50/p99 %s/%s ms; "
               "server CPU %.1f s, peak RSS %.0f MB; upstream late p99 %s ms, upstream CPU %.1f s%s"
               % (len(ok), n - len(ok), exact, len(ok), _ms(load.percentile(ttfb, 50)), _ms(load.percentile(ttfb, 99)),
@@ -83,22 +84,22 @@ def s1(table, n, events, chars, interval_ms, ramp):
               exact=exact == n)
 
 
-def s2_inprocess(table, events, chars):
-    m = convert.measure(events, chars)
-    table.add("S2 conversion in-process", "E=%d, C=%d: %.1f MB of events, %d-char answer, 16 KB chunks"
-              % (events, chars, m["mb"], m["answer_chars"]),
+def s2_inprocess(table, events, chars, dialect):
+    m = convert.measure(events, chars, dialect)
+    table.add("S2 conversion in-process", "E=%d, C=%d, %s: %.1f MB of events, %d-char answer, 16 KB chunks"
+              % (events, chars, dialect, m["mb"], m["answer_chars"]),
               "pipeline %.0f MB/s vs ujson.loads floor %.0f MB/s: %.2fx the floor; exact: %s"
               % (m["pipeline_mbps"], m["floor_mbps"], m["ratio"], m["exact"]), exact=m["exact"])
 
 
-def big_answers(table, label, events, chars, n, workers, ramp=0.0, rounds=2):
+def big_answers(table, label, events, chars, n, workers, dialect, ramp=0.0, rounds=2):
     """n concurrent big answers, upstream at full speed; MB/s of upstream JSON converted.
 
     Time runs from the first request sent to the last byte read; best of ``rounds`` (the first
     round also pays for warming up the processes)."""
     text = transcript.answer_text(events, chars)
     best = None
-    with procs.Upstream(events, chars, 0) as up, procs.Server(up.url, workers=workers) as server:
+    with procs.Upstream(events, chars, 0, dialect) as up, procs.Server(up.url, workers=workers) as server:
         for _ in range(rounds):
             cpu0, up0, me0 = server.cpu_seconds(each=True), up.cpu_seconds(), time.process_time()
             results, cpu, _ = streams(server, up, n, ramp=ramp, timeout=600)
@@ -120,9 +121,9 @@ def big_answers(table, label, events, chars, n, workers, ramp=0.0, rounds=2):
     return mb / span
 
 
-def s3(table, n, chars):
+def s3(table, n, chars, dialect):
     """Streams that stay open and quiet: frame 0 sent, the next one an hour away."""
-    with procs.Upstream(2, chars, 3600 * 1000) as up, procs.Server(up.url) as server:
+    with procs.Upstream(2, chars, 3600 * 1000, dialect) as up, procs.Server(up.url) as server:
         async def nothing():
             pass
         streams(server, up, 20, ramp=0.0, timeout=30, hold=nothing)  # warm-up
@@ -149,6 +150,8 @@ def main(argv=None):
     p.add_argument("--interval-ms", type=float, help="S1 interval between events")
     p.add_argument("--chars", type=int, help="S1 characters per event")
     p.add_argument("--ramp", type=float, help="S1 seconds over which the streams are opened")
+    p.add_argument("--dialect", default="legacy", choices=sorted(transcript.DIALECTS),
+                   help="the upstream stream format (fakeupstream/script.py renderers)")
     args = p.parse_args(argv)
     cfg = dict(SMOKE if args.smoke else FULL)
     for name in ("events", "interval_ms", "chars", "ramp"):
@@ -165,19 +168,19 @@ def main(argv=None):
     table = Table()
     if "S1" in only:
         for n in cfg["ladder"]:
-            s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], cfg["ramp"])
+            s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], cfg["ramp"], args.dialect)
         for n in cfg["gentle"]:
-            s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], n / 1000.0)
+            s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], n / 1000.0, args.dialect)
     if "S2" in only:
-        s2_inprocess(table, cfg["big_events"], cfg["big_chars"])
-        big_answers(table, "S2 conversion end to end", cfg["big_events"], cfg["big_chars"], 1, 1)
+        s2_inprocess(table, cfg["big_events"], cfg["big_chars"], args.dialect)
+        big_answers(table, "S2 conversion end to end", cfg["big_events"], cfg["big_chars"], 1, 1, args.dialect)
     if "S3" in only:
-        s3(table, cfg["idle"], cfg["chars"])
+        s3(table, cfg["idle"], cfg["chars"], args.dialect)
     if "S4" in only:
         one = big_answers(table, "S4 one process", cfg["big_events"], cfg["big_chars"], cfg["s4_streams"], 1,
-                          cfg["s4_ramp"])
+                          args.dialect, cfg["s4_ramp"])
         two = big_answers(table, "S4 two processes", cfg["big_events"], cfg["big_chars"], cfg["s4_streams"], 2,
-                          cfg["s4_ramp"])
+                          args.dialect, cfg["s4_ramp"])
         table.add("S4 speed-up", "PROCESS_WORKERS=2 vs 1", "%.2fx" % (two / one))
     load1, load5, load15 = os.getloadavg()
     print("load average %.2f %.2f %.2f at end; bench process CPU %.1f s\n"
