@@ -23,6 +23,15 @@ from logs import mask
 log = logging.getLogger("gateway.upstream")
 
 ERROR_BODY_LIMIT = 64 * 1024
+# libcurl gives every transfer a 64 KB upload buffer, held while the answer streams; a request
+# body is one JSON payload read once, so its 16 KB minimum is plenty. Saves ~32 KB RSS per open
+# stream (bench S3).
+UPLOAD_BUFFER = 16 * 1024
+# Bytes libcurl may read from the upstream socket at once. A long answer arrives faster than a
+# 16 KB read per loop turn passes it on; larger reads mean fewer callbacks and client writes per
+# MB (bench S2 end to end +5-15%). libcurl 8 lends the read buffer per read, so open streams
+# hold no more memory (bench S3 unchanged).
+READ_BUFFER = 128 * 1024
 USER_AGENT = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
 
 
@@ -109,6 +118,8 @@ class Transfer:
 
     def _prepare(self, curl):
         self._curl = curl
+        curl.setopt(pycurl.UPLOAD_BUFFERSIZE, UPLOAD_BUFFER)
+        curl.setopt(pycurl.BUFFERSIZE, READ_BUFFER)
 
     def _accept(self, status):
         if self.status is None:

@@ -32,7 +32,12 @@ class SSEDecoder:
         self._data = []
 
     def feed(self, chunk):
-        """Take the next network chunk; return the events it completed (a list, maybe empty)."""
+        """Take the next network chunk; return the events it completed (a list, maybe empty).
+
+        A long answer's events are larger than a network chunk, so each byte of event data is
+        copied once: the unfinished line is kept as views of the chunks it spans and joined
+        when it ends, with its ``data:`` prefix already cut off (no second copy for the slice).
+        """
         if not chunk:
             return []
         if self._skip_lf:
@@ -46,24 +51,22 @@ class SSEDecoder:
         end = chunk.find(b"\n")
         if end < 0:
             if chunk:
-                self._partial.append(chunk)
+                self._partial.append(memoryview(chunk))
             return events
         if self._partial:
-            self._partial.append(chunk[:end])
-            line = b"".join(self._partial)
-            self._partial = []
+            self._partial.append(memoryview(chunk)[:end])
+            self._joined_line(events)
         else:
-            line = chunk[:end]
-        self._line(line, events)
+            self._line_in(chunk, 0, end, events)
         start = end + 1
         while True:
             end = chunk.find(b"\n", start)
             if end < 0:
                 break
-            self._line(chunk[start:end], events)
+            self._line_in(chunk, start, end, events)
             start = end + 1
         if start < len(chunk):
-            self._partial.append(chunk[start:])
+            self._partial.append(memoryview(chunk)[start:])
         return events
 
     def close(self):
@@ -75,15 +78,40 @@ class SSEDecoder:
             self._partial = []
         return events
 
+    def _line_in(self, chunk, start, end, events):
+        """The line ``chunk[start:end]``; a data line's value is sliced out in one copy."""
+        if start == end:
+            self._dispatch(events)
+        elif chunk.startswith(b"data:", start, end):
+            skip = 6 if chunk[start + 5:start + 6] == b" " else 5
+            self._data.append(chunk[start + skip:end])
+        else:
+            self._line(chunk[start:end], events)
+
+    def _joined_line(self, events):
+        """The line kept in ``_partial`` has ended: join its pieces, minus a ``data:`` prefix."""
+        pieces = self._partial
+        self._partial = []
+        first = pieces[0]
+        if len(first) >= 6 and first[:5] == b"data:":
+            pieces[0] = first[6:] if first[5:6] == b" " else first[5:]
+            self._data.append(b"".join(pieces))
+        else:
+            self._line(b"".join(pieces), events)
+
+    def _dispatch(self, events):
+        """A blank line: the event so far is complete."""
+        if self._data:
+            data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+            events.append(Event(self._event, data))
+        self._event = None
+        self._data = []
+
     def _line(self, line, events):
         if line.startswith(b"data:"):
             self._data.append(line[6:] if line[5:6] == b" " else line[5:])
         elif not line:
-            if self._data:
-                data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
-                events.append(Event(self._event, data))
-            self._event = None
-            self._data = []
+            self._dispatch(events)
         elif line[:1] == b":":
             pass
         else:

@@ -42,6 +42,9 @@ class StreamSink:
         self.texts = [] if include_usage else None
         self.last_write = time.monotonic()
         self.started = False
+        self.ended = False
+        self._flush_due = False
+        self._loop = IOLoop.current()  # looked up once: text() runs for every chunk
 
     def start(self):
         self.started = True
@@ -52,20 +55,33 @@ class StreamSink:
         self._send(self.encoder.role())
 
     def text(self, text):
+        """Write a content chunk; the socket write happens once per loop turn, so text that
+        arrives in a burst (an upstream at full speed) leaves in one send, not one per chunk."""
         if self.texts is not None:
             self.texts.append(text)
-        self._send(self.encoder.content(text))
+        self.last_write = time.monotonic()
+        self.handler.write(self.encoder.content(text))
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.add_callback(self._flush)
+
+    def _flush(self):
+        self._flush_due = False
+        if not self.ended:
+            self.handler.flush()
 
     def keepalive(self):
         self._send(openai_format.KEEPALIVE)
 
     def finish(self, reason, prompt_messages):
+        self.ended = True
         tail = self.encoder.finish(reason)
         if self.include_usage:
             tail += self.encoder.usage(self.tokens.usage(prompt_messages, "".join(self.texts)))
         self.handler.finish(tail + openai_format.DONE)
 
     def fail(self, error):
+        self.ended = True
         self.handler.finish(openai_format.error_event(error) + openai_format.DONE)
 
     def _send(self, data):

@@ -1,0 +1,194 @@
+"""``./run.sh bench [--smoke] [--only S1,S2,...]``: run the scenarios and print one table.
+
+S1  streams held: a ladder of N concurrent paced streams (E events x T ms, C characters each)
+S2  conversion: in-process pipeline vs the ujson parse-only floor; end to end through the server
+S3  memory: RSS per open idle stream
+S4  processes: concurrent big answers with PROCESS_WORKERS=2 vs 1
+
+Every stream's text is checked against the script's text ("exact"). ``--smoke`` runs it all
+at tiny sizes in a few seconds (CI runs it; it asserts exactness only, never timings).
+"""
+
+import argparse
+import asyncio
+import os
+import resource
+import sys
+import time
+
+from bench import convert, load, procs, transcript
+from bench.upstream import raise_fd_limit
+
+# ramp: seconds over which each rung's streams connect (N/ramp new streams per second);
+# gentle: rungs repeated with 1,000 new streams per second, to tell holding from accepting.
+FULL = dict(ladder=[250, 500, 1000, 2000, 4000], events=60, interval_ms=500, chars=4, ramp=1.0,
+            gentle=[4000], big_events=4000, big_chars=4, idle=2000, s4_streams=8, s4_ramp=0.1)
+SMOKE = dict(ladder=[20], events=5, interval_ms=20, chars=4, ramp=0.1, gentle=[],
+             big_events=200, big_chars=4, idle=20, s4_streams=2, s4_ramp=0.0)
+
+
+def _ms(seconds):
+    return "-" if seconds is None else "%.0f" % (seconds * 1000)
+
+
+class Table:
+    def __init__(self):
+        self.rows = []
+        self.exact = True
+
+    def add(self, scenario, setup, result, exact=True):
+        self.rows.append((scenario, setup, result))
+        self.exact = self.exact and exact
+        print("  %s | %s | %s" % (scenario, setup, result), file=sys.stderr, flush=True)
+
+    def print(self):
+        print("| scenario | setup | result |")
+        print("| --- | --- | --- |")
+        for row in self.rows:
+            print("| %s | %s | %s |" % row)
+        print("\nexact: %s" % ("all texts exact" if self.exact else "SOME TEXTS WERE NOT EXACT"))
+
+
+def streams(server, upstream, n, ramp, timeout, hold=None):
+    """Run n streams against ``server``; return decoded results, server CPU seconds and wall time."""
+    cpu0, t0 = server.cpu_seconds(), time.monotonic()
+    clients = asyncio.run(load.run(server.url, n, ramp=ramp, timeout=timeout, hold=hold))
+    wall = time.monotonic() - t0
+    cpu = server.cpu_seconds() - cpu0
+    return [load.Result(c) for c in clients], cpu, wall
+
+
+def s1(table, n, events, chars, interval_ms, ramp, dialect):
+    rendered, text = transcript.render(events, chars, dialect)
+    revealed = [chars_so_far for _, chars_so_far in transcript.frames(rendered)]
+    interval = interval_ms / 1000.0
+    with procs.Upstream(events, chars, interval_ms, dialect) as up, procs.Server(up.url) as server:
+        results, cpu, wall = streams(server, up, n, ramp, timeout=events * interval + ramp + 60)
+        stats = up.stats()
+        peak = server.memory_kb("VmHWM")
+        up_cpu = up.cpu_seconds()
+    ok = [r for r in results if r.ok]
+    exact = sum(1 for r in ok if r.text == text)
+    ttfb = [r.ttfb() for r in ok if r.ttfb() is not None]
+    lags = []
+    for r in ok:
+        lags.extend(r.lags(stats["t0"][r.key], revealed, interval))
+    errors = sorted({r.error for r in results if not r.ok})
+    table.add("S1 streams held", "N=%d, %d events x %g ms, C=%d, ramp %g s, %s" % (n, events, interval_ms, chars, ramp,
+                                                                                     dialect),
+              "completed %d, failed %d, exact %d/%d; TTFB p50/p99 %s/%s ms; added lag p50/p99 %s/%s ms; "
+              "server CPU %.1f s, peak RSS %.0f MB; upstream late p99 %s ms, upstream CPU %.1f s%s"
+              % (len(ok), n - len(ok), exact, len(ok), _ms(load.percentile(ttfb, 50)), _ms(load.percentile(ttfb, 99)),
+                 _ms(load.percentile(lags, 50)), _ms(load.percentile(lags, 99)), cpu, peak / 1024.0,
+                 _ms(stats["late_p99"]), up_cpu, ("; errors: " + "; ".join(errors[:3])) if errors else ""),
+              exact=exact == n)
+
+
+def s2_inprocess(table, events, chars, dialect):
+    m = convert.measure(events, chars, dialect)
+    table.add("S2 conversion in-process", "E=%d, C=%d, %s: %.1f MB of events, %d-char answer, 16 KB chunks"
+              % (events, chars, dialect, m["mb"], m["answer_chars"]),
+              "pipeline %.0f MB/s vs ujson.loads floor %.0f MB/s: %.2fx the floor; exact: %s"
+              % (m["pipeline_mbps"], m["floor_mbps"], m["ratio"], m["exact"]), exact=m["exact"])
+
+
+def big_answers(table, label, events, chars, n, workers, dialect, ramp=0.0, rounds=2):
+    """n concurrent big answers, upstream at full speed; MB/s of upstream JSON converted.
+
+    Time runs from the first request sent to the last byte read; best of ``rounds`` (the first
+    round also pays for warming up the processes)."""
+    text = transcript.answer_text(events, chars)
+    best = None
+    with procs.Upstream(events, chars, 0, dialect) as up, procs.Server(up.url, workers=workers) as server:
+        for _ in range(rounds):
+            cpu0, up0, me0 = server.cpu_seconds(each=True), up.cpu_seconds(), time.process_time()
+            results, cpu, _ = streams(server, up, n, ramp=ramp, timeout=600)
+            per = [round(b - a, 2) for a, b in zip(cpu0, server.cpu_seconds(each=True))]
+            others = (up.cpu_seconds() - up0, time.process_time() - me0)
+            ok = [r for r in results if r.ok]
+            exact = sum(1 for r in ok if r.text == text)
+            span = max(r.arrivals[-1][0] for r in ok) - min(r.sent for r in ok) if ok else float("inf")
+            if best is None or span < best[0]:
+                best = (span, ok, exact, cpu, per, others)
+    span, ok, exact, cpu, per, others = best
+    mb = up.upstream_bytes * len(ok) / 1e6
+    table.add(label, "%d x E=%d, C=%d (%.1f MB each), upstream full speed, PROCESS_WORKERS=%d%s"
+              % (n, events, chars, up.upstream_bytes / 1e6, workers, ", ramp %g s" % ramp if ramp else ""),
+              "%.0f MB/s of upstream JSON (%.2f s, best of %d); completed %d, exact %d; CPU s: server %.2f%s, "
+              "upstream %.2f, load generator %.2f"
+              % (mb / span, span, rounds, len(ok), exact, cpu,
+                 " (per process %s)" % per if workers > 1 else "", others[0], others[1]), exact=exact == n)
+    return mb / span
+
+
+def s3(table, n, chars, dialect):
+    """Streams that stay open and quiet: frame 0 sent, the next one an hour away."""
+    with procs.Upstream(2, chars, 3600 * 1000, dialect) as up, procs.Server(up.url) as server:
+        async def nothing():
+            pass
+        streams(server, up, 20, ramp=0.0, timeout=30, hold=nothing)  # warm-up
+        base = server.memory_kb("VmRSS")
+        seen = {}
+
+        async def sample():
+            seen["rss"] = server.memory_kb("VmRSS")
+        results, _, _ = streams(server, up, n, ramp=1.0, timeout=60, hold=sample)
+    held = sum(1 for r in results if r.arrivals)
+    per = (seen["rss"] - base) / max(held, 1)
+    table.add("S3 memory", "%d open idle streams (server RSS %.0f MB before, %.0f MB open)"
+              % (n, base / 1024.0, seen["rss"] / 1024.0),
+              "%.1f KB RSS per open stream (%d of %d streams had content when sampled)" % (per, held, n),
+              exact=all(r.text == transcript.answer_text(2, chars)[:chars] for r in results if r.arrivals))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="gateway benchmarks: prints a markdown table")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (CI)")
+    p.add_argument("--only", default="S1,S2,S3,S4", help="comma-separated scenarios to run")
+    p.add_argument("--ladder", help="S1 stream counts, e.g. 250,500,1000")
+    p.add_argument("--events", type=int, help="S1 events per stream")
+    p.add_argument("--interval-ms", type=float, help="S1 interval between events")
+    p.add_argument("--chars", type=int, help="S1 characters per event")
+    p.add_argument("--ramp", type=float, help="S1 seconds over which the streams are opened")
+    p.add_argument("--dialect", default="legacy", choices=sorted(transcript.DIALECTS),
+                   help="the upstream stream format (fakeupstream/script.py renderers)")
+    args = p.parse_args(argv)
+    cfg = dict(SMOKE if args.smoke else FULL)
+    for name in ("events", "interval_ms", "chars", "ramp"):
+        if getattr(args, name) is not None:
+            cfg[name] = getattr(args, name)
+    if args.ladder:
+        cfg["ladder"] = [int(x) for x in args.ladder.split(",")]
+    only = {s.strip().upper() for s in args.only.split(",")}
+    limit = raise_fd_limit()
+
+    load1, load5, load15 = os.getloadavg()
+    print("machine: %d cores, load average %.2f %.2f %.2f at start, fd limit %d"
+          % (os.cpu_count(), load1, load5, load15, limit))
+    table = Table()
+    if "S1" in only:
+        for n in cfg["ladder"]:
+            s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], cfg["ramp"], args.dialect)
+        for n in cfg["gentle"]:
+            s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], n / 1000.0, args.dialect)
+    if "S2" in only:
+        s2_inprocess(table, cfg["big_events"], cfg["big_chars"], args.dialect)
+        big_answers(table, "S2 conversion end to end", cfg["big_events"], cfg["big_chars"], 1, 1, args.dialect)
+    if "S3" in only:
+        s3(table, cfg["idle"], cfg["chars"], args.dialect)
+    if "S4" in only:
+        one = big_answers(table, "S4 one process", cfg["big_events"], cfg["big_chars"], cfg["s4_streams"], 1,
+                          args.dialect, cfg["s4_ramp"])
+        two = big_answers(table, "S4 two processes", cfg["big_events"], cfg["big_chars"], cfg["s4_streams"], 2,
+                          args.dialect, cfg["s4_ramp"])
+        table.add("S4 speed-up", "PROCESS_WORKERS=2 vs 1", "%.2fx" % (two / one))
+    load1, load5, load15 = os.getloadavg()
+    print("load average %.2f %.2f %.2f at end; bench process CPU %.1f s\n"
+          % (load1, load5, load15, resource.getrusage(resource.RUSAGE_SELF).ru_utime
+             + resource.getrusage(resource.RUSAGE_SELF).ru_stime))
+    table.print()
+    return 0 if table.exact else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

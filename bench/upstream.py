@@ -1,0 +1,177 @@
+"""A paced fake upstream for the bench: ``python -m bench.upstream --events E --interval-ms T --chars C``.
+
+It must not be the bottleneck, so it is a bare asyncio ``Protocol`` with pre-rendered bytes:
+the answer is rendered once at start (bench/transcript.py, the fake upstream's own renderers),
+cut into frames and HTTP-chunk-encoded once; a stream then only writes frame i at t0 + i*T from
+one timer callback. ``--interval-ms 0`` writes the whole answer at once (full speed).
+
+    POST .../backend-api/conversation     the answer (every request gets the same one)
+    PATCH .../backend-api/conversation/x  {"success": true}
+    GET /_bench/stats                     per API key: t0 (epoch seconds of frame 0); how late the
+                                          upstream itself sent frames (so its own lag is known)
+"""
+
+import argparse
+import asyncio
+import resource
+import sys
+import time
+
+import ujson
+
+from bench import transcript
+
+
+def raise_fd_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def _chunked(data):
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+         b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
+_LAST = b"0\r\n\r\n"
+
+
+def _plain(status, body):
+    return b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        status, len(body), body)
+
+
+class Answer:
+    """The pre-rendered answer, shared by every stream."""
+
+    def __init__(self, events, chars, dialect, interval):
+        rendered, self.text = transcript.render(events, chars, dialect)
+        self.frames = [_chunked(f) for f, _ in transcript.frames(rendered)]
+        self.frames[-1] += _LAST
+        self.interval = interval
+        self.whole = _HEAD + b"".join(self.frames) if interval == 0 else None
+        self.upstream_bytes = sum(len(e) for e in rendered)
+
+
+class Stats:
+    def __init__(self):
+        self.t0 = {}          # API key -> epoch seconds when frame 0 was sent
+        self.late = []        # seconds each paced frame went out after its due time
+        self.streams = 0
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, answer, stats):
+        self.answer = answer
+        self.stats = stats
+        self.buf = b""
+        self.transport = None
+        self.timer = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def connection_lost(self, exc):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def data_received(self, data):
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buf[:end].decode("latin-1")
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            if len(self.buf) < end + 4 + length:
+                return
+            self.buf = self.buf[end + 4 + length:]
+            self.request(head)
+
+    def request(self, head):
+        method, path, _ = head.split("\r\n", 1)[0].split(" ", 2)
+        if method == "POST" and path.endswith("/backend-api/conversation"):
+            key = ""
+            for line in head.split("\r\n"):
+                if line.lower().startswith("authorization: bearer "):
+                    key = line[22:].strip()
+            self.stream(key)
+        elif method == "PATCH":
+            self.transport.write(_plain(200, b'{"success": true}'))
+        elif path.startswith("/_bench/stats"):
+            late = sorted(self.stats.late)
+            body = ujson.dumps({"t0": self.stats.t0, "streams": self.stats.streams,
+                                "late_p50": _pct(late, 50), "late_p99": _pct(late, 99),
+                                "late_max": late[-1] if late else 0.0}).encode()
+            self.transport.write(_plain(200, body))
+        else:
+            self.transport.write(_plain(404, b'{"detail": "Not Found"}'))
+
+    def stream(self, key):
+        a, stats = self.answer, self.stats
+        stats.streams += 1
+        now = time.time()
+        stats.t0[key] = now
+        if a.whole is not None:
+            self.transport.write(a.whole)
+            return
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        self.transport.write(_HEAD + a.frames[0])
+        state = [1]
+
+        def send():
+            i = state[0]
+            if self.transport.is_closing():
+                return
+            due = start + i * a.interval
+            stats.late.append(loop.time() - due)
+            self.transport.write(a.frames[i])
+            state[0] = i + 1
+            self.timer = loop.call_at(due + a.interval, send) if i + 1 < len(a.frames) else None
+
+        if len(a.frames) > 1:
+            self.timer = loop.call_at(start + a.interval, send)
+
+
+def _pct(values, p):
+    """The p-th percentile of sorted ``values`` (nearest rank); 0 when empty."""
+    if not values:
+        return 0.0
+    k = max(0, min(len(values) - 1, int(round(p / 100.0 * len(values) + 0.5)) - 1))
+    return values[k]
+
+
+async def serve(args):
+    answer = Answer(args.events, args.chars, args.dialect, args.interval_ms / 1000.0)
+    stats = Stats()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Connection(answer, stats), args.host, args.port, backlog=4096)
+    port = server.sockets[0].getsockname()[1]
+    print("bench upstream listening on http://%s:%d (%d frames, %d bytes of events)"
+          % (args.host, port, len(answer.frames), answer.upstream_bytes), flush=True)
+    await asyncio.Event().wait()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="paced fake upstream for the bench")
+    p.add_argument("--events", type=int, default=60)
+    p.add_argument("--chars", type=int, default=4)
+    p.add_argument("--interval-ms", type=float, default=500)
+    p.add_argument("--dialect", default="legacy", choices=sorted(transcript.DIALECTS))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    args = p.parse_args(argv)
+    raise_fd_limit()
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
