@@ -4,6 +4,7 @@ S1  streams held: a ladder of N concurrent paced streams (E events x T ms, C cha
 S2  conversion: in-process pipeline vs the ujson parse-only floor; end to end through the server
 S3  memory: RSS per open idle stream
 S4  processes: concurrent big answers with PROCESS_WORKERS=2 vs 1
+S5  cost per event as an answer grows, legacy vs v1 (bench/delta_cost.py; also runs alone)
 
 Every stream's text is checked against the script's text ("exact"). ``--smoke`` runs it all
 at tiny sizes in a few seconds (CI runs it; it asserts exactness only, never timings).
@@ -16,15 +17,16 @@ import resource
 import sys
 import time
 
-from bench import convert, load, procs, transcript
+from bench import convert, delta_cost, load, procs, transcript
 from bench.upstream import raise_fd_limit
 
 # ramp: seconds over which each rung's streams connect (N/ramp new streams per second);
 # gentle: rungs repeated with 1,000 new streams per second, to tell holding from accepting.
 FULL = dict(ladder=[250, 500, 1000, 2000, 4000], events=60, interval_ms=500, chars=4, ramp=1.0,
-            gentle=[4000], big_events=4000, big_chars=4, idle=2000, s4_streams=8, s4_ramp=0.1)
+            gentle=[4000], big_events=4000, big_chars=4, idle=2000, s4_streams=8, s4_ramp=0.1,
+            growth_events=20000)
 SMOKE = dict(ladder=[20], events=5, interval_ms=20, chars=4, ramp=0.1, gentle=[],
-             big_events=200, big_chars=4, idle=20, s4_streams=2, s4_ramp=0.0)
+             big_events=200, big_chars=4, idle=20, s4_streams=2, s4_ramp=0.0, growth_events=2000)
 
 
 def _ms(seconds):
@@ -141,10 +143,23 @@ def s3(table, n, chars, dialect):
               exact=all(r.text == transcript.answer_text(2, chars)[:chars] for r in results if r.arrivals))
 
 
+def s5(table, events, chars):
+    """Cost per event as the answer grows: first vs last events of one long answer, per dialect."""
+    for name in ("legacy", "v1"):
+        costs, size = delta_cost.measure(transcript.DIALECTS[name], events, chars)
+        lead = delta_cost.LEADING[name]
+        text = costs[lead:lead + events - 1]
+        window = min(delta_cost.WINDOW, len(text) // 2)
+        first, last = sum(text[:window]) / window, sum(text[-window:]) / window
+        table.add("S5 cost per event", "%s, E=%d, C=%d (%.1f MB of events)" % (name, events, chars, size / 1e6),
+                  "first %d events %.1f us each, last %d %.1f us each: %.1fx"
+                  % (window, first * 1e6, window, last * 1e6, last / first))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="gateway benchmarks: prints a markdown table")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (CI)")
-    p.add_argument("--only", default="S1,S2,S3,S4", help="comma-separated scenarios to run")
+    p.add_argument("--only", default="S1,S2,S3,S4,S5", help="comma-separated scenarios to run")
     p.add_argument("--ladder", help="S1 stream counts, e.g. 250,500,1000")
     p.add_argument("--events", type=int, help="S1 events per stream")
     p.add_argument("--interval-ms", type=float, help="S1 interval between events")
@@ -182,6 +197,8 @@ def main(argv=None):
         two = big_answers(table, "S4 two processes", cfg["big_events"], cfg["big_chars"], cfg["s4_streams"], 2,
                           args.dialect, cfg["s4_ramp"])
         table.add("S4 speed-up", "PROCESS_WORKERS=2 vs 1", "%.2fx" % (two / one))
+    if "S5" in only:
+        s5(table, cfg["growth_events"], cfg["big_chars"])
     load1, load5, load15 = os.getloadavg()
     print("load average %.2f %.2f %.2f at end; bench process CPU %.1f s\n"
           % (load1, load5, load15, resource.getrusage(resource.RUSAGE_SELF).ru_utime
