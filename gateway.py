@@ -103,9 +103,11 @@ class Gateway:
         if url is None:
             log.warning("download of %s for key %s refused: %s", what, mask(key), reason)
             return None
-        status, data, _ = await self.upstream.fetch_url(url)
-        if status != 200 or not data:
-            log.warning("download of %s failed: HTTP %s", what, status)
+        got = await self.upstream.fetch_url(url)
+        data = bytes(got.body)
+        if got.status != 200 or not data:
+            log.warning("download of %s failed: HTTP %s%s", what, got.status,
+                        " (larger than the download limit)" if got.too_big else "")
             return None
         name = self.media.save_image(data) if t is FetchImage else self.media.save_file(what, data)
         if name is None:

@@ -12,7 +12,6 @@ Without KEY_FOR_GPTS_INFO the GPTs work with their ``gizmo_id`` alone.
 import asyncio
 import json
 import logging
-import os
 import re
 import time
 

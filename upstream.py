@@ -15,7 +15,7 @@ import pycurl
 import ujson
 from tornado.concurrent import Future, future_set_result_unless_cancelled
 from tornado.curl_httpclient import CurlAsyncHTTPClient
-from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.httpclient import HTTPRequest, HTTPResponse
 
 from errors import ApiError, from_upstream
 from logs import mask
@@ -23,6 +23,7 @@ from logs import mask
 log = logging.getLogger("gateway.upstream")
 
 ERROR_BODY_LIMIT = 64 * 1024
+DOWNLOAD_LIMIT = 256 * 1024 * 1024  # an image or a file the code interpreter wrote
 # libcurl gives every transfer a 64 KB upload buffer, held while the answer streams; a request
 # body is one JSON payload read once, so its 16 KB minimum is plenty. Saves ~32 KB RSS per open
 # stream (bench S3).
@@ -58,10 +59,11 @@ class CancellableCurlClient(CurlAsyncHTTPClient):
 
     async def fetch_any(self, request):
         """Fetch and always return a response: Tornado raises for transport failures (code 599)
-        even with ``raise_error=False``; here they are responses with ``code`` 599 too."""
+        even with ``raise_error=False``, and raises whatever setting up the transfer raised (a
+        URL curl cannot take, say); here all of them are responses with ``code`` 599."""
         try:
             return await self.fetch(request, raise_error=False)
-        except HTTPClientError as e:
+        except Exception as e:
             return HTTPResponse(request, 599, error=e)
 
     def cancel(self, request):
@@ -133,6 +135,8 @@ class Transfer:
                 self._line_status = int(parts[1])
             except (IndexError, ValueError):
                 self._line_status = None
+            if self._line_status == 200 and "connection established" in line.lower():
+                self._line_status = None  # an HTTPS proxy's answer to CONNECT, not the upstream's
         elif line in ("\r\n", "\n") and self._line_status is not None and self._line_status >= 200:
             self._accept(self._line_status)
 
@@ -147,7 +151,7 @@ class Transfer:
             self.error_body += data[:ERROR_BODY_LIMIT - len(self.error_body)]
 
     def _finished(self, future):
-        response = future.result()
+        response = future.result()  # fetch_any never raises
         if response.error is not None and response.code == 599 and self.failure is None:
             self.failure = str(response.error)
         if self.status is None:
@@ -204,7 +208,8 @@ class UpstreamClient:
 
     async def hide_conversation(self, key, conversation_id):
         """Hide a finished conversation from the account's history; failures are only logged."""
-        status, data, raw = await self.call("PATCH", "conversation/" + conversation_id, key, {"is_visible": False})
+        status, data, raw = await self.call("PATCH", "conversation/" + urllib.parse.quote(conversation_id, safe=""),
+                                            key, {"is_visible": False})
         if status != 200:
             log.warning("hiding conversation %s failed: HTTP %s %s", conversation_id, status, raw[:200])
 
@@ -220,12 +225,10 @@ class UpstreamClient:
             return url, None
         return None, "HTTP %s %s" % (status, bytes(raw[:200]).decode("utf-8", "replace"))
 
-    async def fetch_url(self, url, timeout=60, max_bytes=None):
-        """GET a plain URL (a download_url); ``(status, bytes, content type)``."""
-        response = await self.http.fetch_any(HTTPRequest(
-            url, connect_timeout=self.settings.upstream_connect_timeout, request_timeout=timeout,
-            follow_redirects=True, max_redirects=3))
-        return response.code, response.body or b"", response.headers.get("Content-Type", "")
+    async def fetch_url(self, url, max_bytes=DOWNLOAD_LIMIT, timeout=60):
+        """GET a plain URL the upstream gave (a ``download_url``), at most ``max_bytes`` of it."""
+        return await self._fetch_limited(url, max_bytes, self.settings.upstream_connect_timeout, timeout,
+                                         lambda curl: None, follow=True)
 
     async def fetch_guarded(self, url, host, port, address, max_bytes, connect_timeout, timeout):
         """GET a URL a client gave, connecting only to ``address`` (already checked by the caller).
@@ -236,6 +239,18 @@ class UpstreamClient:
         checks each hop), a fresh connection, and the body is cut off past ``max_bytes``.
         Tornado resets every curl handle after use, so none of this leaks into other transfers.
         """
+        def pin(curl):
+            curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+            curl.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+            curl.setopt(pycurl.FRESH_CONNECT, 1)
+            curl.setopt(pycurl.FORBID_REUSE, 1)
+            if host != address:
+                target = "[%s]" % address if ":" in address else address
+                curl.setopt(pycurl.CONNECT_TO, ["%s:%d:%s:%d" % (host, port, target, port)])
+        return await self._fetch_limited(url, max_bytes, connect_timeout, timeout, pin, follow=False)
+
+    async def _fetch_limited(self, url, max_bytes, connect_timeout, timeout, prepare_more, follow):
+        """A GET whose body is kept only up to ``max_bytes`` (then the transfer is aborted)."""
         result = Fetched()
         body = result.body
 
@@ -249,17 +264,11 @@ class UpstreamClient:
         def prepare(curl):
             curl.setopt(pycurl.WRITEFUNCTION, write)
             curl.setopt(pycurl.MAXFILESIZE_LARGE, max_bytes)  # refuses early when Content-Length says so
-            curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-            curl.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-            curl.setopt(pycurl.FRESH_CONNECT, 1)
-            curl.setopt(pycurl.FORBID_REUSE, 1)
-            if host != address:
-                target = "[%s]" % address if ":" in address else address
-                curl.setopt(pycurl.CONNECT_TO, ["%s:%d:%s:%d" % (host, port, target, port)])
+            prepare_more(curl)
 
         response = await self.http.fetch_any(HTTPRequest(
             url, headers={"User-Agent": USER_AGENT, "Accept": "*/*"}, connect_timeout=connect_timeout,
-            request_timeout=timeout, follow_redirects=False, prepare_curl_callback=prepare))
+            request_timeout=timeout, follow_redirects=follow, max_redirects=3, prepare_curl_callback=prepare))
         result.status = response.code
         result.headers = response.headers
         if getattr(response.error, "errno", None) == pycurl.E_FILESIZE_EXCEEDED:
@@ -306,7 +315,7 @@ class UpstreamClient:
 
 
 class Fetched:
-    """What ``fetch_guarded`` got: status (599: no answer), headers, body, and why it stopped."""
+    """What ``fetch_url`` or ``fetch_guarded`` got: status (599: no answer), headers, body, and why it stopped."""
     __slots__ = ("status", "headers", "body", "too_big", "failure", "connect_failed")
 
     def __init__(self):

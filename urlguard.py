@@ -42,6 +42,28 @@ class AddressPolicy:
         return ip.is_global and not ip.is_multicast
 
 
+def to_uri(url):
+    """A URL as curl can take it: users paste ``http://例子.cn/图片.png``; the host becomes
+    punycode and the rest is percent-encoded (characters already escaped are kept)."""
+    if url.isascii():
+        return url
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        host = urllib.parse.quote(host, safe="")
+    netloc = host if ":" not in host else "[%s]" % host
+    if parts.port:
+        netloc += ":%d" % parts.port
+    if parts.username is not None:
+        netloc = urllib.parse.quote(parts.username, safe="") + (
+            ":" + urllib.parse.quote(parts.password, safe="") if parts.password is not None else "") + "@" + netloc
+    keep = "/%:@!$&'()*+,;=?~-._"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, urllib.parse.quote(parts.path, safe=keep),
+                                    urllib.parse.quote(parts.query, safe=keep), ""))
+
+
 async def resolve(host, port, timeout):
     """Every address ``host`` resolves to (an IP literal resolves to itself)."""
     try:
@@ -68,6 +90,7 @@ class GuardedFetcher:
     async def fetch(self, url, where):
         """``(bytes, Content-Type)`` of a 200 answer; any problem is a 400 naming the URL."""
         for _hop in range(self.max_redirects + 1):
+            url = to_uri(url)
             host, port = self._split(url, where)
             for address in await self._checked_addresses(host, port, url, where):
                 got = await self.upstream.fetch_guarded(url, host, port, address, self.max_bytes,

@@ -44,6 +44,8 @@ def _directory(name, raw):
 
 def _url(name, raw):
     value = _text(name, raw).rstrip("/")
+    if not value.isascii():
+        raise SettingsError("%s must be written in ASCII (percent-encode or punycode the rest), got %r" % (name, raw))
     if value:
         parts = urllib.parse.urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -54,7 +56,7 @@ def _url(name, raw):
 def _path_prefix(name, raw):
     """A URL path segment such as ``my-prefix``; stored without slashes."""
     value = _text(name, raw).strip("/")
-    if any(c in value for c in "?#% "):
+    if any(c in value for c in "?#% ") or not value.isascii():
         raise SettingsError("%s must be a plain path prefix, got %r" % (name, raw))
     return value
 

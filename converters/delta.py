@@ -147,6 +147,9 @@ class DeltaDialect:
             path = self._last[0]
         elif op is None:
             op = self._last[1]
+        if type(path) is not str or type(op) is not str:
+            self._warn("skipped a patch with path %r and operation %r" % (path, op), "bad patch")
+            return out
         value = obj.get("v")
         # The hot path: more text for the message being streamed.
         if op == "append" and path == self._hot_path and type(value) is str:

@@ -83,17 +83,26 @@ class Conversion:
 
     def feed(self, data):
         out = []
-        answer = self._answer
         for ev in self._sse.feed(data):
-            segments = answer.feed(self._dialect.event(ev))
+            self._event(ev, out)
+        return self._merge(out)
+
+    def _event(self, ev, out):
+        """One SSE event through the stages. An event no stage can read (a shape no upstream
+        has sent yet) is skipped and noted once, so the rest of the answer still arrives."""
+        try:
+            segments = self._answer.feed(self._dialect.event(ev))
             if segments:
                 out.extend(self._renderer.render(segments))
-        return self._merge(out)
+        except Exception as e:
+            kind = "skipped an upstream event the gateway could not read (%s: %s)" % (type(e).__name__, e)
+            if kind not in self.warnings:
+                self.warnings.append(kind)
 
     def close(self):
         out = []
         for ev in self._sse.close():
-            out.extend(self._renderer.render(self._answer.feed(self._dialect.event(ev))))
+            self._event(ev, out)
         segments = self._answer.feed(self._dialect.close()) + self._answer.close()
         out.extend(self._renderer.render(segments))
         out.extend(self._renderer.close())

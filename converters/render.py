@@ -160,6 +160,7 @@ class BotRenderer(MarkdownRenderer):
         self.reference_output = reference_output
         self.image_style = "plain" if plain_image_url else "markdown" if markdown_image else None
         self._sources = {}   # number -> "[n] title url", in the order first cited
+        self._hidden_block = False  # a tool block was left out: what follows starts a new line
 
     def close(self):
         if not self._sources:
@@ -188,6 +189,16 @@ class BotRenderer(MarkdownRenderer):
     def _block_close(self, out, seg):
         if self.plugin_output:
             super()._block_close(out, seg)
+        else:
+            self._hidden_block = True
+
+    def _prose(self, out, text):
+        # "Let me check." + (hidden code run) + "It is 42." must not read "Let me check.It is 42."
+        if self._hidden_block and text:
+            self._hidden_block = False
+            if self._last != "\n" and text[0] != "\n":
+                text = "\n" + text
+        super()._prose(out, text)
 
     def _image(self, out, seg):
         style = self.image_style

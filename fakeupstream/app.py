@@ -392,10 +392,19 @@ def gizmo_object(gizmo_id, name):
     }
 
 
-class BytesHandler(tornado.web.RequestHandler):
-    """``GET /_fake/bytes?n=5000&type=...&chunked=1``: n bytes, without Content-Length if chunked."""
+class BytesHandler(FakeHandler):
+    """``GET /_fake/bytes?n=5000&type=...&chunked=1``: n bytes, without Content-Length if chunked.
+    ``gate=NAME``: log the fetch under the key NAME, then wait for ``/_fake/release?key=NAME``."""
 
     async def get(self):
+        gate = self.get_argument("gate", "")
+        if gate:
+            self.state.record(gate, {"method": "GET", "path": self.request.path, "query": self.request.query})
+            event = self.state.gate(gate)
+            for _ in range(600):  # at most a minute
+                if event.is_set():
+                    break
+                await asyncio.sleep(0.1)
         n = int(self.get_argument("n"))
         self.set_header("Content-Type", self.get_argument("type", "application/octet-stream"))
         if self.get_argument("chunked", ""):
@@ -448,7 +457,7 @@ def make_app(state=None):
         (r"/_fake/upload/([0-9a-f]+)/([^/]+)", UploadBlobHandler, args),
         (r"/_fake/static/(.*)", tornado.web.StaticFileHandler, {"path": STATIC}),
         (r"/_fake/redirect", RedirectHandler),
-        (r"/_fake/bytes", BytesHandler),
+        (r"/_fake/bytes", BytesHandler, args),
         (r"/_fake/plan", PlanHandler, args),
         (r"/_fake/log", LogHandler, args),
         (r"/_fake/release", ReleaseHandler, args),

@@ -1,6 +1,7 @@
 """What every endpoint shares: CORS, the API key, JSON bodies with a size limit, OpenAI errors."""
 
 import logging
+import re
 
 import ujson
 from tornado.web import RequestHandler, stream_request_body
@@ -9,6 +10,26 @@ from converters import openai_format
 from errors import ApiError, bad_request
 
 log = logging.getLogger("gateway.http")
+
+
+# A JSON escape of a UTF-16 surrogate: clients that cut text inside an emoji send half of one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _without_lone_surrogates(obj):
+    """The body with each lone surrogate replaced by U+FFFD: such text cannot be encoded as
+    UTF-8, so it could go neither upstream nor into an error message."""
+    if isinstance(obj, str):
+        return obj.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(obj, list):
+        return [_without_lone_surrogates(x) for x in obj]
+    if isinstance(obj, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in obj.items()}
+    return obj
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer started: there is nothing left to do."""
 
 
 class ApiHandler(RequestHandler):
@@ -75,6 +96,8 @@ class ApiHandler(RequestHandler):
         self.send_error_json(error)
 
     def _handle_request_exception(self, e):
+        if isinstance(e, ClientGone):
+            return  # nobody to answer
         if isinstance(e, ApiError):
             if e.status >= 500:
                 log.warning("%s %s -> %d: %s", self.request.method, self.request.path, e.status, e.message)
@@ -110,9 +133,10 @@ class JsonBodyHandler(ApiHandler):
         if not raw.strip():
             raise bad_request("the request body is empty; send a JSON object", code="invalid_json")
         try:
-            return ujson.loads(raw)
+            body = ujson.loads(raw)
         except ValueError as e:
             raise bad_request("the request body is not valid JSON: %s" % e, code="invalid_json") from None
+        return _without_lone_surrogates(body) if _SURROGATE_ESCAPE.search(raw) else body
 
 
 class NotFoundHandler(ApiHandler):

@@ -7,6 +7,7 @@ a sink; ``StreamSink`` writes OpenAI chunks as they come, ``CollectSink`` gather
 ``chat.completion``. Actions (an image to fetch) run in order without blocking other streams.
 """
 
+import asyncio
 import collections
 import logging
 import time
@@ -19,7 +20,7 @@ from converters import openai_format
 from converters.payload import conversation_payload, parse_chat_request
 from converters.pipeline import Conversion
 from errors import ApiError, from_upstream
-from handlers.base import JsonBodyHandler
+from handlers.base import ClientGone, JsonBodyHandler
 from logs import mask
 
 log = logging.getLogger("gateway.chat")
@@ -189,7 +190,29 @@ class Relay:
 
 
 class ConversationHandler(JsonBodyHandler):
-    """Base for endpoints answered by one upstream conversation (chat completions, images)."""
+    """Base for endpoints answered by one upstream conversation (chat completions, images).
+
+    A client may leave at any point: while its files are uploaded or a GPT's details fetched
+    (``while_connected`` cancels that work), before the conversation starts (``converse`` does
+    not start it), or during the answer (the upstream transfer is cancelled at once).
+    """
+
+    _gone = False
+    _pending = None
+
+    async def while_connected(self, awaitable):
+        """Await preparation work, abandoning it as soon as the client disconnects."""
+        if self._gone:
+            raise ClientGone()
+        self._pending = asyncio.ensure_future(awaitable)
+        try:
+            return await self._pending
+        except asyncio.CancelledError:
+            if self._gone:
+                raise ClientGone() from None
+            raise
+        finally:
+            self._pending = None
 
     def payload(self, messages, route, gizmo=None):
         """The upstream request body, asking for the stream encoding the settings choose;
@@ -201,6 +224,8 @@ class ConversationHandler(JsonBodyHandler):
         converted answer into ``sink`` and finish it. ``perform(action, conversion)`` carries out
         a renderer's action and returns its text; ``renderer`` defaults to the gateway's."""
         gw = self.gateway
+        if self._gone:
+            raise ClientGone()
         echo_ids = [m["id"] for m in payload["messages"]]  # the upstream may echo them back
         conversion = Conversion(renderer or gw.renderer(), gw.settings.upstream_encoding, echo_ids)
         relay = Relay(conversion, sink, lambda action: perform(action, conversion))
@@ -241,6 +266,9 @@ class ConversationHandler(JsonBodyHandler):
                 IOLoop.current().add_callback(gw.upstream.hide_conversation, key, cid)
 
     def on_connection_close(self):
+        self._gone = True
+        if self._pending is not None:
+            self._pending.cancel()
         relay = getattr(self, "_relay", None)
         if relay is not None and not relay.closed:
             relay.closed = True
@@ -250,14 +278,14 @@ class ConversationHandler(JsonBodyHandler):
 class ChatCompletionsHandler(ConversationHandler):
     async def post(self):
         gw = self.gateway
+        key = self.api_key()
         request = parse_chat_request(self.json_body())
         route = gw.models.resolve(request.model)
         if route is None:
             raise ApiError(404, "The model `%s` does not exist. GET /v1/models lists the models here." % request.model,
                            "invalid_request_error", "model_not_found", "model")
-        key = self.api_key()
-        messages = await gw.prepare_messages(key, request, route)
-        payload = self.payload(messages, route, await gw.gizmo(route))
+        messages = await self.while_connected(gw.prepare_messages(key, request, route))
+        payload = self.payload(messages, route, await self.while_connected(gw.gizmo(route)))
 
         encoder = openai_format.ChunkEncoder("chatcmpl-" + uuid.uuid4().hex[:29], int(time.time()), request.model)
         if request.stream:

@@ -64,15 +64,15 @@ class ImageSink:
 class ImageGenerationsHandler(ConversationHandler):
     async def post(self):
         gw = self.gateway
+        key = self.api_key()
         request = parse_image_request(self.json_body(), gw.models.first_drawing_model())
         route = gw.models.resolve(request.model)
         if route is None or not route.can_draw:
             raise ApiError(400 if route else 404, "The model `%s` cannot draw; use one of: %s" % (
                 request.model, ", ".join(r.name for r in gw.models.routes() if r.can_draw)),
                 "invalid_request_error", "model_not_found" if route is None else "model_cannot_draw", "model")
-        key = self.api_key()
         prompt = image_prompt(gw.settings.dalle_prompt_prefix, request)
-        payload = self.payload([("user", prompt)], route, await gw.gizmo(route))
+        payload = self.payload([("user", prompt)], route, await self.while_connected(gw.gizmo(route)))
         sink = ImageSink(self, request)
         base = self.public_base_url()
 
@@ -90,6 +90,9 @@ class ImageGenerationsHandler(ConversationHandler):
         await self.converse(key, payload, sink, perform, [("user", prompt)], MarkdownRenderer())
 
 
+INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+
+
 class SavedFileHandler(ApiHandler):
     """Serves what the gateway saved under static/images; any other name is a 404."""
 
@@ -104,6 +107,10 @@ class SavedFileHandler(ApiHandler):
         # Names are never reused: a saved file never changes.
         self.set_header("Cache-Control", "public, max-age=31536000, immutable")
         self.set_header("X-Content-Type-Options", "nosniff")
-        if not content_type.startswith("image/"):
+        # What the code interpreter wrote is whatever a prompt (or a page it read) asked for:
+        # only raster images recognised from their bytes are shown inline; anything else (an SVG
+        # or HTML with scripts, say) is a download, and nothing served here may run scripts.
+        self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
+        if content_type not in INLINE_TYPES:
             self.set_header("Content-Disposition", 'attachment; filename="%s"' % name)
         self.finish(data)

@@ -41,9 +41,9 @@ def _wait_for_line(path, pattern, proc, timeout=START_TIMEOUT):
 
 
 class Process:
-    def __init__(self, args, env=None, pattern=r"listening on (http://\S+)"):
+    def __init__(self, args, env=None, pattern=r"listening on (http://\S+)", cwd=ROOT):
         self.logfile = tempfile.NamedTemporaryFile(prefix="gw-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.logfile, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=self.logfile, stderr=subprocess.STDOUT)
         self.match = _wait_for_line(self.logfile.name, pattern, self.proc)
 
     def log_text(self):
@@ -105,14 +105,17 @@ class FakeUpstream(Process):
 
 
 class Gateway(Process):
-    def __init__(self, settings):
+    """``server.py`` with ``settings`` as environment variables; ``cwd``: its working directory
+    (where relative paths such as log/ and ./gpts.json are read)."""
+
+    def __init__(self, settings, cwd=ROOT):
         env = dict(os.environ)
         env.update({k: str(v) for k, v in settings.items()})
         env.setdefault("PORT", "0")
         env.setdefault("HOST", "127.0.0.1")
         self.images_dir = tempfile.mkdtemp(prefix="gw-images-")  # saved images stay out of the work tree
         env.setdefault("IMAGES_DIR", self.images_dir)
-        super().__init__([sys.executable, "server.py"], env=env)
+        super().__init__([sys.executable, os.path.join(ROOT, "server.py")], env=env, cwd=cwd)
         self.url = self.match.group(1).replace("0.0.0.0", "127.0.0.1")
 
     def stop(self):

@@ -60,3 +60,11 @@ def test_sandbox_links_keep_working_in_bot_mode():
 def test_markdown_renderer_drops_source_less_markers_without_double_spaces():
     segs = [Text("old "), Cite(9, None, None), Text(" claim"), Cite(1, "", ""), Cite(2, "t", "https://b")]
     assert render(MarkdownRenderer(), segs) == "old claim[1][[2](https://b)]"
+
+
+def test_prose_around_a_hidden_tool_run_does_not_run_together():
+    segs = [Text("我来算一下。"), BlockOpen("code", "python"), BlockText("6*7"), BlockClose("code"),
+            BlockOpen("output"), BlockText("42"), BlockClose("output"), Text("结果是 42。")]
+    assert render(BotRenderer(), segs) == "我来算一下。\n结果是 42。"
+    # already on a new line: no extra blank line
+    assert render(BotRenderer(), [Text("Let me check.\n")] + segs[1:]) == "Let me check.\n结果是 42。"

@@ -305,3 +305,25 @@ def test_the_conversion_collects_skipped_patches_for_the_handler_to_log():
     assert "".join(conv.feed(blob) + conv.close()) == "ok"
     assert conv.outcome() == ("stop", None)
     assert conv.warnings == ["skipped 'rot13' at '/message/content/parts/0': unknown operation"]
+
+
+def test_an_event_no_stage_can_read_is_skipped_and_the_rest_of_its_chunk_kept():
+    """Malformed values (a list as a path, a number as text) are skipped and noted; text after
+    them in the same network chunk still arrives and the answer still completes."""
+    from converters.pipeline import Conversion
+    from converters.render import MarkdownRenderer
+    stream = (b'event: delta_encoding\ndata: "v1"\n\n'
+              b'event: delta\ndata: {"p": "", "o": "add", "v": {"message": {"id": "m1", "author": {"role": "assistant"}, '
+              b'"content": {"content_type": "text", "parts": [""]}, "status": "in_progress", "recipient": "all", '
+              b'"metadata": {}}, "conversation_id": "c1"}, "c": 0}\n\n'
+              b'event: delta\ndata: {"p": "/message/content/parts/0", "o": "append", "v": "Hello, "}\n\n'
+              b'event: delta\ndata: {"p": ["future"], "o": "append", "v": 1}\n\n'
+              b'data: {"message": {"id": 5, "author": "x", "content": 7}}\n\n'
+              b'event: delta\ndata: {"p": "/message/content/parts/0", "o": "append", "v": "this part is kept."}\n\n'
+              b'event: delta\ndata: {"p": "/message/status", "o": "replace", "v": "finished_successfully"}\n\n'
+              b'data: [DONE]\n\n')
+    conv = Conversion(MarkdownRenderer())
+    out = conv.feed(stream) + conv.close()
+    assert "".join(out) == "Hello, this part is kept."
+    assert conv.outcome() == ("stop", None)
+    assert conv.warnings  # noted for the log

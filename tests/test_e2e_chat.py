@@ -290,19 +290,19 @@ def test_headers_arrive_as_soon_as_the_upstream_accepts(gateway, upstream, key):
 
 
 def test_keepalives_while_the_upstream_is_silent(gateway_factory, upstream, key):
+    from openai._streaming import SSEDecoder
     gw = gateway_factory(KEEPALIVE_INTERVAL="0.2")
     upstream.plan(key, gate=3)  # a few events, then a long silence (a tool run)
     raw = RawStream(gw, key)
-    raw.read_until(b": keep-alive\n\n")
+    seen = raw.read_until(b": keep-alive\n\n")
     upstream.release(key)
-    raw.read_until(b"data: [DONE]")
-    # An SDK client never shows them.
-    upstream.plan(key + "-sdk", gate=3)
-    stream = gw.client(key + "-sdk").chat.completions.create(model="gpt-4-s", messages=USER, stream=True)
-    first = next(iter(stream))
-    time.sleep(0.5)  # let keep-alives pass while the upstream is held
-    upstream.release(key + "-sdk")
-    assert stream_text([first] + list(stream)) == HELLO % "你好"
+    seen += raw.read_until(b"data: [DONE]") + b"\n"
+    # The openai SDK reads the same bytes as chunks and [DONE] only: it never shows a keep-alive.
+    events = list(SSEDecoder().iter_bytes(iter([seen])))
+    assert [e.data for e in events][-1] == "[DONE]"
+    chunks = [json.loads(e.data) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == HELLO % "你好"
 
 
 def test_client_disconnect_aborts_the_upstream_transfer(gateway, upstream, key):
@@ -336,3 +336,19 @@ def test_error_bodies_keep_slashes_and_chinese_readable(gateway, key):
     status, _, raw = post_chat(gateway, {"model": "gpt-4-s/中文", "messages": USER})
     assert status == 404
     assert "gpt-4-s/中文".encode() in raw  # not gpt-4-s\/\u4e2d\u6587
+
+
+def test_half_an_emoji_in_the_request_is_repaired_not_a_crash(gateway, upstream, key):
+    """Clients that cut text inside an emoji send a lone UTF-16 surrogate (\\ud83d)."""
+    body = b'{"model": "gpt-4-s", "messages": [{"role": "user", "content": "hi \\ud83d and \\ud83d\\ude00"}]}'
+    status, _, raw = post_chat(gateway, body, key=key)
+    assert status == 200
+    assert json.loads(raw)["choices"][0]["message"]["content"] == HELLO % "hi \ufffd and 😀"
+    assert upstream.conversations(key)[0]["body"]["messages"][0]["content"]["parts"] == ["hi \ufffd and 😀"]
+    status, _, raw = post_chat(gateway, b'{"model": "gpt-4-s\\ud800", "messages": [{"role": "user", "content": "x"}]}')
+    assert status == 404 and "gpt-4-s\ufffd" in json.loads(raw)["error"]["message"]
+
+
+def test_a_key_is_checked_before_anything_else(gateway):
+    status, _, raw = post_chat(gateway, {"model": "no-such-model", "messages": USER}, key=None)
+    assert status == 401

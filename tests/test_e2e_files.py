@@ -243,3 +243,27 @@ def test_connection_is_pinned_to_the_checked_address(upstream):
 
     got = asyncio.run(fetch())
     assert (got.status, len(got.body), bytes(got.body[:5])) == (200, PDF_SIZE, b"%PDF-")
+
+
+def test_a_client_that_leaves_while_its_file_is_fetched_starts_nothing_upstream(files_gateway, upstream, key):
+    """Uploads and the conversation (which costs the account quota) never start for a client
+    that is gone: the preparation is abandoned as soon as the connection closes."""
+    import json
+    import socket
+    import time
+    import urllib.parse
+    gate = key + "-file"
+    url = upstream.url + "/_fake/bytes?n=100&type=text/plain&gate=" + gate
+    body = json.dumps({"model": "gpt-4-s", "stream": True, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "read this"}, {"type": "image_url", "image_url": {"url": url}}]}]}).encode()
+    u = urllib.parse.urlsplit(files_gateway.url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=10)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (key.encode(), len(body), body))
+    assert upstream.wait_log(gate, lambda rs: rs)  # the gateway is fetching the file now
+    sock.close()
+    time.sleep(0.3)  # let the gateway notice before the fetch can complete
+    upstream.release(gate)
+    # Without the fix the upload and conversation follow within milliseconds of the release.
+    records = upstream.wait_log(key, lambda rs: rs, timeout=2)
+    assert records == []

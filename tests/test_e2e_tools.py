@@ -226,3 +226,14 @@ def test_images_bad_requests(gateway, key, body, param):
 def test_images_unknown_model_is_404(gateway, key):
     with pytest.raises(openai.NotFoundError):
         gateway.client(key).images.generate(prompt="x", model="dall-e-9")
+
+
+def test_saved_files_that_are_not_raster_images_are_downloads_that_cannot_run_scripts(gateway):
+    """A file the code interpreter wrote can be anything a prompt asked for, e.g. an SVG with a script."""
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.domain)</script></svg>'
+    with open(os.path.join(gateway.images_dir, "chart_20261124_abcd.svg"), "wb") as f:
+        f.write(svg)
+    status, headers, body = http("GET", gateway.url + "/images/chart_20261124_abcd.svg")
+    assert status == 200 and body == svg
+    assert headers["Content-Disposition"].startswith("attachment")
+    assert "sandbox" in headers["Content-Security-Policy"]

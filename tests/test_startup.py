@@ -39,14 +39,13 @@ def test_two_worker_processes_serve(upstream, key):
         gw.stop()
 
 
-def test_log_to_file_writes_under_log_dir(upstream, tmp_path):
-    # server.py writes log/ relative to its working directory; run a copy of the env there
-    gw = Gateway({"BASE_URL": upstream.url, "NEED_LOG_TO_FILE": "true", "KEY_FOR_GPTS_INFO": "fk-secret-gpts-key-1234"})
+def test_log_to_file_writes_daily_files_under_log_with_keys_masked(upstream, tmp_path):
+    gw = Gateway({"BASE_URL": upstream.url, "NEED_LOG_TO_FILE": "true", "KEY_FOR_GPTS_INFO": "fk-secret-gpts-key-1234"},
+                 cwd=str(tmp_path))
     try:
-        path = os.path.join(ROOT, "log", "gateway.log")
-        with open(path, encoding="utf-8") as f:
+        with open(os.path.join(str(tmp_path), "log", "gateway.log"), encoding="utf-8") as f:
             text = f.read()
-        assert "listening on" in text
+        assert "[%d]" % gw.proc.pid in text and "listening on" in text
         assert "fk-secret-gpts-key-1234" not in text and "fk-s…1234" in text
     finally:
         gw.stop()
