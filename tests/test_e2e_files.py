@@ -267,3 +267,10 @@ def test_a_client_that_leaves_while_its_file_is_fetched_starts_nothing_upstream(
     # Without the fix the upload and conversation follow within milliseconds of the release.
     records = upstream.wait_log(key, lambda rs: rs, timeout=2)
     assert records == []
+
+
+def test_a_file_url_with_chinese_characters_is_fetched(files_gateway, upstream, key):
+    url = upstream.url + "/_fake/bytes?n=10&type=text/plain&名字=猫"
+    done = ask(files_gateway.client(key), [{"type": "text", "text": "读一下"}, {"type": "image_url", "image_url": {"url": url}}])
+    assert done.choices[0].message.content
+    assert [r["path"] for r in upstream.log(key)][:1] == ["/backend-api/files"]

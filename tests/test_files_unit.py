@@ -176,3 +176,14 @@ def test_upload_host_override_keeps_path_and_signature():
             "http://files.example:8080/blob/file-abc?se=1&sig=x%2B"
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("url, uri", [
+    ("http://127.0.0.1:8080/图片.png?q=猫&x=1", "http://127.0.0.1:8080/%E5%9B%BE%E7%89%87.png?q=%E7%8C%AB&x=1"),
+    ("https://例子.中国/a b/%E5%9B%BE.png", "https://xn--fsqu00a.xn--fiqs8s/a%20b/%E5%9B%BE.png"),
+    ("http://ｌｏｃａｌｈｏｓｔ:9/x", "http://localhost:9/x"),  # then refused like localhost itself
+    ("https://example.com/plain?a=1", "https://example.com/plain?a=1"),
+])
+def test_pasted_urls_become_uris_curl_can_take(url, uri):
+    from urlguard import to_uri
+    assert to_uri(url) == uri

@@ -52,6 +52,8 @@ def test_user_file_then_environment(tmp_path):
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
     ({"GPT_3_5_NEW_NAME": "gpt-4-s"}, "gpt-4-s"),
     ({"GPT_4_MOBILE_NEW_NAME": "a,a"}, "GPT_4_MOBILE_NEW_NAME"),
+    ({"PROXY_API_PREFIX": "前缀"}, "PROXY_API_PREFIX"),
+    ({"BASE_URL": "http://例子.cn"}, "BASE_URL"),
 ])
 def test_bad_values_fail_with_a_message_naming_the_setting(env, named):
     with pytest.raises(conf.SettingsError) as e:
