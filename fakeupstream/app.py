@@ -211,7 +211,8 @@ def with_future_patches(events):
 
 
 def split(events, chunking):
-    """Cut the stream into network pieces: per event, every N bytes, or at random places."""
+    """Cut the stream into network pieces: ``event`` (one per event), ``whole``, ``bytes:N``
+    (every N bytes) or ``random:SEED[:MAX]`` (random sizes of 1 to MAX bytes, 97 by default)."""
     if chunking == "event":
         return events
     blob = b"".join(events)
@@ -222,10 +223,12 @@ def split(events, chunking):
         n = max(1, int(arg))
         return [blob[i:i + n] for i in range(0, len(blob), n)]
     if kind == "random":
-        rng = random.Random(int(arg or 0))
+        seed, _, most = arg.partition(":")
+        rng = random.Random(int(seed or 0))
+        most = int(most or 97)
         pieces, i = [], 0
         while i < len(blob):
-            n = rng.randint(1, 97)
+            n = rng.randint(1, most)
             pieces.append(blob[i:i + n])
             i += n
         return pieces

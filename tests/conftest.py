@@ -161,6 +161,15 @@ def key():
     return "fk-test-" + uuid.uuid4().hex
 
 
+def feed_all(conversion, pieces):
+    """Feed a converter the network pieces of one answer, then close it: all the client gets."""
+    out = []
+    for piece in pieces:
+        out.extend(conversion.feed(piece))
+    out.extend(conversion.close())
+    return out
+
+
 def read_fixture(name):
     with open(os.path.join(FIXTURES, name), "rb") as f:
         return f.read()

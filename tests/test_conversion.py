@@ -3,36 +3,23 @@
 Expected texts are written by hand from the transcripts in tests/fixtures/.
 """
 
-import random
-
 import pytest
 
-from conftest import read_fixture
+from conftest import feed_all, read_fixture
 from converters.pipeline import Conversion
 from converters.render import MarkdownRenderer
 from fakeupstream import scenarios
+from fakeupstream.app import split
 from fakeupstream.script import legacy_events
 
 
 def convert(pieces, cut=False):
     """Feed ``pieces``; return (client text, finish_reason, error)."""
     conv = Conversion(MarkdownRenderer())
-    out = []
-    for p in pieces:
-        out.extend(conv.feed(p))
-    out.extend(conv.close())
+    out = feed_all(conv, pieces)
     assert all(isinstance(x, str) for x in out), out
     reason, error = conv.outcome(cut=cut)
     return "".join(out), reason, error
-
-
-def random_pieces(data, rng, max_size=64):
-    pieces, i = [], 0
-    while i < len(data):
-        n = rng.randint(1, max_size)
-        pieces.append(data[i:i + n])
-        i += n
-    return pieces
 
 
 HELLO_ZH = "你好！有什么可以帮你？😊"
@@ -50,9 +37,8 @@ def test_transcript_in_one_piece(name, expected):
 @pytest.mark.parametrize("name, expected", [("hello_zh.sse", HELLO_ZH), ("hello_en_crlf.sse", HELLO_EN)])
 def test_transcript_under_random_chunkings(name, expected):
     data = read_fixture(name)
-    rng = random.Random(name)
-    for _ in range(50):
-        assert convert(random_pieces(data, rng))[0] == expected
+    for seed in range(50):
+        assert convert(split([data], "random:%d:64" % seed))[0] == expected
 
 
 def test_every_single_byte_split_of_a_short_transcript():
@@ -119,8 +105,7 @@ def test_moderation_block_finishes_with_content_filter():
 def test_long_answer_is_exact_under_random_chunking():
     data = script_bytes(lambda ask, model: scenarios.long(ask, model, chars=3000))
     expected = scenarios.long("", "gpt-4", chars=3000).messages[0].text
-    rng = random.Random(3)
-    assert convert(random_pieces(data, rng, 4096))[0] == expected
+    assert convert(split([data], "random:3:4096"))[0] == expected
 
 
 def test_messages_the_request_sent_are_never_part_of_the_answer():

@@ -6,13 +6,14 @@ run together), so a test states what was said, by whom, and when messages ended.
 """
 
 import json
-import random
 
+from conftest import feed_all
 from converters.delta import DeltaDialect
 from converters.events import Done, MessageEnd, MessageStart, MessageUpdate, Moderation, StreamError, TextDelta
 from converters.pipeline import Conversion
 from converters.render import MarkdownRenderer
 from converters.sse import SSEDecoder
+from fakeupstream.app import split
 
 CID = "5d6b-conv"
 
@@ -262,17 +263,9 @@ TRANSCRIPT = [HEAD, data({"type": "input_message", "input_message": message("u",
 
 
 def test_random_network_chunking_gives_the_same_answer():
-    blob = b"".join(TRANSCRIPT)
-    rng = random.Random(5)
-    for _ in range(200):
+    for seed in range(200):
         conv = Conversion(MarkdownRenderer())
-        out = []
-        i = 0
-        while i < len(blob):
-            n = rng.randint(1, 9)
-            out.extend(conv.feed(blob[i:i + n]))
-            i += n
-        out.extend(conv.close())
+        out = feed_all(conv, split(TRANSCRIPT, "random:%d:9" % seed))
         assert "".join(out) == "你好！有什么可以帮你？ 😀"
         assert conv.outcome() == ("stop", None)
         assert conv.dialect == "v1"

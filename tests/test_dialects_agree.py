@@ -7,13 +7,14 @@ scenario added later is covered without touching this file, and over ``RENDERERS
 output mode (bot mode) only needs adding there.
 """
 
-import random
 
 import pytest
 
+from conftest import feed_all
 from converters.payload import upstream_message
 from converters.pipeline import Conversion
 from converters.render import BotRenderer, MarkdownRenderer
+from fakeupstream.app import split
 from fakeupstream.scenarios import SCENARIOS
 from fakeupstream.script import legacy_events, v1_events
 
@@ -29,15 +30,8 @@ SEEDS = range(6)
 
 def convert(blob, renderer, seed):
     """The client-visible result of one upstream body cut into random network chunks."""
-    rng = random.Random(seed)
     conv = Conversion(renderer())
-    items = []
-    i = 0
-    while i < len(blob):
-        n = rng.randint(1, 40)
-        items.extend(conv.feed(blob[i:i + n]))
-        i += n
-    items.extend(conv.close())
+    items = feed_all(conv, split([blob], "random:%d:40" % seed))
     text = "".join(item if type(item) is str else "<%s %s>" % (type(item).__name__, item.render("https://files.example/x"))
                    for item in items)
     reason, error = conv.outcome()

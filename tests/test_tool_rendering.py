@@ -9,6 +9,7 @@ import itertools
 
 import pytest
 
+from conftest import feed_all
 from converters.pipeline import Conversion
 from converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer
 from fakeupstream import scenarios
@@ -44,10 +45,7 @@ def run(scenario, mode, chunking="event", fetched=True):
     predictable URLs (``fetched=False``: every fetch fails); also the actions seen."""
     events = legacy_events(scenarios.SCENARIOS[scenario]("", "gpt-4"), "conv-1", [])
     conversion = Conversion(renderer_for(mode))
-    items = []
-    for piece in split(events, chunking):
-        items.extend(conversion.feed(piece))
-    items.extend(conversion.close())
+    items = feed_all(conversion, split(events, chunking))
     texts, actions = [], []
     for item in items:
         if type(item) is str:
