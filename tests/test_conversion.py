@@ -26,7 +26,13 @@ HELLO_ZH = "你好！有什么可以帮你？😊"
 HELLO_EN = 'Hello there!\nHow can I help "you" today?'
 
 
-@pytest.mark.parametrize("name, expected", [("hello_zh.sse", HELLO_ZH), ("hello_en_crlf.sse", HELLO_EN)])
+# Each transcript in both upstream dialects: whole messages (late 2023) and v1 patches (2024).
+TRANSCRIPTS = pytest.mark.parametrize("name, expected", [
+    ("hello_zh.sse", HELLO_ZH), ("hello_en_crlf.sse", HELLO_EN),
+    ("hello_zh_v1.sse", HELLO_ZH), ("hello_en_crlf_v1.sse", HELLO_EN)])
+
+
+@TRANSCRIPTS
 def test_transcript_in_one_piece(name, expected):
     text, reason, error = convert([read_fixture(name)])
     assert error is None
@@ -34,34 +40,38 @@ def test_transcript_in_one_piece(name, expected):
     assert reason == "stop"
 
 
-@pytest.mark.parametrize("name, expected", [("hello_zh.sse", HELLO_ZH), ("hello_en_crlf.sse", HELLO_EN)])
+@TRANSCRIPTS
 def test_transcript_under_random_chunkings(name, expected):
     data = read_fixture(name)
     for seed in range(50):
         assert convert(split([data], "random:%d:64" % seed))[0] == expected
 
 
-def test_every_single_byte_split_of_a_short_transcript():
-    data = read_fixture("hello_en_crlf.sse")
+@pytest.mark.parametrize("name", ["hello_en_crlf.sse", "hello_en_crlf_v1.sse"])
+def test_every_single_byte_split_of_a_short_transcript(name):
+    data = read_fixture(name)
     for i in range(len(data) + 1):
         assert convert([data[:i], data[i:]])[0] == HELLO_EN, i
 
 
-def test_byte_by_byte_feeding_splits_every_utf8_character():
-    assert convert([bytes([b]) for b in read_fixture("hello_zh.sse")])[0] == HELLO_ZH
+@pytest.mark.parametrize("name", ["hello_zh.sse", "hello_zh_v1.sse"])
+def test_byte_by_byte_feeding_splits_every_utf8_character(name):
+    assert convert([bytes([b]) for b in read_fixture(name)])[0] == HELLO_ZH
 
 
-def test_deltas_arrive_as_the_upstream_streams_them():
+@pytest.mark.parametrize("name", ["hello_zh.sse", "hello_zh_v1.sse"])
+def test_deltas_arrive_as_the_upstream_streams_them(name):
     """Each event's new text reaches the client when that event completes, not at the end."""
     conv = Conversion(MarkdownRenderer())
     seen = []
-    for block in read_fixture("hello_zh.sse").split(b"\n\n"):
+    for block in read_fixture(name).split(b"\n\n"):
         seen.append("".join(conv.feed(block + b"\n\n")))
     assert [s for s in seen if s] == ["你好！", "有什么", "可以帮你", "？😊"]
 
 
-def test_pings_echoes_titles_and_moderation_never_reach_the_client():
-    text = convert([read_fixture("hello_zh.sse")])[0]
+@pytest.mark.parametrize("name", ["hello_zh.sse", "hello_zh_v1.sse"])
+def test_pings_echoes_titles_and_moderation_never_reach_the_client(name):
+    text = convert([read_fixture(name)])[0]
     for leaked in ("你是一个乐于助人的助手", "你好你好", "问候与帮助", "2023-12-20", "modr"):
         assert leaked not in text
 
