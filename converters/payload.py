@@ -93,6 +93,9 @@ def parse_chat_request(body):
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise bad_request("'messages' is required and must be a non-empty list", "messages")
+    if body.get("n", 1) not in (1, None):
+        raise bad_request("this gateway gives one answer per request ('n' must be 1): the web backend "
+                          "has no way to ask for more", "n", "unsupported_parameter")
     messages = []
     files = {}
     for i, m in enumerate(raw):

@@ -34,6 +34,13 @@ def test_whole_message_list_goes_upstream_with_roles_and_joined_text_parts():
     ]
 
 
+def test_sampling_parameters_are_accepted_though_the_web_backend_has_none():
+    req = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 1,
+                              "temperature": 0.5, "top_p": 1, "max_tokens": 100, "presence_penalty": 0,
+                              "frequency_penalty": 0, "user": "u1", "tools": [], "seed": 1})
+    assert req.messages == [("user", "x")]
+
+
 def test_stream_flags():
     req = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}],
                               "stream": True, "stream_options": {"include_usage": True}})
@@ -56,6 +63,7 @@ def test_stream_flags():
     ({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]},
      "messages.0.content.0", "text must be a string"),
     ({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream", "true or false"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 3}, "n", "one answer"),
 ])
 def test_bad_requests_say_what_is_wrong(body, param, words):
     with pytest.raises(ApiError) as e:
