@@ -42,7 +42,10 @@ def raise_fd_limit():
     """Each stream holds two descriptors (client, upstream): lift the soft limit to the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass  # some systems refuse an unlimited soft limit: keep what we have
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
