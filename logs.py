@@ -34,3 +34,6 @@ def setup(level, to_file, directory="log"):
     root.setLevel(level)
     # Tornado's access log line per request is noise at INFO with thousands of streams.
     logging.getLogger("tornado.access").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    # At DEBUG, Tornado turns on curl's verbose output, which logs every request header, the
+    # client's Authorization among them: never, whatever LOG_LEVEL says.
+    logging.getLogger("tornado.curl_httpclient").setLevel(max(logging.getLevelName(level), logging.INFO))

@@ -239,6 +239,8 @@ def load(config_path=None, environ=None):
     raw = _read_json_object(DEFAULTS_PATH, "defaults file")
     if config_path:
         user = _read_json_object(config_path, "config file")
+        canonical = {alias: name for name, (_parse, aliases) in SPEC.items() for alias in aliases}
+        user = {canonical.get(k, k): v for k, v in user.items()}
         unknown = sorted(set(user) - set(SPEC))
         if unknown:
             raise SettingsError("config file %s has unknown settings: %s" % (config_path, ", ".join(unknown)))

@@ -83,6 +83,10 @@ def _appended(current, value, path):
     if isinstance(current, list):
         if isinstance(value, list):
             current.extend(value)
+        elif isinstance(value, str):
+            # Lists here hold objects (citations, attachments); a bare string is most likely text
+            # meant for another path (a bare {"v"} read with the wrong remembered path).
+            raise _Skip("a string appended to the list at %r" % path)
         else:
             current.append(value)
         return current
@@ -94,8 +98,8 @@ def _appended(current, value, path):
 
 class DeltaDialect:
     def __init__(self, legacy=None, warnings=None):
-        self._legacy = legacy or LegacyDialect()
         self.warnings = [] if warnings is None else warnings
+        self._legacy = legacy or LegacyDialect(self.warnings)
         self._warned = set()
         self._doc = None            # the document being patched
         self._msg = None            # the Message of the document's message
@@ -156,6 +160,7 @@ class DeltaDialect:
             self._last = (path, op)
             self._append_text(value, out)
             return out
+        self._last = (path, op)  # top-level patches only: what a bare {"v": ...} refers to
         self._changed_root = False
         self._changed = False
         self._apply(path, op, value, out)
@@ -169,21 +174,21 @@ class DeltaDialect:
         if op == "patch":
             if not isinstance(value, list):
                 return self._warn("a 'patch' at %r whose value is not a list" % path)
+            # Inside a list, a sub-patch without "p"/"o" reuses the previous one of the same list;
+            # the list as a whole is what a later top-level bare {"v": ...} refers to.
+            prev = (path, None)
             for sub in value:
                 if not isinstance(sub, dict):
                     self._warn("a patch list at %r holds a %s" % (path, type(sub).__name__))
                     continue
                 sub_path = sub.get("p")
                 sub_op = sub.get("o")
-                if sub_path is None and sub_op is None:
-                    sub_path, sub_op = self._last
-                else:
-                    # paths inside a patch list are relative to the list's own path
-                    sub_path = path + sub_path if sub_path is not None else self._last[0]
-                    sub_op = sub_op if sub_op is not None else self._last[1]
+                # paths inside a patch list are relative to the list's own path
+                sub_path = path + sub_path if type(sub_path) is str else prev[0]
+                sub_op = sub_op if sub_op is not None else prev[1]
+                prev = (sub_path, sub_op)
                 self._apply(sub_path, sub_op, sub.get("v"), out)
             return
-        self._last = (path, op)
         if op == "append" and path == self._hot_path and type(value) is str:
             return self._append_text(value, out)
         try:

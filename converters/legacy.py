@@ -13,7 +13,10 @@ from converters.events import (Done, Message, MessageEnd, MessageStart, MessageU
 
 
 class LegacyDialect:
-    def __init__(self):
+    """``warnings``: a list to note what the upstream did that the client may notice."""
+
+    def __init__(self, warnings=None):
+        self.warnings = [] if warnings is None else warnings
         self.conversation_id = None
         self._messages = {}
         self._current = None
@@ -81,6 +84,13 @@ class LegacyDialect:
         if len(text) > msg.sent:
             out.append(TextDelta(msg, text[msg.sent:]))
             msg.sent = len(text)
+        elif len(text) < msg.sent:
+            # The upstream took text back (a shorter snapshot, a v1 truncate). What the client
+            # has cannot be unsent; carrying on from the new end keeps all text added later.
+            msg.sent = len(text)
+            note = "the upstream shortened a message after part of it was sent"
+            if note not in self.warnings:
+                self.warnings.append(note)
         msg.status = m.get("status") or msg.status
         msg.end_turn = m.get("end_turn")
         if msg.status != "in_progress":

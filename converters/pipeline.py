@@ -69,8 +69,8 @@ class Conversion:
         """``encoding``: what the request asked the upstream for (the UPSTREAM_ENCODING setting);
         ``echo_ids``: ids of the upstream messages the request carried (never part of the answer)."""
         self._sse = SSEDecoder()
-        self._legacy = LegacyDialect()
         self.warnings = []
+        self._legacy = LegacyDialect(self.warnings)
         self.dialect = None  # "legacy" or "v1" once the stream has shown it
         self._dialect = _Detect(self, encoding)
         self._answer = Answer(echo_ids)

@@ -182,7 +182,7 @@ class _Patches:
 
     def patch(self, ops):
         self.events.append(_delta({"p": "", "o": "patch", "v": ops}))
-        self.last = (ops[-1]["p"], ops[-1]["o"])
+        self.last = ("", "patch")  # a bare {"v"} refers to the last top-level patch, not its parts
 
 
 def v1_events(script, conversation_id, user_messages, pings=True):

@@ -308,7 +308,8 @@ class StreamWatch:
         self.keepalive_interval = keepalive_interval
         self.idle_timeout = idle_timeout
         self._relays = {}
-        tick = min(keepalive_interval, 1.0) if keepalive_interval > 0 else 1.0
+        # A quarter of the interval: a keep-alive is then at most 25% late, not a whole tick.
+        tick = min(keepalive_interval / 4, 1.0) if keepalive_interval > 0 else 1.0
         self._timer = PeriodicCallback(self._sweep, tick * 1000)
 
     def start(self):

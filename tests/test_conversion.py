@@ -126,3 +126,27 @@ def test_messages_the_request_sent_are_never_part_of_the_answer():
     conv = Conversion(MarkdownRenderer(), echo_ids=["sent-1"])
     out = conv.feed(history + read_fixture("hello_zh.sse")) + conv.close()
     assert "".join(out) == HELLO_ZH
+
+
+def test_text_the_upstream_takes_back_never_costs_text_added_later():
+    """A shorter snapshot (or a v1 truncate) cannot unsend what the client has; everything the
+    upstream adds afterwards still arrives, and the log gets a note."""
+    def snap(text, status="in_progress"):
+        return ('data: {"message": {"id": "m1", "author": {"role": "assistant"}, "content": {"content_type": "text", '
+                '"parts": ["%s"]}, "status": "%s", "recipient": "all", "metadata": {}}, "conversation_id": "c"}\n\n'
+                % (text, status)).encode()
+    legacy = snap("Hello wor") + snap("Hello") + snap("Hello there.", "finished_successfully") + b"data: [DONE]\n\n"
+    v1 = (b'event: delta_encoding\ndata: "v1"\n\n'
+          b'event: delta\ndata: {"p": "", "o": "add", "v": {"message": {"id": "m1", "author": {"role": "assistant"}, '
+          b'"content": {"content_type": "text", "parts": [""]}, "status": "in_progress", "recipient": "all", '
+          b'"metadata": {}}, "conversation_id": "c"}, "c": 0}\n\n'
+          b'event: delta\ndata: {"p": "/message/content/parts/0", "o": "append", "v": "Hello wor"}\n\n'
+          b'event: delta\ndata: {"p": "/message/content/parts/0", "o": "truncate", "v": 5}\n\n'
+          b'event: delta\ndata: {"p": "/message/content/parts/0", "o": "append", "v": " there."}\n\n'
+          b'event: delta\ndata: {"p": "/message/status", "o": "replace", "v": "finished_successfully"}\n\n'
+          b'data: [DONE]\n\n')
+    for stream in (legacy, v1):
+        conv = Conversion(MarkdownRenderer())
+        assert "".join(feed_all(conv, [stream])) == "Hello wor there."
+        assert conv.outcome() == ("stop", None)
+        assert conv.warnings == ["the upstream shortened a message after part of it was sent"]

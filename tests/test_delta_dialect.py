@@ -125,12 +125,12 @@ def test_replace_of_the_text_passes_on_only_what_is_new():
 
 def test_truncate_cuts_the_text_and_later_text_continues_past_what_was_sent():
     # Text already shown cannot be taken back; like a shorter snapshot in the legacy dialect,
-    # the client sees new text only once the message is longer than what it already has.
+    # everything appended after the cut still reaches the client (nothing is dropped).
     events, _ = run(add(message()), delta({"p": "/message/content/parts/0", "o": "append", "v": "Hello world"}),
                     delta({"p": "/message/content/parts/0", "o": "truncate", "v": 5}),
                     delta({"p": "/message/content/parts/0", "o": "append", "v": " there!"}),
                     finish())
-    assert summary(events) == [("start", "m1", "assistant"), ("text", "m1", "Hello world!"),
+    assert summary(events) == [("start", "m1", "assistant"), ("text", "m1", "Hello world there!"),
                                ("end", "m1", "finished_successfully")]
     end = [e for e in events if type(e) is MessageEnd][0].message
     assert end.content["parts"] == ["Hello there!"]
@@ -320,3 +320,17 @@ def test_an_event_no_stage_can_read_is_skipped_and_the_rest_of_its_chunk_kept():
     assert "".join(out) == "Hello, this part is kept."
     assert conv.outcome() == ("stop", None)
     assert conv.warnings  # noted for the log
+
+
+def test_a_bare_value_after_a_patch_list_refers_to_the_list_not_its_last_part():
+    """Only top-level patches set what a bare {"v": ...} reuses (as public v1 decoders read it):
+    a string after a list that appended a citation must not end up in the citations list."""
+    events, d = run(add(message()), delta({"p": "/message/content/parts/0", "o": "append", "v": "Hello"}),
+                           delta({"p": "", "o": "patch", "v": [
+                               {"p": "/message/metadata", "o": "append", "v": {"citations": []}},
+                               {"p": "/message/metadata/citations", "o": "append", "v": [{"start_ix": 0}]}]}),
+                           delta({"v": " world."}),
+                           finish())
+    end = [e for e in events if type(e) is MessageEnd][0].message
+    assert end.metadata["citations"] == [{"start_ix": 0}]
+    assert any("patch" in w for w in d.warnings)

@@ -38,9 +38,9 @@ def test_environment_overrides_and_aliases():
 
 def test_user_file_then_environment(tmp_path):
     path = tmp_path / "my.json"
-    path.write_text(json.dumps({"PORT": 1234, "LOG_LEVEL": "debug"}))
+    path.write_text(json.dumps({"PORT": 1234, "LOG_LEVEL": "debug", "GPT_4_S_New_Name": "gpt-4", "BOT_MODE_ENABLED": True}))
     s = load({"PORT": "4321"}, str(path))
-    assert (s.port, s.log_level) == (4321, "DEBUG")
+    assert (s.port, s.log_level, s.gpt_4_s_new_name, s.bot_mode) == (4321, "DEBUG", ["gpt-4"], True)
 
 
 @pytest.mark.parametrize("env, named", [

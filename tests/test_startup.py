@@ -49,3 +49,15 @@ def test_log_to_file_writes_daily_files_under_log_with_keys_masked(upstream, tmp
         assert "fk-secret-gpts-key-1234" not in text and "fk-s…1234" in text
     finally:
         gw.stop()
+
+
+def test_debug_logging_never_shows_a_full_key(upstream, key):
+    gw = Gateway({"BASE_URL": upstream.url, "LOG_LEVEL": "DEBUG"})
+    try:
+        gw.client(key).chat.completions.create(model="gpt-4-s", messages=[{"role": "user", "content": "hi"}])
+        upstream.wait_log(key, lambda rs: any(r["method"] == "PATCH" for r in rs))
+        text = gw.log_text()
+        assert "DEBUG" in text
+        assert key not in text
+    finally:
+        gw.stop()
