@@ -91,18 +91,15 @@ class StreamSink:
         self.handler.flush()
 
 
-class CollectSink:
-    """Gathers the answer and writes one ``chat.completion`` at the end."""
+class GatherSink:
+    """Gathers the answer's text for one response at the end (``finish`` is the subclass's)."""
 
     streaming = False
+    started = False
 
-    def __init__(self, handler, encoder, tokens):
+    def __init__(self, handler):
         self.handler = handler
-        self.encoder = encoder
-        self.tokens = tokens
         self.texts = []
-        self.last_write = time.monotonic()
-        self.started = False
 
     def start(self):
         pass
@@ -113,15 +110,24 @@ class CollectSink:
     def keepalive(self):
         pass  # a status line sent early could not honestly report a later failure
 
+    def fail(self, error):
+        self.handler.send_error_json(error)
+
+
+class CollectSink(GatherSink):
+    """Gathers the answer and writes one ``chat.completion`` at the end."""
+
+    def __init__(self, handler, encoder, tokens):
+        super().__init__(handler)
+        self.encoder = encoder
+        self.tokens = tokens
+
     def finish(self, reason, prompt_messages):
         e = self.encoder
         text = "".join(self.texts)
         body = openai_format.completion(e.completion_id, e.created, e.model, text, reason,
                                         self.tokens.usage(prompt_messages, text))
         self.handler.write_json(body)
-
-    def fail(self, error):
-        self.handler.send_error_json(error)
 
 
 class Relay:

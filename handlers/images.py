@@ -13,31 +13,18 @@ from converters.payload import image_prompt, parse_image_request
 from converters.render import FetchImage, MarkdownRenderer
 from errors import ApiError
 from handlers.base import ApiHandler
-from handlers.chat import ConversationHandler
+from handlers.chat import ConversationHandler, GatherSink
 from media import MediaStore
 
 
-class ImageSink:
+class ImageSink(GatherSink):
     """Collects the answer of a drawing request and writes the images response."""
 
-    streaming = False
-    started = False
-
     def __init__(self, handler, request):
-        self.handler = handler
+        super().__init__(handler)
         self.request = request
-        self.texts = []
         self.images = []      # (public url, bytes, revised prompt)
         self.failed = 0       # images the answer showed that could not be fetched
-
-    def start(self):
-        pass
-
-    def text(self, text):
-        self.texts.append(text)
-
-    def keepalive(self):
-        pass
 
     def finish(self, reason, prompt_messages):
         reply = "".join(self.texts)
@@ -56,9 +43,6 @@ class ImageSink:
             item["revised_prompt"] = revised or self.request.prompt
             data.append(item)
         self.handler.write_json({"created": int(time.time()), "data": data, "reply": reply})
-
-    def fail(self, error):
-        self.handler.send_error_json(error)
 
 
 class ImageGenerationsHandler(ConversationHandler):
