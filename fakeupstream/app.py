@@ -9,9 +9,11 @@ word in the last user message, or planned for an API key by a test:
     POST /_fake/release?key=k1   -> let a stream held by the plan's "gate" go on
 
 Plan options: scenario, options (scenario arguments), chunking (event | whole | bytes:N |
-random:SEED), pace_ms, pings, status (+ detail, cloudflare) for an error answer, hold_s before
-answering, silence [piece index, seconds], gate (piece index at which the stream waits for a
-release; headers are always sent at once, as the real upstream does).
+random:SEED), pace_ms, pings, raw_utf8 (JSON with raw UTF-8 rather than the real upstream's
+``\\uXXXX`` escapes, so that chunks split characters), status (+ detail, cloudflare) for an
+error answer, hold_s before answering, silence [piece index, seconds], gate (piece index at
+which the stream waits for a release; headers are always sent at once, as the real upstream
+does).
 
 Files (DALL·E images, charts, files the code wrote) are fetched as upstream does it: the
 backend-api call answers a ``download_url`` on this host (``/_fake/blob/...``), which a plain
@@ -129,6 +131,7 @@ class ConversationHandler(FakeHandler):
         make = scenarios.SCENARIOS[name]
         options = plan.get("options") or {}
         script = make(ask, body.get("model", "gpt-4"), **options)
+        script.ascii = not plan.get("raw_utf8")
         cid = str(uuid.uuid4())
         # Like the real upstream: v1 only for clients that ask for it; a plan may force either.
         encoding = plan.get("encoding") or ("v1" if "v1" in (body.get("supported_encodings") or ()) else "legacy")

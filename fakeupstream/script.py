@@ -43,13 +43,18 @@ class Msg:
 class Script:
     """A whole answer: its messages and how the stream around them behaves."""
 
-    def __init__(self, messages, model="gpt-4", error=None, title="演示对话", blocked=False, done=True):
+    def __init__(self, messages, model="gpt-4", error=None, title="演示对话", blocked=False, done=True,
+                 ascii=True):
         self.messages = messages
         self.model = model
         self.error = error          # an in-stream error after the messages
         self.title = title
         self.blocked = blocked      # moderation blocks the answer
         self.done = done            # ends with [DONE]
+        # Captures of the real upstream show JSON as Python's json.dumps writes it: every
+        # non-ASCII character escaped (``"\u4f60\u597d"``). Raw UTF-8 is the same JSON, and the
+        # one form in which a network chunk can split a character; ``ascii=False`` sends it.
+        self.ascii = ascii
 
 
 def content_for(msg, text, final):
@@ -95,8 +100,8 @@ def message_dict(msg, text, final, parent_id, model, create_time):
     }
 
 
-def _event(obj):
-    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+def _event(obj, ascii):
+    return b"data: " + json.dumps(obj, ensure_ascii=ascii).encode() + b"\n\n"
 
 
 PING = b"event: ping\ndata: 2023-12-20 12:34:56.123456\n\n"
@@ -111,15 +116,16 @@ def _echo(m):
     return echo
 
 
-def user_echo(conversation_id, user_messages, model):
+def user_echo(conversation_id, user_messages, ascii=True):
     """The first events echo what the client sent (roles user and system)."""
-    return [_event({"message": _echo(m), "conversation_id": conversation_id, "error": None})
+    return [_event({"message": _echo(m), "conversation_id": conversation_id, "error": None}, ascii)
             for m in user_messages if (m.get("author") or {}).get("role", "user") in ("user", "system")]
 
 
 def legacy_events(script, conversation_id, user_messages, pings=True):
     """The late-2023 stream: every event carries the whole message so far."""
-    events = user_echo(conversation_id, user_messages, script.model)
+    ascii = script.ascii
+    events = user_echo(conversation_id, user_messages, ascii)
     parent = user_messages[-1]["id"] if user_messages else str(uuid.uuid4())
     t = 1703062013.02
     for i, msg in enumerate(script.messages):
@@ -127,27 +133,27 @@ def legacy_events(script, conversation_id, user_messages, pings=True):
         cuts = msg.cuts if msg.cuts is not None else list(range(msg.step, len(text), msg.step))
         for n, cut in enumerate(cuts):
             events.append(_event({"message": message_dict(msg, text[:cut], False, parent, script.model, t),
-                                  "conversation_id": conversation_id, "error": None}))
+                                  "conversation_id": conversation_id, "error": None}, ascii))
             if pings and n == len(cuts) // 2:
                 events.append(PING)
         events.append(_event({"message": message_dict(msg, text, True, parent, script.model, t),
-                              "conversation_id": conversation_id, "error": None}))
+                              "conversation_id": conversation_id, "error": None}, ascii))
         parent = msg.id
         if i == 0:
             events.append(_event({"type": "title_generation", "title": script.title,
-                                  "conversation_id": conversation_id}))
+                                  "conversation_id": conversation_id}, ascii))
     events.append(_event({"conversation_id": conversation_id, "message_id": parent, "is_completion": True,
                           "moderation_response": {"flagged": script.blocked, "blocked": script.blocked,
-                                                  "moderation_id": "modr-demo"}}))
+                                                  "moderation_id": "modr-demo"}}, ascii))
     if script.error:
-        events.append(_event({"message": None, "conversation_id": conversation_id, "error": script.error}))
+        events.append(_event({"message": None, "conversation_id": conversation_id, "error": script.error}, ascii))
     if script.done:
         events.append(b"data: [DONE]\n\n")
     return events
 
 
-def _delta(obj):
-    return b"event: delta\ndata: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+def _delta(obj, ascii):
+    return b"event: delta\ndata: " + json.dumps(obj, ensure_ascii=ascii).encode() + b"\n\n"
 
 
 DELTA_ENCODING = b'event: delta_encoding\ndata: "v1"\n\n'
@@ -165,23 +171,24 @@ class _Patches:
     """Writes patches the way the upstream does: a bare ``{"v": ...}`` when the path and
     operation are the previous patch's."""
 
-    def __init__(self, events):
+    def __init__(self, events, ascii):
         self.events = events
+        self.ascii = ascii
         self.last = None
 
     def add(self, document, c):
-        self.events.append(_delta({"p": "", "o": "add", "v": document, "c": c}))
+        self.events.append(_delta({"p": "", "o": "add", "v": document, "c": c}, self.ascii))
         self.last = None
 
     def op(self, path, op, value):
         if (path, op) == self.last:
-            self.events.append(_delta({"v": value}))
+            self.events.append(_delta({"v": value}, self.ascii))
         else:
-            self.events.append(_delta({"p": path, "o": op, "v": value}))
+            self.events.append(_delta({"p": path, "o": op, "v": value}, self.ascii))
             self.last = (path, op)
 
     def patch(self, ops):
-        self.events.append(_delta({"p": "", "o": "patch", "v": ops}))
+        self.events.append(_delta({"p": "", "o": "patch", "v": ops}, self.ascii))
         self.last = ("", "patch")  # a bare {"v"} refers to the last top-level patch, not its parts
 
 
@@ -189,11 +196,12 @@ def v1_events(script, conversation_id, user_messages, pings=True):
     """The 2024 stream asked for with ``"supported_encodings": ["v1"]``: each message once
     (``add`` with ``c``), then appends to its text, citations as they become complete, and one
     final patch list with the rest of the text, status, end_turn and metadata."""
+    ascii = script.ascii
     events = [DELTA_ENCODING]
     for m in user_messages:
         events.append(_event({"type": "input_message", "input_message": _echo(m),
-                              "conversation_id": conversation_id}))
-    out = _Patches(events)
+                              "conversation_id": conversation_id}, ascii))
+    out = _Patches(events, ascii)
     parent = user_messages[-1]["id"] if user_messages else str(uuid.uuid4())
     t = 1703062013.02
     for i, msg in enumerate(script.messages):
@@ -236,15 +244,15 @@ def v1_events(script, conversation_id, user_messages, pings=True):
         parent = msg.id
         if i == 0:
             events.append(_event({"type": "title_generation", "title": script.title,
-                                  "conversation_id": conversation_id}))
+                                  "conversation_id": conversation_id}, ascii))
     events.append(_event({"type": "moderation", "conversation_id": conversation_id, "message_id": parent,
                           "is_completion": True,
                           "moderation_response": {"flagged": script.blocked, "blocked": script.blocked,
-                                                  "moderation_id": "modr-demo"}}))
+                                                  "moderation_id": "modr-demo"}}, ascii))
     if script.error:
-        events.append(_event({"message": None, "conversation_id": conversation_id, "error": script.error}))
+        events.append(_event({"message": None, "conversation_id": conversation_id, "error": script.error}, ascii))
     if script.done:
-        events.append(_event({"type": "message_stream_complete", "conversation_id": conversation_id}))
+        events.append(_event({"type": "message_stream_complete", "conversation_id": conversation_id}, ascii))
         events.append(b"data: [DONE]\n\n")
     return events
 

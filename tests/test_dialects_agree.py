@@ -2,7 +2,8 @@
 
 The fake upstream renders one script of messages into the legacy stream (whole messages) and
 into the v1 stream (patches). Whatever the network chunking, the gateway's conversion of both
-must produce the same text, actions and outcome. The loop runs over ``SCENARIOS`` itself, so a
+must produce the same text, actions and outcome, whether the JSON escapes non-ASCII characters
+(as the real upstream does) or carries them as raw UTF-8 that chunks can split. The loop runs over ``SCENARIOS`` itself, so a
 scenario added later is covered without touching this file, and over ``RENDERERS``: a new
 output mode (bot mode) only needs adding there.
 """
@@ -43,16 +44,19 @@ def convert(blob, renderer, seed):
 def test_legacy_and_v1_streams_convert_to_the_same_answer(scenario, renderer):
     user = [upstream_message("u-1", "user", "你好 /code /search")]
     script = SCENARIOS[scenario]("你好", "gpt-4")
-    legacy = b"".join(legacy_events(script, "conv-1", user))
-    v1 = b"".join(v1_events(script, "conv-1", user))
     make = RENDERERS[renderer]
-    expected = convert(legacy, make, 0)
-    assert expected[0] == "legacy"
-    for seed in SEEDS:
-        assert convert(legacy, make, seed) == expected
-        got = convert(v1, make, seed)
-        assert got[0] == "v1"
-        assert got[1:] == expected[1:], "scenario %s, seed %d" % (scenario, seed)
+    expected = None
+    for ascii in (True, False):
+        script.ascii = ascii
+        legacy = b"".join(legacy_events(script, "conv-1", user))
+        v1 = b"".join(v1_events(script, "conv-1", user))
+        expected = expected or convert(legacy, make, 0)
+        assert expected[0] == "legacy"
+        for seed in SEEDS:
+            assert convert(legacy, make, seed) == expected, "scenario %s, ascii %s, seed %d" % (scenario, ascii, seed)
+            got = convert(v1, make, seed)
+            assert got[0] == "v1"
+            assert got[1:] == expected[1:], "scenario %s, ascii %s, seed %d" % (scenario, ascii, seed)
 
 
 def test_the_v1_stream_is_smaller_for_long_answers():

@@ -92,9 +92,11 @@ def test_usage_counts_tokens_stream_and_non_stream(gateway, key):
     assert chunks[-1].usage.prompt_tokens == expected_prompt
 
 
+@pytest.mark.parametrize("raw_utf8", [False, True], ids=["escaped", "raw-utf8"])
 @pytest.mark.parametrize("chunking", ["random:11", "bytes:1", "whole"])
-def test_long_answer_is_exact_under_network_chunking(gateway, upstream, key, chunking):
-    upstream.plan(key, scenario="long", options={"chars": 1500}, chunking=chunking)
+def test_long_answer_is_exact_under_network_chunking(gateway, upstream, key, chunking, raw_utf8):
+    # raw UTF-8: the chunks split characters too
+    upstream.plan(key, scenario="long", options={"chars": 1500}, chunking=chunking, raw_utf8=raw_utf8)
     expected = scenarios.long("", "gpt-4", chars=1500).messages[0].text
     client = gateway.client(key)
     assert stream_text(client.chat.completions.create(model="gpt-4-s", messages=USER, stream=True)) == expected
