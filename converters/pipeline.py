@@ -131,6 +131,9 @@ class Conversion:
         """Join neighbouring strings so one network chunk becomes at most one client chunk."""
         if not items:
             return items
+        self.produced = True
+        if len(items) == 1:
+            return items  # what most chunks of a long answer bring
         merged = []
         texts = []
         for item in items:
@@ -143,5 +146,4 @@ class Conversion:
                 merged.append(item)
         if texts:
             merged.append("".join(texts))
-        self.produced = True
         return merged

@@ -27,6 +27,7 @@ class Event:
 class SSEDecoder:
     def __init__(self):
         self._partial = []       # pieces of the line not yet terminated
+        self._partial_data = False  # ... known to be a ``data: `` line, prefix already cut off
         self._skip_lf = False    # the last chunk ended in CR: a leading LF belongs to it
         self._event = None
         self._data = []
@@ -36,7 +37,7 @@ class SSEDecoder:
 
         A long answer's events are larger than a network chunk, so each byte of event data is
         copied once: the unfinished line is kept as views of the chunks it spans and joined
-        when it ends, with its ``data:`` prefix already cut off (no second copy for the slice).
+        when it ends, with its ``data: `` prefix already cut off (no second copy for the slice).
         """
         if not chunk:
             return []
@@ -44,28 +45,40 @@ class SSEDecoder:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        if b"\r" in chunk:
+        if chunk.find(b"\r") >= 0:  # not ``in``: bytes.__contains__ first tries an int, and raises
             self._skip_lf = chunk.endswith(b"\r")
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         events = []
-        end = chunk.find(b"\n")
-        if end < 0:
-            if chunk:
-                self._partial.append(memoryview(chunk))
-            return events
+        find = chunk.find
+        start = 0
         if self._partial:
+            end = find(b"\n")
+            if end < 0:
+                self._partial.append(memoryview(chunk))
+                return events
             self._partial.append(memoryview(chunk)[:end])
             self._joined_line(events)
-        else:
-            self._line_in(chunk, 0, end, events)
-        start = end + 1
+            start = end + 1
+        # This loop is the whole cost of framing a long answer (two lines per event), so the
+        # two common lines, ``data: ...`` and the blank line, are handled in place.
+        data = self._data
         while True:
-            end = chunk.find(b"\n", start)
+            end = find(b"\n", start)
             if end < 0:
                 break
-            self._line_in(chunk, start, end, events)
+            if end == start:
+                self._dispatch(events)
+                data = self._data
+            elif chunk.startswith(b"data: ", start):
+                data.append(chunk[start + 6:end])
+            else:
+                self._line(chunk[start:end], events)
+                data = self._data
             start = end + 1
         if start < len(chunk):
+            if chunk.startswith(b"data: ", start):
+                self._partial_data = True
+                start += 6
             self._partial.append(memoryview(chunk)[start:])
         return events
 
@@ -74,30 +87,18 @@ class SSEDecoder:
         but a last line without its line end still counts as a line."""
         events = []
         if self._partial:
-            self._line(b"".join(self._partial), events)
-            self._partial = []
+            self._joined_line(events)
         return events
 
-    def _line_in(self, chunk, start, end, events):
-        """The line ``chunk[start:end]``; a data line's value is sliced out in one copy."""
-        if start == end:
-            self._dispatch(events)
-        elif chunk.startswith(b"data:", start, end):
-            skip = 6 if chunk[start + 5:start + 6] == b" " else 5
-            self._data.append(chunk[start + skip:end])
-        else:
-            self._line(chunk[start:end], events)
-
     def _joined_line(self, events):
-        """The line kept in ``_partial`` has ended: join its pieces, minus a ``data:`` prefix."""
-        pieces = self._partial
+        """The line kept in ``_partial`` has ended: join its pieces."""
+        line = b"".join(self._partial)
         self._partial = []
-        first = pieces[0]
-        if len(first) >= 6 and first[:5] == b"data:":
-            pieces[0] = first[6:] if first[5:6] == b" " else first[5:]
-            self._data.append(b"".join(pieces))
+        if self._partial_data:
+            self._partial_data = False
+            self._data.append(line)
         else:
-            self._line(b"".join(pieces), events)
+            self._line(line, events)
 
     def _dispatch(self, events):
         """A blank line: the event so far is complete."""
