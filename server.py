@@ -8,6 +8,7 @@ BASE_URL at it, so every endpoint can be tried without an account.
 
 import argparse
 import ctypes
+import functools
 import gc
 import logging
 import os
@@ -36,6 +37,31 @@ log = logging.getLogger("gateway")
 # Connections waiting to be accepted while the loop is busy; Tornado's default of 128 drops
 # SYNs (a 1 s client retry) when a thousand bots connect at once. The kernel caps it at somaxconn.
 LISTEN_BACKLOG = 4096
+
+
+class GatewayHTTPServer(tornado.httpserver.HTTPServer):
+    """Tornado's HTTP server, taking one waiting connection per wake-up of the loop.
+
+    Tornado's accept handler takes up to 128 waiting connections each time the listening socket
+    is readable. With PROCESS_WORKERS > 1 every worker shares that socket, so a burst went to
+    whichever worker woke first: eight big answers asked at once were all converted by one
+    worker while the other idled (bench S4). Taking one per wake-up leaves the rest to the other
+    workers, which the kernel woke as well; a lone worker takes the next one on its next turn.
+    """
+
+    def add_sockets(self, sockets):
+        io_loop = tornado.ioloop.IOLoop.current()
+        for sock in sockets:
+            def accept(fd, events, sock=sock):
+                try:
+                    connection, address = sock.accept()
+                except (BlockingIOError, ConnectionAbortedError):
+                    return  # another worker took it, or the client gave up while it waited
+                self._handle_connection(connection, address)
+            # TCPServer.stop() closes what these two maps hold (Tornado 6.x internals).
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = functools.partial(io_loop.remove_handler, sock)
+            io_loop.add_handler(sock, accept, tornado.ioloop.IOLoop.READ)
 
 
 def raise_fd_limit():
@@ -144,7 +170,7 @@ def main(argv=None):
     except conf_settings.SettingsError as e:
         print("settings: %s" % e, file=sys.stderr)
         return 2
-    server = tornado.httpserver.HTTPServer(
+    server = GatewayHTTPServer(
         make_app(gateway), max_body_size=max(settings.max_request_body * 4, 64 << 20), xheaders=True)
     server.add_sockets(sockets)
     gateway.start()

@@ -23,7 +23,7 @@ from bench.upstream import raise_fd_limit
 # ramp: seconds over which each rung's streams connect (N/ramp new streams per second);
 # gentle: rungs repeated with 1,000 new streams per second, to tell holding from accepting.
 FULL = dict(ladder=[250, 500, 1000, 2000, 4000], events=60, interval_ms=500, chars=4, ramp=1.0,
-            gentle=[4000], big_events=4000, big_chars=4, idle=2000, s4_streams=8, s4_ramp=0.1,
+            gentle=[4000], big_events=4000, big_chars=4, idle=2000, s4_streams=8, s4_ramp=0.0,
             growth_events=20000)
 SMOKE = dict(ladder=[20], events=5, interval_ms=20, chars=4, ramp=0.1, gentle=[],
              big_events=200, big_chars=4, idle=20, s4_streams=2, s4_ramp=0.0, growth_events=2000)
