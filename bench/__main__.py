@@ -193,9 +193,9 @@ def main(argv=None):
         s3(table, cfg["idle"], cfg["chars"], args.dialect)
     if "S4" in only:
         one = big_answers(table, "S4 one process", cfg["big_events"], cfg["big_chars"], cfg["s4_streams"], 1,
-                          args.dialect, cfg["s4_ramp"])
+                          args.dialect, cfg["s4_ramp"], rounds=3)
         two = big_answers(table, "S4 two processes", cfg["big_events"], cfg["big_chars"], cfg["s4_streams"], 2,
-                          args.dialect, cfg["s4_ramp"])
+                          args.dialect, cfg["s4_ramp"], rounds=3)
         table.add("S4 speed-up", "PROCESS_WORKERS=2 vs 1", "%.2fx" % (two / one))
     if "S5" in only:
         s5(table, cfg["growth_events"], cfg["big_chars"])
