@@ -1,7 +1,7 @@
 """The answer stage: message events in, segments out.
 
 It decides what each upstream message is for the person reading the answer: the user's and
-system's echoed messages are not part of it; assistant prose is ``Text``; what the assistant
+system's echoed messages are not part of it; assistant prose is a plain ``str``; what the assistant
 sends to a tool (python code, browser calls, a DALL·E prompt) and what a tool sends back are
 blocks; images a tool made become ``Image`` segments for the handler to fetch; citation markers
 ``【11†source】`` become ``Cite`` segments (url None: the marker has no source and must vanish);
@@ -13,7 +13,7 @@ import re
 
 from converters.events import (BlockClose, BlockOpen, BlockText, Cite, Done, Image, MessageEnd,
                                MessageStart, MessageUpdate, Moderation, SandboxFile, StreamError,
-                               Text, TextDelta)
+                               TextDelta)
 
 # 【11†source】, 【11†来源】, and the 2024 form 【4:0†source】; the first number is the one
 # metadata.citations[].metadata.extra.cited_message_idx names.
@@ -167,7 +167,7 @@ class Answer:
             text = self._held + text
             self._held = ""
         if "【" not in text and "(" not in text:
-            out.append(Text(text))
+            out.append(text)
             return
         pos = 0
         while True:
@@ -177,7 +177,7 @@ class Answer:
                 return
             start = m.start()
             if start > pos:
-                out.append(Text(text[pos:start]))
+                out.append(text[pos:start])
             if text[start] == "(":
                 pos = self._sandbox_link(msg, text, start, out, final)
             else:
@@ -203,21 +203,21 @@ class Answer:
         if not final and len(text) - start < _MARKER_MAX and _MARKER_PREFIX.match(rest):
             self._held, self._held_msg = text[start:], msg  # could still become a marker
             return None
-        out.append(Text("【"))  # a bracket that is not a citation passes through
+        out.append("【")  # a bracket that is not a citation passes through
         return start + 1
 
     def _sandbox_link(self, msg, text, start, out, final):
         """``(sandbox:`` at ``start``: the link's brackets stay text, its target is the file."""
         m = _SANDBOX_LINK.match(text, start)
         if m:
-            out.append(Text("("))
+            out.append("(")
             out.append(SandboxFile(m.group(1), msg.id))
-            out.append(Text(")"))
+            out.append(")")
             return m.end()
         if not final and len(text) - start < _SANDBOX_MAX and _SANDBOX_PREFIX.match(text, start):
             self._held, self._held_msg = text[start:], msg  # the link is still arriving
             return None
-        out.append(Text("("))
+        out.append("(")
         return start + 1
 
     def _tail(self, msg, text, pos, out, final):
@@ -228,7 +228,7 @@ class Answer:
             if bracket >= 0 and _SANDBOX.startswith(text[bracket:]):
                 cut = bracket
         if pos < cut:
-            out.append(Text(text[pos:cut]))
+            out.append(text[pos:cut])
         if cut < len(text):
             self._held, self._held_msg = text[cut:], msg
 

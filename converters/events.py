@@ -3,8 +3,9 @@
 Dialect stages (``legacy``: whole-message snapshots; ``delta``: 2024 patches) turn upstream
 events into *message events* (``MessageStart``, ``TextDelta``, ``MessageUpdate``,
 ``MessageEnd``, ``StreamError``, ``Moderation``, ``Done``) about ``Message`` objects. The
-answer stage turns those into *segments* a renderer formats (``Text``, ``BlockOpen``,
-``BlockText``, ``BlockClose``, ``Cite``, ``Image``, ``SandboxFile``). Nothing here does IO.
+answer stage turns those into *segments* a renderer formats: prose as a plain ``str`` (almost
+every segment of an answer is prose, so it is not wrapped), ``BlockOpen``, ``BlockText``,
+``BlockClose``, ``Cite``, ``Image``, ``SandboxFile``. Nothing here does IO.
 """
 
 
@@ -111,17 +112,6 @@ class Done:
 
 
 # Segments (answer stage -> renderer)
-
-class Text:
-    """Assistant prose meant for the person."""
-    __slots__ = ("text",)
-
-    def __init__(self, text):
-        self.text = text
-
-    def __repr__(self):
-        return "Text(%r)" % self.text
-
 
 class BlockOpen:
     """Start of tool material: ``kind`` is code, output, browser, dalle_prompt or tool_call."""

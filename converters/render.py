@@ -8,7 +8,7 @@ handler performs it and calls ``action.render(url)`` (url None: the fetch failed
 keeping the answer's order. ``close()`` is called once at the end of the answer.
 """
 
-from converters.events import BlockClose, BlockOpen, BlockText, Cite, Image, SandboxFile, Text
+from converters.events import BlockClose, BlockOpen, BlockText, Cite, Image, SandboxFile
 
 
 class FetchImage:
@@ -60,8 +60,8 @@ class MarkdownRenderer:
         out = []
         for seg in segments:
             t = type(seg)
-            if t is Text:
-                self._prose(out, seg.text)
+            if t is str:
+                self._prose(out, seg)
             elif t is BlockText:
                 self._block_text(out, seg.text)
             elif t is BlockOpen:

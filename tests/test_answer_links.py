@@ -1,7 +1,7 @@
 """The answer stage's handling of prose that needs a closer look: markers and sandbox links."""
 
 from converters.answer import Answer
-from converters.events import Message, MessageEnd, MessageStart, SandboxFile, Text, TextDelta
+from converters.events import Message, MessageEnd, MessageStart, SandboxFile, TextDelta
 
 
 def prose(*deltas, citations=None, end=True):
@@ -20,7 +20,7 @@ def prose(*deltas, citations=None, end=True):
 
 
 def texts(segments):
-    return "".join(s.text if type(s) is Text else "<%r>" % s for s in segments)
+    return "".join(s if type(s) is str else "<%r>" % s for s in segments)
 
 
 def test_sandbox_link_split_over_events():

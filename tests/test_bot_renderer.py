@@ -1,6 +1,6 @@
 """BOT_MODE's renderer stage on hand-made segments: what a chat-app user would read."""
 
-from converters.events import BlockClose, BlockOpen, BlockText, Cite, Image, SandboxFile, Text
+from converters.events import BlockClose, BlockOpen, BlockText, Cite, Image, SandboxFile
 from converters.render import BotRenderer, FetchImage, MarkdownRenderer
 
 
@@ -11,30 +11,30 @@ def render(renderer, segments, url="https://gw/images/a.png"):
 
 def test_plugin_output_off_drops_tool_material_and_its_fences():
     segs = [BlockOpen("code", "python"), BlockText("print(1)"), BlockClose("code"),
-            BlockOpen("output"), BlockText("1"), BlockClose("output"), Text("答案是 1。")]
+            BlockOpen("output"), BlockText("1"), BlockClose("output"), "答案是 1。"]
     assert render(BotRenderer(), segs) == "答案是 1。"
     assert render(BotRenderer(plugin_output=True), segs) == "```python\nprint(1)\n```\nResult:\n```\n1\n```\n答案是 1。"
 
 
 def test_vanishing_markers_leave_no_double_spaces():
-    segs = [Text("see "), Cite(1, "A", "https://a"), Text(" and "), Cite(2, "B", "https://b"), Text(" "),
-            Cite(3, None, None), Text(" done"), Cite(4, "D", "https://d"), Text(".")]
+    segs = ["see ", Cite(1, "A", "https://a"), " and ", Cite(2, "B", "https://b"), " ",
+            Cite(3, None, None), " done", Cite(4, "D", "https://d"), "."]
     assert render(BotRenderer(), segs) == "see and done."
 
 
 def test_references_are_numbered_and_listed_once_at_the_end():
-    segs = [Text("a"), Cite(11, "Title A", "https://a"), Text(" b"), Cite(2, "", "https://b"),
-            Text(" again"), Cite(11, "Title A", "https://a"), Text(" gone "), Cite(9, None, None), Text(" end")]
+    segs = ["a", Cite(11, "Title A", "https://a"), " b", Cite(2, "", "https://b"),
+            " again", Cite(11, "Title A", "https://a"), " gone ", Cite(9, None, None), " end"]
     assert render(BotRenderer(reference_output=True), segs) == (
         "a[11] b[2] again[11] gone end\n\n[11] Title A https://a\n[2] https://b")
 
 
 def test_no_source_list_without_citations():
-    assert render(BotRenderer(reference_output=True), [Text("plain answer\n")]) == "plain answer\n"
+    assert render(BotRenderer(reference_output=True), ["plain answer\n"]) == "plain answer\n"
 
 
 def test_image_switches():
-    segs = [Text("look:"), Image("file-1"), Text("nice")]
+    segs = ["look:", Image("file-1"), "nice"]
     assert render(BotRenderer(markdown_image=True), segs) == "look:\n![image](https://gw/images/a.png)\nnice"
     assert render(BotRenderer(markdown_image=False, plain_image_url=True), segs) == "look:\nhttps://gw/images/a.png\nnice"
     assert render(BotRenderer(markdown_image=True, plain_image_url=True), segs) == "look:\nhttps://gw/images/a.png\nnice"
@@ -53,18 +53,18 @@ def test_failed_image_is_a_short_notice_in_bot_mode_too():
 
 
 def test_sandbox_links_keep_working_in_bot_mode():
-    segs = [Text("[x.csv]("), SandboxFile("/mnt/data/x.csv", "m1"), Text(")")]
+    segs = ["[x.csv](", SandboxFile("/mnt/data/x.csv", "m1"), ")"]
     assert render(BotRenderer(), segs, url="https://gw/images/x.csv") == "[x.csv](https://gw/images/x.csv)"
 
 
 def test_markdown_renderer_drops_source_less_markers_without_double_spaces():
-    segs = [Text("old "), Cite(9, None, None), Text(" claim"), Cite(1, "", ""), Cite(2, "t", "https://b")]
+    segs = ["old ", Cite(9, None, None), " claim", Cite(1, "", ""), Cite(2, "t", "https://b")]
     assert render(MarkdownRenderer(), segs) == "old claim[1][[2](https://b)]"
 
 
 def test_prose_around_a_hidden_tool_run_does_not_run_together():
-    segs = [Text("我来算一下。"), BlockOpen("code", "python"), BlockText("6*7"), BlockClose("code"),
-            BlockOpen("output"), BlockText("42"), BlockClose("output"), Text("结果是 42。")]
+    segs = ["我来算一下。", BlockOpen("code", "python"), BlockText("6*7"), BlockClose("code"),
+            BlockOpen("output"), BlockText("42"), BlockClose("output"), "结果是 42。"]
     assert render(BotRenderer(), segs) == "我来算一下。\n结果是 42。"
     # already on a new line: no extra blank line
-    assert render(BotRenderer(), [Text("Let me check.\n")] + segs[1:]) == "Let me check.\n结果是 42。"
+    assert render(BotRenderer(), ["Let me check.\n"] + segs[1:]) == "Let me check.\n结果是 42。"
