@@ -82,8 +82,11 @@ class Conversion:
         return self._legacy.conversation_id
 
     def feed(self, data):
+        events = self._sse.feed(data)
+        if not events:
+            return events  # a piece of an event larger than a network read
         out = []
-        for ev in self._sse.feed(data):
+        for ev in events:
             self._event(ev, out)
         return self._merge(out)
 

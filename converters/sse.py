@@ -66,9 +66,11 @@ class SSEDecoder:
             end = find(b"\n", start)
             if end < 0:
                 break
-            if end == start:
-                self._dispatch(events)
-                data = self._data
+            if end == start:  # _dispatch, in place
+                if data:
+                    events.append(Event(self._event, data[0] if len(data) == 1 else b"\n".join(data)))
+                    data = self._data = []
+                self._event = None
             elif chunk.startswith(b"data: ", start):
                 data.append(chunk[start + 6:end])
             else:
