@@ -8,7 +8,6 @@ BASE_URL at it, so every endpoint can be tried without an account.
 
 import argparse
 import ctypes
-import functools
 import gc
 import logging
 import os
@@ -24,6 +23,7 @@ import tornado.web
 
 import gpts
 import logs
+from balance import BalancedHTTPServer, ConnectionCounts
 from conf import settings as conf_settings
 from gateway import Gateway
 from handlers.base import NotFoundHandler
@@ -37,34 +37,6 @@ log = logging.getLogger("gateway")
 # Connections waiting to be accepted while the loop is busy; Tornado's default of 128 drops
 # SYNs (a 1 s client retry) when a thousand bots connect at once. The kernel caps it at somaxconn.
 LISTEN_BACKLOG = 4096
-
-
-class SharedSocketHTTPServer(tornado.httpserver.HTTPServer):
-    """Tornado's HTTP server for workers that share one listening socket: it takes one waiting
-    connection per wake-up of the loop.
-
-    Tornado's accept handler takes up to 128 waiting connections each time the listening socket
-    is readable, so with PROCESS_WORKERS > 1 a burst went to whichever worker woke first: eight
-    big answers asked at once were all converted by one worker while the other idled (bench S4).
-    Taking one per wake-up leaves the rest to the other workers, which the kernel woke as well.
-    A lone worker keeps Tornado's way: one accept per turn of a loop busy with thousands of
-    streams accepts a burst too slowly (bench S1 at 2,000 new streams a second: TTFB p99 from
-    0.14 s to 1 s).
-    """
-
-    def add_sockets(self, sockets):
-        io_loop = tornado.ioloop.IOLoop.current()
-        for sock in sockets:
-            def accept(fd, events, sock=sock):
-                try:
-                    connection, address = sock.accept()
-                except (BlockingIOError, ConnectionAbortedError):
-                    return  # another worker took it, or the client gave up while it waited
-                self._handle_connection(connection, address)
-            # TCPServer.stop() closes what these two maps hold (Tornado 6.x internals).
-            self._sockets[sock.fileno()] = sock
-            self._handlers[sock.fileno()] = functools.partial(io_loop.remove_handler, sock)
-            io_loop.add_handler(sock, accept, tornado.ioloop.IOLoop.READ)
 
 
 def raise_fd_limit():
@@ -163,7 +135,9 @@ def main(argv=None):
     raise_fd_limit()
     sockets = tornado.netutil.bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
     port = sockets[0].getsockname()[1]
+    counts = None
     if settings.process_workers > 1:
+        counts = ConnectionCounts(settings.process_workers)  # before forking: shared memory
         parent = os.getpid()
         tornado.process.fork_processes(settings.process_workers)
         die_with_parent(parent)
@@ -173,9 +147,12 @@ def main(argv=None):
     except conf_settings.SettingsError as e:
         print("settings: %s" % e, file=sys.stderr)
         return 2
-    server_class = SharedSocketHTTPServer if settings.process_workers > 1 else tornado.httpserver.HTTPServer
+    # A lone worker keeps Tornado's server; several balance their connections (balance.py).
+    server_class = BalancedHTTPServer if counts is not None else tornado.httpserver.HTTPServer
     server = server_class(
         make_app(gateway), max_body_size=max(settings.max_request_body * 4, 64 << 20), xheaders=True)
+    if counts is not None:
+        server.balance(counts, tornado.process.task_id())
     server.add_sockets(sockets)
     gateway.start()
     log.info("listening on http://%s:%d (pid %d)", settings.host, port, tornado.process.task_id() or 0)
