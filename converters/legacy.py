@@ -91,9 +91,10 @@ class LegacyDialect:
             note = "the upstream shortened a message after part of it was sent"
             if note not in self.warnings:
                 self.warnings.append(note)
-        msg.status = m.get("status") or msg.status
-        msg.end_turn = m.get("end_turn")
-        if msg.status != "in_progress":
+        status = m.get("status")
+        if status and status != "in_progress":
+            msg.status = status
+            msg.end_turn = m.get("end_turn")
             msg.ended = True
             out.append(MessageEnd(msg))
         return out

@@ -120,12 +120,13 @@ class MarkdownRenderer:
 
     def _prose(self, out, text):
         if self._gap:
-            stripped = text.lstrip(" ")
-            if not stripped:
+            text = text.lstrip(" ")
+            if not text:
                 return  # still only spaces after the vanished marker
             self._gap = False
-            text = stripped
-        self._write(out, text)
+        if text:  # _write, in place: prose is almost every segment
+            out.append(text)
+            self._last = text[-1]
 
     def _vanish(self):
         """A marker disappears: if a space came before it, the spaces after it must not double it."""

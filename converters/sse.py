@@ -48,24 +48,22 @@ class SSEDecoder:
         if chunk.find(b"\r") >= 0:  # not ``in``: bytes.__contains__ first tries an int, and raises
             self._skip_lf = chunk.endswith(b"\r")
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        events = []
         find = chunk.find
+        end = find(b"\n")
+        if end < 0:  # no line ends here: the middle of a long event
+            self._keep(chunk, 0)
+            return []
+        events = []
         start = 0
         if self._partial:
-            end = find(b"\n")
-            if end < 0:
-                self._partial.append(memoryview(chunk))
-                return events
             self._partial.append(memoryview(chunk)[:end])
             self._joined_line(events)
             start = end + 1
+            end = find(b"\n", start)
         # This loop is the whole cost of framing a long answer (two lines per event), so the
         # two common lines, ``data: ...`` and the blank line, are handled in place.
         data = self._data
-        while True:
-            end = find(b"\n", start)
-            if end < 0:
-                break
+        while end >= 0:
             if end == start:  # _dispatch, in place
                 if data:
                     events.append(Event(self._event, data[0] if len(data) == 1 else b"\n".join(data)))
@@ -77,12 +75,17 @@ class SSEDecoder:
                 self._line(chunk[start:end], events)
                 data = self._data
             start = end + 1
+            end = find(b"\n", start)
         if start < len(chunk):
-            if chunk.startswith(b"data: ", start):
-                self._partial_data = True
-                start += 6
-            self._partial.append(memoryview(chunk)[start:])
+            self._keep(chunk, start)
         return events
+
+    def _keep(self, chunk, start):
+        """``chunk[start:]`` is part of a line that has not ended: keep a view of it."""
+        if not self._partial and chunk.startswith(b"data: ", start):
+            self._partial_data = True
+            start += 6
+        self._partial.append(memoryview(chunk)[start:] if start else memoryview(chunk))
 
     def close(self):
         """End of stream. Per the spec an event not closed by a blank line is discarded,
