@@ -26,9 +26,10 @@ _CITE_WAIT = 200
 # Where prose needs a closer look: a marker, or a link to a file the code interpreter wrote.
 _SPECIAL = re.compile(r"【|\(sandbox:")
 _SANDBOX = "(sandbox:"
-_SANDBOX_LINK = re.compile(r"\(sandbox:(/mnt/data/[^)\n]{1,255})\)")
-_SANDBOX_PREFIX = re.compile(r"\(sandbox:[^)\n]{0,255}\Z")
-_SANDBOX_MAX = len(_SANDBOX) + 257
+# A path may hold balanced brackets, as markdown link targets may: "report (1).csv".
+_SANDBOX_LINK = re.compile(r"\(sandbox:(/mnt/data/(?:[^()\n]|\([^()\n]{0,64}\)){1,255})\)")
+_SANDBOX_PREFIX = re.compile(r"\(sandbox:(?:[^()\n]|\([^()\n]{0,64}\))*(?:\([^()\n]{0,64})?\Z")
+_SANDBOX_MAX = len(_SANDBOX) + 257  # a longer "link" is not one: stop holding it back
 
 _FINISH = {"stop": "stop", "max_tokens": "length", "interrupted": "stop", "content_filter": "content_filter"}
 

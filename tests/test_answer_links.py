@@ -49,3 +49,15 @@ def test_marker_waits_for_its_source_in_a_later_event():
                                                 "extra": {"cited_message_idx": 3}}}]}
     from converters.events import MessageUpdate
     assert texts(answer.feed([MessageUpdate(msg)])) == "<Cite(3, 'T', 'https://t')>"
+
+
+def test_sandbox_path_with_brackets_is_one_link():
+    """Files the code writes twice get names like "report (1).csv"; markdown allows the brackets."""
+    out, _ = prose("[r](sandbox:/mnt/data/report (", "1).csv) and (sandbox:/mnt/data/a(b)c.txt).")
+    assert texts(out) == ("[r](<SandboxFile('/mnt/data/report (1).csv')>) and "
+                          "(<SandboxFile('/mnt/data/a(b)c.txt')>).")
+
+
+def test_unbalanced_bracket_ends_the_sandbox_link():
+    out, _ = prose("(sandbox:/mnt/data/x.csv)) and (sandbox:/mnt/data/y (2.csv) z")
+    assert texts(out) == "(<SandboxFile('/mnt/data/x.csv')>)) and (sandbox:/mnt/data/y (2.csv) z"
