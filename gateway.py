@@ -5,9 +5,10 @@ and the IOLoop must not be shared between processes) and holds no per-request st
 """
 
 import logging
+import time
 import urllib.parse
 
-from tornado.ioloop import IOLoop
+from tornado.ioloop import IOLoop, PeriodicCallback
 
 import gpts
 from attachments import Attachments
@@ -32,14 +33,35 @@ class Gateway:
         self.tokens = TokenCounter()
         self.watch = StreamWatch(settings.keepalive_interval, settings.upstream_idle_timeout)
         self.media = MediaStore(settings.images_dir)
+        self._sweeper = None
 
     def start(self):
         self.watch.start()
         IOLoop.current().spawn_callback(self.gizmos.fetch_all)  # in the background: start-up stays fast
+        max_age = self.settings.images_max_age_hours * 3600
+        if max_age:
+            # A sweep a tenth of the age apart (at most hourly): files outlive their age by 10% at most.
+            self._sweeper = PeriodicCallback(self._sweep_media, min(max_age / 10, 3600) * 1000)
+            self._sweeper.start()
+            IOLoop.current().spawn_callback(self._sweep_media)
 
     def close(self):
         self.watch.stop()
+        if self._sweeper is not None:
+            self._sweeper.stop()
         self.upstream.close()
+
+    async def _sweep_media(self):
+        """Delete saved files older than IMAGES_MAX_AGE_HOURS, off the event loop: a directory of
+        many thousands of files takes a while to list."""
+        cutoff = time.time() - self.settings.images_max_age_hours * 3600
+        try:
+            removed = await IOLoop.current().run_in_executor(None, self.media.remove_older_than, cutoff)
+        except OSError as e:
+            log.warning("cleaning %s failed: %s", self.settings.images_dir, e)
+            return
+        if removed:
+            log.info("removed %d saved files older than %g hours", removed, self.settings.images_max_age_hours)
 
     def renderer(self):
         """A fresh renderer for one answer: for bots (BOT_MODE) or for web UIs."""

@@ -1,7 +1,8 @@
 """Files the gateway keeps for its clients: images and sandbox files fetched from the upstream.
 
 Upstream download URLs expire, so the bytes are saved under IMAGES_DIR (``static/images/``) and served by
-the gateway itself at ``/images/<name>`` (handlers/images.py). Names are collision-free
+the gateway itself at ``/images/<name>`` (handlers/images.py); with IMAGES_MAX_AGE_HOURS set they
+are deleted that long after they were saved (the gateway sweeps the directory now and then). Names are collision-free
 (time + random part, created exclusively) and made of safe characters only, so a name taken
 from a URL can be checked with one pattern before it gets near the file system.
 """
@@ -16,6 +17,8 @@ import filetype
 
 # What a saved file's name may look like (no slashes, no leading dot, no "..").
 NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*\Z")
+# The names _save gives: stem_<YYYYmmddHHMMSS>_<8 hex>.ext; the only files a sweep deletes.
+SAVED = re.compile(r"\A[A-Za-z0-9_-]+_[0-9]{14}_[0-9a-f]{8}\.[A-Za-z0-9_-]+\Z")
 IMAGE_EXTENSIONS = {"png": "png", "jpg": "jpg", "webp": "webp", "gif": "gif"}
 
 
@@ -60,6 +63,25 @@ class MediaStore:
                 return name
             except FileExistsError:
                 continue
+
+    def remove_older_than(self, cutoff):
+        """Delete saved files last changed before ``cutoff`` (epoch seconds); how many went.
+
+        Only names this store gives out are touched, whatever else sits in the directory.
+        Several workers may sweep at once: a file another one removed is simply gone.
+        """
+        removed = 0
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if not SAVED.match(entry.name):
+                    continue
+                try:
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
 
     def path(self, name):
         """The saved file's path for a name from a URL, or None (not a name we give out, or gone)."""

@@ -151,6 +151,7 @@ SPEC = {
     "PORT": (_integer(0, 65535), ()),
     "UPLOAD_BASE_URL": (_url, ()),
     "IMAGES_DIR": (_directory, ()),
+    "IMAGES_MAX_AGE_HOURS": (_number(0, 876000), ()),
     "KEY_FOR_GPTS_INFO": (_text, ()),
     "GPTS_CONFIG": (_text, ()),
     "API_PREFIX": (_path_prefix, ()),

@@ -40,3 +40,28 @@ def test_names_outside_the_store_are_refused(tmp_path, name):
     store = MediaStore(str(tmp_path))
     (tmp_path / ".gitkeep").write_bytes(b"")
     assert store.path(name) is None
+
+
+def test_sweep_removes_only_saved_files_older_than_the_cutoff(tmp_path):
+    store = MediaStore(str(tmp_path))
+    old = store.save_image(png(1, 1, (0, 0, 0)))
+    new = store.save_file("/mnt/data/report.csv", b"a,b\n")
+    other = tmp_path / "notes_20200101000000.txt"  # not a name the store gives out
+    other.write_text("keep me")
+    for name in (old, other.name):
+        os.utime(tmp_path / name, (1_000_000, 1_000_000))
+    assert store.remove_older_than(2_000_000) == 1
+    assert sorted(os.listdir(tmp_path)) == sorted([new, other.name])
+    assert store.remove_older_than(2_000_000) == 0
+
+
+def test_gateway_sweeps_old_saved_files_when_told(gateway_factory, tmp_path):
+    import time
+    store = MediaStore(str(tmp_path))
+    old, fresh = store.save_image(png(1, 1, (0, 0, 0))), store.save_image(png(1, 1, (9, 9, 9)))
+    os.utime(tmp_path / old, (time.time() - 3 * 3600,) * 2)
+    gateway_factory(IMAGES_DIR=str(tmp_path), IMAGES_MAX_AGE_HOURS=2)
+    deadline = time.monotonic() + 10
+    while (tmp_path / old).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(os.listdir(tmp_path)) == [fresh]
