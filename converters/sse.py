@@ -24,8 +24,12 @@ class Event:
         return isinstance(other, Event) and (self.event, self.data) == (other.event, other.data)
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 class SSEDecoder:
     def __init__(self):
+        self._head = b""         # the stream's first bytes until a BOM is ruled out; then None
         self._partial = []       # pieces of the line not yet terminated
         self._partial_data = False  # ... known to be a ``data: `` line, prefix already cut off
         self._skip_lf = False    # the last chunk ended in CR: a leading LF belongs to it
@@ -41,6 +45,14 @@ class SSEDecoder:
         """
         if not chunk:
             return []
+        if self._head is not None:
+            chunk = self._head + chunk
+            if len(chunk) < len(BOM) and BOM.startswith(chunk):
+                self._head = chunk  # could still be a byte order mark
+                return []
+            self._head = None
+            if chunk.startswith(BOM):  # the spec drops one at the start of the stream
+                chunk = chunk[len(BOM):]
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
@@ -51,7 +63,8 @@ class SSEDecoder:
         find = chunk.find
         end = find(b"\n")
         if end < 0:  # no line ends here: the middle of a long event
-            self._keep(chunk, 0)
+            if chunk:  # (empty when the chunk was only the LF of a CRLF already seen)
+                self._keep(chunk, 0)
             return []
         events = []
         start = 0
@@ -91,6 +104,8 @@ class SSEDecoder:
         """End of stream. Per the spec an event not closed by a blank line is discarded,
         but a last line without its line end still counts as a line."""
         events = []
+        if self._head:
+            self._keep(self._head, 0)  # a stream of one or two bytes that began like a BOM
         if self._partial:
             self._joined_line(events)
         return events

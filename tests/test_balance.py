@@ -29,13 +29,14 @@ async def _ask(port, timeout):
         writer.close()
 
 
-def _serve(patience):
-    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+def _serve(patience, listeners=1):
+    sockets = [s for _ in range(listeners) for s in tornado.netutil.bind_sockets(0, "127.0.0.1")]
     counts = ConnectionCounts(2)
     server = BalancedHTTPServer(tornado.web.Application([("/", Hello)]))
     server.balance(counts, 0, patience=patience)
     server.add_sockets(sockets)
-    return server, counts, sockets[0].getsockname()[1]
+    ports = [s.getsockname()[1] for s in sockets]
+    return server, counts, ports[0] if listeners == 1 else ports
 
 
 def test_a_busier_worker_leaves_connections_to_a_less_busy_one():
@@ -90,3 +91,49 @@ def test_open_connections_are_published_for_the_other_workers():
         finally:
             server.stop()
     asyncio.run(main())
+
+
+def test_every_listening_socket_keeps_its_own_handler():
+    """HOST "" listens on 0.0.0.0 and ::, two sockets: leaving a connection on one must not
+    hand that socket the other's accept."""
+    async def main():
+        server, counts, ports = _serve(patience=60, listeners=2)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", ports[1])
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.wait_for(reader.readline(), 5)
+            counts.set(1, 0)
+            waiting = [asyncio.ensure_future(_ask(port, 5)) for port in ports]
+            await asyncio.sleep(0.3)
+            assert not any(w.done() for w in waiting)
+            counts.set(1, 3)
+            assert [(await w)[:12] for w in waiting] == [b"HTTP/1.1 200"] * 2
+            writer.close()
+        finally:
+            server.stop()
+    asyncio.run(main())
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_once_the_patience_is_spent_all_waiting_connections_are_taken():
+    counts = ConnectionCounts(2)
+    server = BalancedHTTPServer(tornado.web.Application([("/", Hello)]))
+    clock = _Clock()
+    server.balance(counts, 0, patience=0.05, clock=clock)
+    server._connections.add(object())  # this worker holds a connection, the other none
+    counts.set(0, 1)
+    assert server._how_many() == 0     # leave it to the other worker
+    clock.now += 0.04
+    assert server._how_many() == 0
+    clock.now += 0.02
+    assert server._how_many() is None  # nobody took it: take it and all that wait behind it
+    assert server._how_many() == 0     # a later connection starts a new wait
+    counts.set(1, 5)
+    assert server._how_many() == 1     # this worker is the least busy: take one at a time

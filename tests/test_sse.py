@@ -65,3 +65,19 @@ def test_random_chunkings_of_a_long_stream():
         cuts = sorted(rng.sample(range(1, len(stream)), 40))
         pieces = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
         assert decode(pieces) == whole
+
+
+def test_an_unfinished_event_is_dropped_however_the_crlf_was_split():
+    # The CR and LF of the last line arrive apart: still no blank line, so no event.
+    assert decode([b"data\r", b"\n"]) == []
+    assert decode([b'data: {"x":1}\r', b"\n"]) == []
+    assert decode([b'data: {"x":1}\r\n']) == []
+
+
+def test_a_byte_order_mark_at_the_start_is_dropped_wherever_it_is_split():
+    stream = b"\xef\xbb\xbfdata: x\n\ndata: \xef\xbb\xbfy\n\n"
+    expected = [Event(None, b"x"), Event(None, b"\xef\xbb\xbfy")]  # only the first one is a BOM
+    for cut in range(len(stream) + 1):
+        assert decode([stream[:cut], stream[cut:]]) == expected, cut
+    assert decode([stream[i:i + 1] for i in range(len(stream))]) == expected
+    assert decode([b"\xef\xbb"]) == []
