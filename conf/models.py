@@ -29,6 +29,9 @@ BUILTIN = (
 
 GIZMO_SLUG = "gpt-4-gizmo"
 DIRECT_GIZMO_PREFIX = "gpt-4-gizmo-"
+# What OpenAI clients send to /v1/images/generations (ChatGPT-Next-Web: dall-e-3). They mean
+# "draw", so they stand for the first model that can, unless an alias takes the name.
+OPENAI_IMAGE_MODELS = ("dall-e-2", "dall-e-3")
 
 
 class ModelTable:
@@ -49,6 +52,13 @@ class ModelTable:
         if route is None and isinstance(name, str) and name.startswith(DIRECT_GIZMO_PREFIX + "g-"):
             gizmo_id = name[len(DIRECT_GIZMO_PREFIX):]
             route = Route(name, GIZMO_SLUG, gizmo_id, can_draw=True, accepts_files=True)
+        return route
+
+    def drawing_route(self, name):
+        """The ``Route`` that draws for ``name`` at /v1/images/generations, or None."""
+        route = self.resolve(name)
+        if route is None and name in OPENAI_IMAGE_MODELS:
+            route = self._routes.get(self.first_drawing_model())
         return route
 
     def first_drawing_model(self):

@@ -50,7 +50,7 @@ class ImageGenerationsHandler(ConversationHandler):
         gw = self.gateway
         key = self.api_key()
         request = parse_image_request(self.json_body(), gw.models.first_drawing_model())
-        route = gw.models.resolve(request.model)
+        route = gw.models.drawing_route(request.model)
         if route is None or not route.can_draw:
             raise ApiError(400 if route else 404, "The model `%s` cannot draw; use one of: %s" % (
                 request.model, ", ".join(r.name for r in gw.models.routes() if r.can_draw)),

@@ -223,6 +223,13 @@ def test_images_bad_requests(gateway, key, body, param):
     assert json.loads(raw)["error"]["param"] == param
 
 
+@pytest.mark.parametrize("model", ["dall-e-3", "dall-e-2"])
+def test_images_openai_model_names_draw_with_the_first_drawing_model(gateway, upstream, key, model):
+    result = gateway.client(key).images.generate(prompt="an otter", model=model)
+    assert len(result.data) == 1
+    assert upstream.conversations(key)[0]["body"]["model"] == "gpt-4"
+
+
 def test_images_unknown_model_is_404(gateway, key):
     with pytest.raises(openai.NotFoundError):
         gateway.client(key).images.generate(prompt="x", model="dall-e-9")
