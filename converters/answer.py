@@ -1,19 +1,21 @@
-"""The answer stage: message events in, segments out.
+"""The answer stage: message events in, calls on the renderer out.
 
-It decides what each upstream message is for the person reading the answer: the user's and
-system's echoed messages are not part of it; assistant prose is a plain ``str``; what the assistant
-sends to a tool (python code, browser calls, a DALL·E prompt) and what a tool sends back are
-blocks; images a tool made become ``Image`` segments for the handler to fetch; citation markers
-``【11†source】`` become ``Cite`` segments (url None: the marker has no source and must vanish);
-links to files the code wrote, ``(sandbox:/mnt/data/x.csv)``, become ``SandboxFile`` segments
-between the brackets. How any of this looks is the renderer's business.
+``feed`` takes the dialect's message events and calls ``start(msg)``, ``text(msg, text)``,
+``update(msg)`` (new citations), ``end(msg)``, ``error(text)``, ``moderation(blocked)`` and
+``done()`` for them; ``close()`` comes once at the end of the answer. This stage decides what each upstream message is for the person reading
+the answer: the user's and system's echoed messages are not part of it; assistant prose goes to
+``renderer.prose``; what the assistant sends to a tool (python code, browser calls, a DALL·E
+prompt) and what a tool sends back are blocks (``block_open`` / ``block_text`` /
+``block_close``); images a tool made go to ``renderer.image`` for the handler to fetch; citation
+markers ``【11†source】`` go to ``renderer.cite`` (url None: the marker has no source and must
+vanish); links to files the code wrote, ``(sandbox:/mnt/data/x.csv)``, go to
+``renderer.sandbox_file`` between the brackets. How any of this looks is the renderer's business.
 """
 
 import re
 
-from converters.events import (BlockClose, BlockOpen, BlockText, Cite, Done, Image, MessageEnd,
-                               MessageStart, MessageUpdate, Moderation, SandboxFile, StreamError,
-                               TextDelta)
+from converters.events import (Cite, Done, Image, MessageEnd, MessageStart, MessageUpdate, Moderation,
+                               SandboxFile, StreamError, TextDelta)
 
 # 【11†source】, 【11†来源】, and the 2024 form 【4:0†source】; the first number is the one
 # metadata.citations[].metadata.extra.cited_message_idx names.
@@ -53,13 +55,15 @@ def _file_id(asset_pointer):
 
 
 class Answer:
-    """``echo_ids``: ids of the messages the request sent; the upstream may echo them back."""
+    """``renderer``: where the answer goes; ``echo_ids``: ids of the messages the request sent
+    (the upstream may echo them back)."""
 
-    def __init__(self, echo_ids=()):
+    def __init__(self, renderer, echo_ids=()):
+        self._renderer = renderer
         self._echo_ids = frozenset(echo_ids)
         self.finish_reason = None      # from the upstream's finish_details, when it says
-        self.error = None              # an in-stream error message
-        self.done = False              # the upstream said the answer is complete
+        self.upstream_error = None     # an in-stream error message
+        self.complete = False          # the upstream said the answer is complete
         self.blocked = False           # moderation blocked the answer
         self._open = None              # kind of the block being written, if any
         self._role = {}                # message id -> PROSE / BLOCK / HIDDEN
@@ -67,100 +71,120 @@ class Answer:
         self._held_msg = None
 
     def feed(self, events):
-        """Message events in, segments out."""
-        out = []
+        """Message events in; what they say goes to the renderer."""
         for ev in events:
-            if type(ev) is TextDelta:
-                role = self._role.get(ev.message.id)
-                if role is PROSE:
-                    self._prose(ev.message, ev.text, out)
-                elif role is BLOCK:
-                    if self._open is None:
-                        self._open_block(ev.message, out)
-                    out.append(BlockText(ev.text))
-            elif type(ev) is MessageStart:
-                self._start(ev.message, out)
-            elif type(ev) is MessageUpdate:
-                if self._held and self._held_msg is ev.message:
-                    held, self._held = self._held, ""
-                    self._prose(ev.message, held, out)
-            elif type(ev) is MessageEnd:
-                self._end(ev.message, out)
-            elif type(ev) is Done:
-                self.done = True
-            elif type(ev) is StreamError:
-                self.error = ev.text
-            elif type(ev) is Moderation:
-                self.blocked = self.blocked or ev.blocked
-        return out
+            t = type(ev)
+            if t is TextDelta:
+                self.text(ev.message, ev.text)
+            elif t is MessageStart:
+                self.start(ev.message)
+            elif t is MessageUpdate:
+                self.update(ev.message)
+            elif t is MessageEnd:
+                self.end(ev.message)
+            elif t is Done:
+                self.done()
+            elif t is StreamError:
+                self.error(ev.text)
+            elif t is Moderation:
+                self.moderation(ev.blocked)
 
-    def close(self):
-        """End of the answer: close what is open, so fences never dangle."""
-        out = []
-        self._flush_held(out)
-        self._close_block(out)
-        return out
+    # what each message event means
 
-    # message kinds
-
-    def _start(self, msg, out):
+    def start(self, msg):
+        """A new upstream message."""
         if msg.id in self._echo_ids:
             role = HIDDEN  # part of the question, not of the answer
         elif msg.role == "assistant" and msg.recipient == "all":
             role = PROSE
-            self._close_block(out)
+            self._close_block()
         elif msg.role == "assistant" or (msg.role == "tool" and msg.name == "python"):
             role = BLOCK
-            self._flush_held(out)
-            self._close_block(out)
+            self._flush_held()
+            self._close_block()
         else:
             role = HIDDEN  # user/system echoes, browser display and quote messages, dalle's note
         self._role[msg.id] = role
 
-    def _open_block(self, msg, out):
-        if msg.role == "tool":
-            kind, language = "output", None
-        else:
-            kind, language = _tool_call_kind(msg.recipient)
-        self._open = kind
-        out.append(BlockOpen(kind, language))
-
-    def _close_block(self, out):
-        if self._open is not None:
-            out.append(BlockClose(self._open))
-            self._open = None
-
-    def _end(self, msg, out):
+    def text(self, msg, text):
+        """More text of ``msg``."""
         role = self._role.get(msg.id)
         if role is PROSE:
-            self._flush_held(out)
+            self._prose(msg, text)
+        elif role is BLOCK:
+            if self._open is None:
+                self._open_block(msg)
+            self._renderer.block_text(text)
+
+    def update(self, msg):
+        """``msg``'s citations changed: a marker held for its source may resolve now."""
+        if self._held and self._held_msg is msg:
+            held, self._held = self._held, ""
+            self._prose(msg, held)
+
+    def end(self, msg):
+        """``msg`` has ended: its content and metadata are whole."""
+        role = self._role.get(msg.id)
+        if role is PROSE:
+            self._flush_held()
             details = msg.metadata.get("finish_details") or {}
             reason = _FINISH.get(details.get("type"))
             if reason:
                 self.finish_reason = reason
         elif role is BLOCK:
-            self._close_block(out)
+            self._close_block()
         if msg.role == "tool":
-            self._images(msg, out)
+            self._images(msg)
 
-    def _images(self, msg, out):
+    def error(self, text):
+        """An error message in the stream."""
+        self.upstream_error = text
+
+    def moderation(self, blocked):
+        self.blocked = self.blocked or blocked
+
+    def done(self):
+        """The upstream said ``[DONE]`` (or ``message_stream_complete``)."""
+        self.complete = True
+
+    def close(self):
+        """End of the answer: close what is open, so fences never dangle."""
+        self._flush_held()
+        self._close_block()
+
+    # blocks and images
+
+    def _open_block(self, msg):
+        if msg.role == "tool":
+            kind, language = "output", None
+        else:
+            kind, language = _tool_call_kind(msg.recipient)
+        self._open = kind
+        self._renderer.block_open(kind, language)
+
+    def _close_block(self):
+        if self._open is not None:
+            self._renderer.block_close(self._open)
+            self._open = None
+
+    def _images(self, msg):
         """Images a tool made: DALL·E parts, and charts the code interpreter displayed."""
         for part in msg.content.get("parts") or ():
             if isinstance(part, dict):
                 file_id = _file_id(part.get("asset_pointer"))
                 if file_id:
                     dalle = (part.get("metadata") or {}).get("dalle") or {}
-                    out.append(Image(file_id, dalle.get("prompt"), "dalle"))
+                    self._renderer.image(Image(file_id, dalle.get("prompt"), "dalle"))
         aggregate = msg.metadata.get("aggregate_result") or {}
         for item in aggregate.get("messages") or ():
             if isinstance(item, dict) and item.get("message_type") == "image":
                 file_id = _file_id(item.get("image_url"))
                 if file_id:
-                    out.append(Image(file_id, None, "python"))
+                    self._renderer.image(Image(file_id, None, "python"))
 
     # prose and citation markers
 
-    def _prose(self, msg, text, out, final=False):
+    def _prose(self, msg, text, final=False):
         """Pass prose on, resolving markers and sandbox links. ``final``: no more text will come
         for ``msg`` (set at its end only: the dialect may mark a message ended while its last
         text is still being passed on). Text that may still become a marker or a link is held."""
@@ -168,25 +192,25 @@ class Answer:
             text = self._held + text
             self._held = ""
         if "【" not in text and "(" not in text:
-            out.append(text)
+            self._renderer.prose(text)
             return
         pos = 0
         while True:
             m = _SPECIAL.search(text, pos)
             if m is None:
-                self._tail(msg, text, pos, out, final)
+                self._tail(msg, text, pos, final)
                 return
             start = m.start()
             if start > pos:
-                out.append(text[pos:start])
+                self._renderer.prose(text[pos:start])
             if text[start] == "(":
-                pos = self._sandbox_link(msg, text, start, out, final)
+                pos = self._sandbox_link(msg, text, start, final)
             else:
-                pos = self._marker(msg, text, start, out, final)
+                pos = self._marker(msg, text, start, final)
             if pos is None:
                 return
 
-    def _marker(self, msg, text, start, out, final):
+    def _marker(self, msg, text, start, final):
         """A ``【`` at ``start``: the position after what was handled, or None (held)."""
         m = _MARKER.match(text, start)
         if m:
@@ -198,30 +222,31 @@ class Answer:
                 self._held, self._held_msg = text[start:], msg
                 return None
             # A marker with no source vanishes, never shown raw.
-            out.append(cite or Cite(number, None, None))
+            self._renderer.cite(cite or Cite(number, None, None))
             return m.end()
         rest = text[start:start + _MARKER_MAX]
         if not final and len(text) - start < _MARKER_MAX and _MARKER_PREFIX.match(rest):
             self._held, self._held_msg = text[start:], msg  # could still become a marker
             return None
-        out.append("【")  # a bracket that is not a citation passes through
+        self._renderer.prose("【")  # a bracket that is not a citation passes through
         return start + 1
 
-    def _sandbox_link(self, msg, text, start, out, final):
+    def _sandbox_link(self, msg, text, start, final):
         """``(sandbox:`` at ``start``: the link's brackets stay text, its target is the file."""
         m = _SANDBOX_LINK.match(text, start)
         if m:
-            out.append("(")
-            out.append(SandboxFile(m.group(1), msg.id))
-            out.append(")")
+            renderer = self._renderer
+            renderer.prose("(")
+            renderer.sandbox_file(SandboxFile(m.group(1), msg.id))
+            renderer.prose(")")
             return m.end()
         if not final and len(text) - start < _SANDBOX_MAX and _SANDBOX_PREFIX.match(text, start):
             self._held, self._held_msg = text[start:], msg  # the link is still arriving
             return None
-        out.append("(")
+        self._renderer.prose("(")
         return start + 1
 
-    def _tail(self, msg, text, pos, out, final):
+    def _tail(self, msg, text, pos, final):
         """The rest of the text has no marker or link, but its end may be the start of one."""
         cut = len(text)
         if not final:
@@ -229,14 +254,14 @@ class Answer:
             if bracket >= 0 and _SANDBOX.startswith(text[bracket:]):
                 cut = bracket
         if pos < cut:
-            out.append(text[pos:cut])
+            self._renderer.prose(text[pos:cut])
         if cut < len(text):
             self._held, self._held_msg = text[cut:], msg
 
-    def _flush_held(self, out):
+    def _flush_held(self):
         if self._held:
             held, self._held = self._held, ""
-            self._prose(self._held_msg, held, out, final=True)
+            self._prose(self._held_msg, held, final=True)
 
     @staticmethod
     def _citation(msg, number):

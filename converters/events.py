@@ -3,9 +3,9 @@
 Dialect stages (``legacy``: whole-message snapshots; ``delta``: 2024 patches) turn upstream
 events into *message events* (``MessageStart``, ``TextDelta``, ``MessageUpdate``,
 ``MessageEnd``, ``StreamError``, ``Moderation``, ``Done``) about ``Message`` objects. The
-answer stage turns those into *segments* a renderer formats: prose as a plain ``str`` (almost
-every segment of an answer is prose, so it is not wrapped), ``BlockOpen``, ``BlockText``,
-``BlockClose``, ``Cite``, ``Image``, ``SandboxFile``. Nothing here does IO.
+answer stage calls the renderer's ``prose``, ``block_open``, ``block_text``, ``block_close``,
+``cite``, ``image`` and ``sandbox_file``, the last three with ``Cite``, ``Image`` and
+``SandboxFile`` values. Nothing here does IO.
 """
 
 
@@ -111,39 +111,7 @@ class Done:
     __slots__ = ()
 
 
-# Segments (answer stage -> renderer)
-
-class BlockOpen:
-    """Start of tool material: ``kind`` is code, output, browser, dalle_prompt or tool_call."""
-    __slots__ = ("kind", "language")
-
-    def __init__(self, kind, language=None):
-        self.kind = kind
-        self.language = language
-
-    def __repr__(self):
-        return "BlockOpen(%r, %r)" % (self.kind, self.language)
-
-
-class BlockText:
-    __slots__ = ("text",)
-
-    def __init__(self, text):
-        self.text = text
-
-    def __repr__(self):
-        return "BlockText(%r)" % self.text
-
-
-class BlockClose:
-    __slots__ = ("kind",)
-
-    def __init__(self, kind):
-        self.kind = kind
-
-    def __repr__(self):
-        return "BlockClose(%r)" % self.kind
-
+# Values the answer stage passes to the renderer
 
 class Cite:
     """A resolved citation marker ``【n†source】``: number, title and url of the source."""

@@ -2,7 +2,8 @@
 
     bytes -> SSEDecoder -> dialect (legacy snapshots | delta patches) -> Answer -> renderer -> str | action
 
-``feed`` takes each network chunk as it arrives and returns what the client should see next;
+The answer stage calls the renderer, which collects what the client should see until this
+object takes it, once per chunk. ``feed`` takes each network chunk as it arrives and returns what the client should see next;
 ``close`` is called once when the upstream body has ended and returns the rest. The stream
 and non-stream handlers both use this one object: non-stream is the stream, collected.
 
@@ -73,8 +74,8 @@ class Conversion:
         self._legacy = LegacyDialect(self.warnings)
         self.dialect = None  # "legacy" or "v1" once the stream has shown it
         self._dialect = _Detect(self, encoding)
-        self._answer = Answer(echo_ids)
         self._renderer = renderer
+        self._answer = Answer(renderer, echo_ids)
         self.produced = False  # the client has been given something to show
 
     @property
@@ -85,31 +86,27 @@ class Conversion:
         events = self._sse.feed(data)
         if not events:
             return events  # a piece of an event larger than a network read
-        out = []
         for ev in events:
-            self._event(ev, out)
-        return self._merge(out)
+            self._event(ev)
+        return self._merge(self._renderer.take())
 
-    def _event(self, ev, out):
+    def _event(self, ev):
         """One SSE event through the stages. An event no stage can read (a shape no upstream
         has sent yet) is skipped and noted once, so the rest of the answer still arrives."""
         try:
-            segments = self._answer.feed(self._dialect.event(ev))
-            if segments:
-                out.extend(self._renderer.render(segments))
+            self._answer.feed(self._dialect.event(ev))
         except Exception as e:
             kind = "skipped an upstream event the gateway could not read (%s: %s)" % (type(e).__name__, e)
             if kind not in self.warnings:
                 self.warnings.append(kind)
 
     def close(self):
-        out = []
         for ev in self._sse.close():
-            self._event(ev, out)
-        segments = self._answer.feed(self._dialect.close()) + self._answer.close()
-        out.extend(self._renderer.render(segments))
-        out.extend(self._renderer.close())
-        return self._merge(out)
+            self._event(ev)
+        self._answer.feed(self._dialect.close())
+        self._answer.close()
+        self._renderer.close()
+        return self._merge(self._renderer.take())
 
     def outcome(self, cut=False):
         """After ``close``: ``(finish_reason, None)`` or ``(None, ApiError)``.
@@ -118,9 +115,9 @@ class Conversion:
         success when the upstream said it was complete and something was said.
         """
         answer = self._answer
-        if answer.error:
-            return None, ApiError(502, "upstream error: %s" % answer.error, "upstream_error", "upstream_error")
-        if cut or not answer.done:
+        if answer.upstream_error:
+            return None, ApiError(502, "upstream error: %s" % answer.upstream_error, "upstream_error", "upstream_error")
+        if cut or not answer.complete:
             return None, ApiError(502, "the upstream connection ended before the answer was complete",
                                   "upstream_error", "upstream_incomplete")
         if answer.blocked:

@@ -1,14 +1,16 @@
-"""Renderers: segments in, the text a client shows out (plus actions that need IO).
+"""Renderers: the answer stage calls them, and they write the text a client shows.
 
-``MarkdownRenderer`` is for web UIs: tool material in fenced blocks, citations as links,
+The answer stage calls ``prose(text)``, ``block_open(kind, language)``, ``block_text(text)``,
+``block_close(kind)``, ``cite(Cite)``, ``image(Image)`` and ``sandbox_file(SandboxFile)`` in the
+answer's order, and ``close()`` once at its end. What the client should see is appended to
+``out`` (``str`` and actions); ``take()`` hands it over (``Conversion`` does, after every network
+chunk). ``MarkdownRenderer`` is for web UIs: tool material in fenced blocks, citations as links,
 images as markdown. ``BotRenderer`` is for QQ/WeChat bots (BOT_MODE): only what a person
 should read, as its four switches say. An image or a sandbox file needs fetching before it can
 be shown, so a renderer emits a ``FetchImage`` / ``FetchSandboxFile`` action in its place; the
 handler performs it and calls ``action.render(url)`` (url None: the fetch failed) for the text,
-keeping the answer's order. ``close()`` is called once at the end of the answer.
+keeping the answer's order.
 """
-
-from converters.events import BlockClose, BlockOpen, BlockText, Cite, Image, SandboxFile
 
 
 class FetchImage:
@@ -52,80 +54,68 @@ def _file_link_text(url):
 
 class MarkdownRenderer:
     def __init__(self):
+        self.out = []         # what the client should see, until take()n
         self._last = "\n"     # the last character written ("\n" at the start)
         self._gap = False     # a marker vanished after a space: skip the spaces that follow it
 
-    def render(self, segments):
-        """Segments in; a list of ``str`` and actions out."""
-        out = []
-        for seg in segments:
-            t = type(seg)
-            if t is str:
-                self._prose(out, seg)
-            elif t is BlockText:
-                self._block_text(out, seg.text)
-            elif t is BlockOpen:
-                self._block_open(out, seg)
-            elif t is BlockClose:
-                self._block_close(out, seg)
-            elif t is Cite:
-                if seg.url is None:
-                    self._vanish()
-                else:
-                    self._cite(out, seg)
-            elif t is Image:
-                self._image(out, seg)
-            elif t is SandboxFile:
-                out.append(FetchSandboxFile(seg, _file_link_text))
-                self._last = ")"
+    def take(self):
+        """What was written since the last call: a list of ``str`` and actions."""
+        out, self.out = self.out, []
         return out
 
     def close(self):
         """The answer has ended: anything still to say."""
-        return []
 
-    # what subclasses change
+    # what the answer stage calls (and subclasses change)
 
-    def _cite(self, out, seg):
-        self._write(out, "[[%d](%s)]" % (seg.number, seg.url) if seg.url else "[%d]" % seg.number)
+    def prose(self, text):
+        if self._gap:
+            text = text.lstrip(" ")
+            if not text:
+                return  # still only spaces after the vanished marker
+            self._gap = False
+        if text:  # _write, in place: prose is almost everything an answer says
+            self.out.append(text)
+            self._last = text[-1]
 
-    def _block_open(self, out, seg):
-        fence = _FENCE_OPEN[seg.kind]
+    def block_open(self, kind, language=None):
+        """Start of tool material: ``kind`` is code, output, browser, dalle_prompt or tool_call."""
+        fence = _FENCE_OPEN[kind]
         if "%s" in fence:
-            fence = fence % (seg.language or "")
-        self._line(out, fence)
+            fence = fence % (language or "")
+        self._line(fence)
 
-    def _block_text(self, out, text):
-        self._write(out, text)
+    def block_text(self, text):
+        self._write(text)
 
-    def _block_close(self, out, seg):
-        self._line(out, "```\n")
+    def block_close(self, kind):
+        self._line("```\n")
 
-    def _image(self, out, seg):
+    def cite(self, cite):
+        if cite.url is None:
+            self._vanish()  # a marker with no source
+        else:
+            self._write("[[%d](%s)]" % (cite.number, cite.url) if cite.url else "[%d]" % cite.number)
+
+    def image(self, image):
         lead = self._lead()
 
         def text(url):
             if url is None:
                 return lead + IMAGE_FAILED + "\n"
             return "%s![image](%s)\n[download](%s)\n" % (lead, url, url)
-        out.append(FetchImage(seg, text))
+        self.out.append(FetchImage(image, text))
         self._last = "\n"
+
+    def sandbox_file(self, file):
+        self.out.append(FetchSandboxFile(file, _file_link_text))
+        self._last = ")"
 
     # helpers
 
-    def _write(self, out, text):
+    def _write(self, text):
         if text:
-            out.append(text)
-            self._last = text[-1]
-
-    def _prose(self, out, text):
-        if self._gap:
-            text = text.lstrip(" ")
-            if not text:
-                return  # still only spaces after the vanished marker
-            self._gap = False
-        if text:  # _write, in place: prose is almost every segment
-            out.append(text)
+            self.out.append(text)
             self._last = text[-1]
 
     def _vanish(self):
@@ -137,9 +127,9 @@ class MarkdownRenderer:
         """What puts the next text at the start of a line."""
         return "" if self._last == "\n" else "\n"
 
-    def _line(self, out, text):
+    def _line(self, text):
         """Write ``text`` at the start of a line."""
-        out.append(self._lead() + text)
+        self.out.append(self._lead() + text)
         self._last = text[-1]
 
 
@@ -165,43 +155,44 @@ class BotRenderer(MarkdownRenderer):
 
     def close(self):
         if not self._sources:
-            return []
+            return
         text = "%s\n%s" % (self._lead(), "\n".join(self._sources.values()))
         self._sources = {}
         self._last = text[-1]
-        return [text]
+        self.out.append(text)
 
-    def _cite(self, out, seg):
-        if not self.reference_output:
+    def cite(self, cite):
+        if cite.url is None or not self.reference_output:
             self._vanish()
             return
-        if seg.number not in self._sources:
-            self._sources[seg.number] = " ".join(x for x in ("[%d]" % seg.number, seg.title, seg.url) if x)
-        self._write(out, "[%d]" % seg.number)
+        if cite.number not in self._sources:
+            self._sources[cite.number] = " ".join(
+                x for x in ("[%d]" % cite.number, cite.title, cite.url) if x)
+        self._write("[%d]" % cite.number)
 
-    def _block_open(self, out, seg):
+    def block_open(self, kind, language=None):
         if self.plugin_output:
-            super()._block_open(out, seg)
+            super().block_open(kind, language)
 
-    def _block_text(self, out, text):
+    def block_text(self, text):
         if self.plugin_output:
-            super()._block_text(out, text)
+            super().block_text(text)
 
-    def _block_close(self, out, seg):
+    def block_close(self, kind):
         if self.plugin_output:
-            super()._block_close(out, seg)
+            super().block_close(kind)
         else:
             self._hidden_block = True
 
-    def _prose(self, out, text):
+    def prose(self, text):
         # "Let me check." + (hidden code run) + "It is 42." must not read "Let me check.It is 42."
         if self._hidden_block and text:
             self._hidden_block = False
             if self._last != "\n" and text[0] != "\n":
                 text = "\n" + text
-        super()._prose(out, text)
+        super().prose(text)
 
-    def _image(self, out, seg):
+    def image(self, image):
         style = self.image_style
         if style is None:
             return  # no image in the text: nothing to fetch either
@@ -211,5 +202,5 @@ class BotRenderer(MarkdownRenderer):
             if url is None:
                 return lead + IMAGE_FAILED + "\n"
             return "%s%s\n" % (lead, url if style == "plain" else "![image](%s)" % url)
-        out.append(FetchImage(seg, text))
+        self.out.append(FetchImage(image, text))
         self._last = "\n"

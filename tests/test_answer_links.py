@@ -1,26 +1,52 @@
 """The answer stage's handling of prose that needs a closer look: markers and sandbox links."""
 
 from converters.answer import Answer
-from converters.events import Message, MessageEnd, MessageStart, SandboxFile, TextDelta
+from converters.events import Message, MessageEnd, MessageStart, MessageUpdate, SandboxFile, TextDelta
+
+
+class Recorder:
+    """Stands in for the renderer: records what the answer stage passes on, in order (prose as
+    ``str``, ``Cite`` and ``SandboxFile`` values as they are); ``take()`` as a renderer's."""
+
+    def __init__(self):
+        self.out = []
+
+    def take(self):
+        out, self.out = self.out, []
+        return out
+
+    def prose(self, text):
+        self.out.append(text)
+
+    def cite(self, cite):
+        self.out.append(cite)
+
+    def sandbox_file(self, file):
+        self.out.append(file)
 
 
 def prose(*deltas, citations=None, end=True):
     msg = Message("m1", "assistant")
     msg.metadata = {"citations": citations or []}
-    answer = Answer()
-    out = answer.feed([MessageStart(msg)])
+    rec = Recorder()
+    answer = Answer(rec)
+    answer.feed([MessageStart(msg)])
+    out = rec.take()
     steps = []
     for d in deltas:
-        got = answer.feed([TextDelta(msg, d)])
+        answer.feed([TextDelta(msg, d)])
+        got = rec.take()
         steps.append(got)
         out += got
     if end:
-        out += answer.feed([MessageEnd(msg)]) + answer.close()
+        answer.feed([MessageEnd(msg)])
+        answer.close()
+        out += rec.take()
     return out, steps
 
 
-def texts(segments):
-    return "".join(s if type(s) is str else "<%r>" % s for s in segments)
+def texts(passed_on):
+    return "".join(s if type(s) is str else "<%r>" % s for s in passed_on)
 
 
 def test_sandbox_link_split_over_events():
@@ -42,13 +68,15 @@ def test_prose_after_a_source_less_marker_is_not_held_until_the_end():
 
 def test_marker_waits_for_its_source_in_a_later_event():
     msg = Message("m1", "assistant")
-    answer = Answer()
+    rec = Recorder()
+    answer = Answer(rec)
     answer.feed([MessageStart(msg)])
-    assert texts(answer.feed([TextDelta(msg, "x【3†source】")])) == "x"
+    answer.feed([TextDelta(msg, "x【3†source】")])
+    assert texts(rec.take()) == "x"
     msg.metadata = {"citations": [{"metadata": {"title": "T", "url": "https://t",
                                                 "extra": {"cited_message_idx": 3}}}]}
-    from converters.events import MessageUpdate
-    assert texts(answer.feed([MessageUpdate(msg)])) == "<Cite(3, 'T', 'https://t')>"
+    answer.feed([MessageUpdate(msg)])
+    assert texts(rec.take()) == "<Cite(3, 'T', 'https://t')>"
 
 
 def test_sandbox_path_with_brackets_is_one_link():

@@ -1,11 +1,43 @@
-"""BOT_MODE's renderer stage on hand-made segments: what a chat-app user would read."""
+"""BOT_MODE's renderer stage on hand-made calls: what a chat-app user would read.
 
-from converters.events import BlockClose, BlockOpen, BlockText, Cite, Image, SandboxFile
+A test writes what the answer stage would pass on as a list: a ``str`` is prose, ``Cite``,
+``Image`` and ``SandboxFile`` values are themselves, and ``BlockOpen`` / ``BlockText`` /
+``BlockClose`` stand for the block calls. ``render`` makes the calls and reads the result.
+"""
+
+from converters.events import Cite, Image, SandboxFile
 from converters.render import BotRenderer, FetchImage, MarkdownRenderer
 
 
-def render(renderer, segments, url="https://gw/images/a.png"):
-    out = renderer.render(segments) + renderer.close()
+def BlockOpen(kind, language=None):
+    return lambda r: r.block_open(kind, language)
+
+
+def BlockText(text):
+    return lambda r: r.block_text(text)
+
+
+def BlockClose(kind):
+    return lambda r: r.block_close(kind)
+
+
+_CALL = {str: "prose", Cite: "cite", Image: "image", SandboxFile: "sandbox_file"}
+
+
+def play(renderer, calls):
+    """Make the calls on ``renderer`` and take what it wrote."""
+    for c in calls:
+        if callable(c):
+            c(renderer)
+        else:
+            getattr(renderer, _CALL[type(c)])(c)
+    return renderer.take()
+
+
+def render(renderer, calls, url="https://gw/images/a.png"):
+    out = play(renderer, calls)
+    renderer.close()
+    out += renderer.take()
     return "".join(x if type(x) is str else x.render(url) for x in out)
 
 
@@ -42,9 +74,9 @@ def test_image_switches():
 
 
 def test_no_image_output_means_nothing_to_fetch():
-    out = BotRenderer(markdown_image=False, plain_image_url=False).render([Image("file-1")])
+    out = play(BotRenderer(markdown_image=False, plain_image_url=False), [Image("file-1")])
     assert out == []
-    out = BotRenderer().render([Image("file-1")])
+    out = play(BotRenderer(), [Image("file-1")])
     assert [type(x) for x in out] == [FetchImage]
 
 
