@@ -1,8 +1,8 @@
-"""The answer stage: message events in, calls on the renderer out.
+"""The answer stage: the dialect stage calls it about messages, it calls the renderer.
 
-``feed`` takes the dialect's message events and calls ``start(msg)``, ``text(msg, text)``,
-``update(msg)`` (new citations), ``end(msg)``, ``error(text)``, ``moderation(blocked)`` and
-``done()`` for them; ``close()`` comes once at the end of the answer. This stage decides what each upstream message is for the person reading
+The dialect calls ``start(msg)``, ``text(msg, text)``, ``update(msg)`` (new citations),
+``end(msg)``, ``error(text)``, ``moderation(blocked)`` and ``done()``; ``close()`` comes once at
+the end of the answer. This stage decides what each upstream message is for the person reading
 the answer: the user's and system's echoed messages are not part of it; assistant prose goes to
 ``renderer.prose``; what the assistant sends to a tool (python code, browser calls, a DALL·E
 prompt) and what a tool sends back are blocks (``block_open`` / ``block_text`` /
@@ -14,8 +14,7 @@ vanish); links to files the code wrote, ``(sandbox:/mnt/data/x.csv)``, go to
 
 import re
 
-from converters.events import (Cite, Done, Image, MessageEnd, MessageStart, MessageUpdate, Moderation,
-                               SandboxFile, StreamError, TextDelta)
+from converters.events import Cite, Image, SandboxFile
 
 # 【11†source】, 【11†来源】, and the 2024 form 【4:0†source】; the first number is the one
 # metadata.citations[].metadata.extra.cited_message_idx names.
@@ -70,26 +69,7 @@ class Answer:
         self._held = ""                # prose held back: a citation marker still arriving
         self._held_msg = None
 
-    def feed(self, events):
-        """Message events in; what they say goes to the renderer."""
-        for ev in events:
-            t = type(ev)
-            if t is TextDelta:
-                self.text(ev.message, ev.text)
-            elif t is MessageStart:
-                self.start(ev.message)
-            elif t is MessageUpdate:
-                self.update(ev.message)
-            elif t is MessageEnd:
-                self.end(ev.message)
-            elif t is Done:
-                self.done()
-            elif t is StreamError:
-                self.error(ev.text)
-            elif t is Moderation:
-                self.moderation(ev.blocked)
-
-    # what each message event means
+    # what the dialect stage calls
 
     def start(self, msg):
         """A new upstream message."""

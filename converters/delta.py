@@ -7,25 +7,23 @@ patches to it: ``add``, ``append`` (string concat, list extend, object merge), `
 order). A bare ``{"v": ...}`` reuses the path and operation of the previous patch.
 
 This stage keeps that document and hands it to ``LegacyDialect`` whenever something other than
-text changed, so message events (starts, ends, citations, errors, typed events) come from one
-piece of logic for both dialects. Text is the exception, because it is almost every event: an
-``append`` to the message's text field is passed on as a ``TextDelta`` at once and only kept
-as a list of pieces, joined into the document when something needs the whole text (the message
-ends, or a patch touches the text field in another way). That keeps the cost of an event
-proportional to what it carries, not to the length of the answer so far. So while a message
-streams, the text inside ``Message.content`` may lag behind the ``TextDelta``s; it is whole by
-``MessageEnd``. (Content whose text is spread over several parts takes the general path: each
-append re-joins, as the legacy dialect does.) ``c`` on an ``add`` counts the messages of the
-answer; a new message is recognised by its id, as in the legacy dialect.
+text changed, so what the answer stage is told (starts, ends, citations, errors, typed events)
+comes from one piece of logic for both dialects. Text is the exception, because it is almost
+every event: an ``append`` to the message's text field is passed on at once (``answer.text``)
+and only kept as a list of pieces, joined into the document when something needs the whole text
+(the message ends, or a patch touches the text field in another way). That keeps the cost of an
+event proportional to what it carries, not to the length of the answer so far. So while a
+message streams, the text inside ``Message.content`` may lag behind the text passed on; it is
+whole by the time ``answer.end`` is called. (Content whose text is spread over several parts
+takes the general path: each append re-joins, as the legacy dialect does.) ``c`` on an ``add``
+counts the messages of the answer; a new message is recognised by its id, as in the legacy
+dialect.
 
 Operations or paths this stage cannot apply are skipped and described once in ``warnings``
 (the handler logs them): a new kind of patch must not break an answer.
 """
 
 import ujson
-
-from converters.events import TextDelta
-from converters.legacy import LegacyDialect
 
 _TEXT_PATHS = ("/message/content/parts/0", "/message/content/text", "/message/content/result")
 
@@ -97,9 +95,13 @@ def _appended(current, value, path):
 
 
 class DeltaDialect:
-    def __init__(self, legacy=None, warnings=None):
-        self.warnings = [] if warnings is None else warnings
-        self._legacy = legacy or LegacyDialect(self.warnings)
+    """``legacy``: the ``LegacyDialect`` whose answer stage, warnings and state this one shares
+    (it may have read the events that came before the stream showed its dialect)."""
+
+    def __init__(self, legacy):
+        self._legacy = legacy
+        self._answer = legacy.answer
+        self.warnings = legacy.warnings
         self._warned = set()
         self._doc = None            # the document being patched
         self._msg = None            # the Message of the document's message
@@ -113,36 +115,37 @@ class DeltaDialect:
         return self._legacy.conversation_id
 
     def event(self, ev):
-        """One SSE event in, a list of message events out."""
+        """One SSE event."""
         name = ev.event
         if name == "ping":
-            return []
+            return
         data = ev.data
         if data == b"[DONE]":
             self._flush()
-            return self._legacy.event(ev)
+            self._legacy.event(ev)
+            return
         try:
             obj = ujson.loads(data)
         except ValueError:
-            return []
+            return
         if name == "delta_encoding":
             if obj != "v1":
                 self._warn("unknown delta encoding %r" % (obj,))
-            return []
+            return
         if not isinstance(obj, dict):
-            return []
+            return
         if name == "delta" or is_patch(obj):
-            return self.patch(obj)
+            self.patch(obj)
+            return
         self._flush()
-        return self._legacy.payload(obj)
+        self._legacy.payload(obj)
 
     def close(self):
         self._flush()
-        return self._legacy.close()
+        self._legacy.close()
 
     def patch(self, obj):
-        """One top-level patch (maybe a list of them) in, message events out."""
-        out = []
+        """One top-level patch (maybe a list of them)."""
         path = obj.get("p")
         op = obj.get("o")
         if path is None and op is None:
@@ -153,24 +156,23 @@ class DeltaDialect:
             op = self._last[1]
         if type(path) is not str or type(op) is not str:
             self._warn("skipped a patch with path %r and operation %r" % (path, op), "bad patch")
-            return out
+            return
         value = obj.get("v")
         # The hot path: more text for the message being streamed.
         if op == "append" and path == self._hot_path and type(value) is str:
             self._last = (path, op)
-            self._append_text(value, out)
-            return out
+            self._append_text(value)
+            return
         self._last = (path, op)  # top-level patches only: what a bare {"v": ...} refers to
         self._changed_root = False
         self._changed = False
-        self._apply(path, op, value, out)
+        self._apply(path, op, value)
         if self._changed:
-            self._sync(out)
-        return out
+            self._sync()
 
     # applying patches
 
-    def _apply(self, path, op, value, out):
+    def _apply(self, path, op, value):
         if op == "patch":
             if not isinstance(value, list):
                 return self._warn("a 'patch' at %r whose value is not a list" % path)
@@ -187,10 +189,10 @@ class DeltaDialect:
                 sub_path = path + sub_path if type(sub_path) is str else prev[0]
                 sub_op = sub_op if sub_op is not None else prev[1]
                 prev = (sub_path, sub_op)
-                self._apply(sub_path, sub_op, sub.get("v"), out)
+                self._apply(sub_path, sub_op, sub.get("v"))
             return
         if op == "append" and path == self._hot_path and type(value) is str:
-            return self._append_text(value, out)
+            return self._append_text(value)
         try:
             if self._pending is not None and _overlaps(path, self._hot_path):
                 self._flush()
@@ -258,7 +260,7 @@ class DeltaDialect:
 
     # text
 
-    def _append_text(self, text, out):
+    def _append_text(self, text):
         msg = self._msg
         if self._pending is None:
             try:
@@ -279,8 +281,9 @@ class DeltaDialect:
         if msg is None or after <= msg.sent:
             return
         # As LegacyDialect does for snapshots: pass on what lies past the text already sent.
-        out.append(TextDelta(msg, text if before >= msg.sent else text[msg.sent - before:]))
+        new = text if before >= msg.sent else text[msg.sent - before:]
         msg.sent = after
+        self._answer.text(msg, new)
 
     def _flush(self):
         """Join the text kept as pieces into the document (and so into ``Message.content``)."""
@@ -292,7 +295,7 @@ class DeltaDialect:
 
     # handing the document to the shared logic
 
-    def _sync(self, out):
+    def _sync(self):
         doc = self._doc
         if not isinstance(doc, dict):
             return
@@ -300,12 +303,12 @@ class DeltaDialect:
         if isinstance(m, dict) and m.get("status") != "in_progress":
             self._flush()  # the message may end here: its content must be whole
         if self._changed_root or not isinstance(m, dict):
-            out.extend(self._legacy.payload(doc))
+            self._legacy.payload(doc)
             if isinstance(m, dict) and doc.get("error"):
                 # an error patched in beside a message (payload only reads it without one)
-                out.extend(self._legacy.payload({"error": doc["error"]}))
+                self._legacy.payload({"error": doc["error"]})
         else:
-            out.extend(self._legacy.snapshot(m))
+            self._legacy.snapshot(m)
         self._msg = msg = self._legacy.message(m.get("id")) if isinstance(m, dict) else None
         self._hot_path = None
         if msg is not None and not msg.ended:

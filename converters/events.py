@@ -1,11 +1,11 @@
 """The values passed between converter stages.
 
-Dialect stages (``legacy``: whole-message snapshots; ``delta``: 2024 patches) turn upstream
-events into *message events* (``MessageStart``, ``TextDelta``, ``MessageUpdate``,
-``MessageEnd``, ``StreamError``, ``Moderation``, ``Done``) about ``Message`` objects. The
+The stages call each other rather than passing lists ("push"): a dialect stage (``legacy``:
+whole-message snapshots; ``delta``: 2024 patches) calls the answer stage's ``start``, ``text``,
+``update``, ``end``, ``error``, ``moderation`` and ``done`` about ``Message`` objects, and the
 answer stage calls the renderer's ``prose``, ``block_open``, ``block_text``, ``block_close``,
-``cite``, ``image`` and ``sandbox_file``, the last three with ``Cite``, ``Image`` and
-``SandboxFile`` values. Nothing here does IO.
+``cite``, ``image`` and ``sandbox_file``. What needs more than a string or two travels as one of
+the values here: ``Message``, ``Cite``, ``Image``, ``SandboxFile``. Nothing here does IO.
 """
 
 
@@ -13,7 +13,7 @@ class Message:
     """What is known about one upstream message of the answer (author, recipient, content...).
 
     ``content`` and ``metadata`` are the upstream's dicts as last seen; ``sent`` counts the
-    characters of the message's text already passed on as ``TextDelta``.
+    characters of the message's text already passed on to the answer stage.
     """
 
     __slots__ = ("id", "role", "name", "recipient", "content_type", "language", "status",
@@ -58,57 +58,6 @@ def content_text(content):
         return text
     result = content.get("result")
     return result if isinstance(result, str) else ""
-
-
-# Message events (dialect stage -> answer stage)
-
-class MessageStart:
-    __slots__ = ("message",)
-
-    def __init__(self, message):
-        self.message = message
-
-
-class TextDelta:
-    __slots__ = ("message", "text")
-
-    def __init__(self, message, text):
-        self.message = message
-        self.text = text
-
-
-class MessageUpdate:
-    """The message's metadata changed in a way later stages care about (new citations)."""
-    __slots__ = ("message",)
-
-    def __init__(self, message):
-        self.message = message
-
-
-class MessageEnd:
-    __slots__ = ("message",)
-
-    def __init__(self, message):
-        self.message = message
-
-
-class StreamError:
-    __slots__ = ("text",)
-
-    def __init__(self, text):
-        self.text = text
-
-
-class Moderation:
-    __slots__ = ("blocked",)
-
-    def __init__(self, blocked):
-        self.blocked = blocked
-
-
-class Done:
-    """The upstream said ``[DONE]`` (or ``message_stream_complete``)."""
-    __slots__ = ()
 
 
 # Values the answer stage passes to the renderer

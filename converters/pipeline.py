@@ -2,10 +2,12 @@
 
     bytes -> SSEDecoder -> dialect (legacy snapshots | delta patches) -> Answer -> renderer -> str | action
 
-The answer stage calls the renderer, which collects what the client should see until this
-object takes it, once per chunk. ``feed`` takes each network chunk as it arrives and returns what the client should see next;
-``close`` is called once when the upstream body has ended and returns the rest. The stream
-and non-stream handlers both use this one object: non-stream is the stream, collected.
+The decoder returns the chunk's events; from there on each stage calls the next (see
+``converters.events``), and the renderer collects what the client should see until this object
+takes it, once per chunk. ``feed`` takes each network chunk as it arrives and returns what the
+client should see next; ``close`` is called once when the upstream body has ended and returns
+the rest. The stream and non-stream handlers both use this one object: non-stream is the
+stream, collected.
 
 Which dialect the upstream speaks is decided per stream from what arrives (``_Detect``), not
 from what was asked for: an upstream may ignore ``supported_encodings``. ``warnings`` collects
@@ -36,23 +38,26 @@ class _Detect:
 
     def event(self, ev):
         if ev.event in ("delta_encoding", "delta"):
-            return self._choose(DeltaDialect(self._legacy, self._conversion.warnings)).event(ev)
+            self._choose(DeltaDialect(self._legacy)).event(ev)
+            return
         if ev.event == "ping" or ev.data == b"[DONE]":
-            return self._legacy.event(ev)
+            self._legacy.event(ev)
+            return
         try:
             obj = ujson.loads(ev.data)
         except ValueError:
-            return []
+            return
         if not isinstance(obj, dict):
-            return []
+            return
         if is_patch(obj):
-            return self._choose(DeltaDialect(self._legacy, self._conversion.warnings)).patch(obj)
+            self._choose(DeltaDialect(self._legacy)).patch(obj)
+            return
         if isinstance(obj.get("message"), dict):
             self._choose(self._legacy)
-        return self._legacy.payload(obj)
+        self._legacy.payload(obj)
 
     def close(self):
-        return self._legacy.close()
+        self._legacy.close()
 
     def _choose(self, dialect):
         conversion = self._conversion
@@ -71,11 +76,11 @@ class Conversion:
         ``echo_ids``: ids of the upstream messages the request carried (never part of the answer)."""
         self._sse = SSEDecoder()
         self.warnings = []
-        self._legacy = LegacyDialect(self.warnings)
-        self.dialect = None  # "legacy" or "v1" once the stream has shown it
-        self._dialect = _Detect(self, encoding)
         self._renderer = renderer
         self._answer = Answer(renderer, echo_ids)
+        self._legacy = LegacyDialect(self._answer, self.warnings)
+        self.dialect = None  # "legacy" or "v1" once the stream has shown it
+        self._dialect = _Detect(self, encoding)
         self.produced = False  # the client has been given something to show
 
     @property
@@ -86,24 +91,24 @@ class Conversion:
         events = self._sse.feed(data)
         if not events:
             return events  # a piece of an event larger than a network read
-        for ev in events:
-            self._event(ev)
+        self._events(events)
         return self._merge(self._renderer.take())
 
-    def _event(self, ev):
-        """One SSE event through the stages. An event no stage can read (a shape no upstream
-        has sent yet) is skipped and noted once, so the rest of the answer still arrives."""
-        try:
-            self._answer.feed(self._dialect.event(ev))
-        except Exception as e:
-            kind = "skipped an upstream event the gateway could not read (%s: %s)" % (type(e).__name__, e)
-            if kind not in self.warnings:
-                self.warnings.append(kind)
+    def _events(self, events):
+        """SSE events through the stages. An event no stage can read (a shape no upstream has
+        sent yet) is skipped and noted once, so the rest of the answer still arrives; what the
+        stages passed on before they failed on it stays passed on."""
+        for ev in events:
+            try:
+                self._dialect.event(ev)
+            except Exception as e:
+                kind = "skipped an upstream event the gateway could not read (%s: %s)" % (type(e).__name__, e)
+                if kind not in self.warnings:
+                    self.warnings.append(kind)
 
     def close(self):
-        for ev in self._sse.close():
-            self._event(ev)
-        self._answer.feed(self._dialect.close())
+        self._events(self._sse.close())
+        self._dialect.close()
         self._answer.close()
         self._renderer.close()
         return self._merge(self._renderer.take())

@@ -1,7 +1,7 @@
 """The answer stage's handling of prose that needs a closer look: markers and sandbox links."""
 
 from converters.answer import Answer
-from converters.events import Message, MessageEnd, MessageStart, MessageUpdate, SandboxFile, TextDelta
+from converters.events import Message, SandboxFile
 
 
 class Recorder:
@@ -30,16 +30,16 @@ def prose(*deltas, citations=None, end=True):
     msg.metadata = {"citations": citations or []}
     rec = Recorder()
     answer = Answer(rec)
-    answer.feed([MessageStart(msg)])
+    answer.start(msg)
     out = rec.take()
     steps = []
     for d in deltas:
-        answer.feed([TextDelta(msg, d)])
+        answer.text(msg, d)
         got = rec.take()
         steps.append(got)
         out += got
     if end:
-        answer.feed([MessageEnd(msg)])
+        answer.end(msg)
         answer.close()
         out += rec.take()
     return out, steps
@@ -70,12 +70,12 @@ def test_marker_waits_for_its_source_in_a_later_event():
     msg = Message("m1", "assistant")
     rec = Recorder()
     answer = Answer(rec)
-    answer.feed([MessageStart(msg)])
-    answer.feed([TextDelta(msg, "x【3†source】")])
+    answer.start(msg)
+    answer.text(msg, "x【3†source】")
     assert texts(rec.take()) == "x"
     msg.metadata = {"citations": [{"metadata": {"title": "T", "url": "https://t",
                                                 "extra": {"cited_message_idx": 3}}}]}
-    answer.feed([MessageUpdate(msg)])
+    answer.update(msg)
     assert texts(rec.take()) == "<Cite(3, 'T', 'https://t')>"
 
 

@@ -1,15 +1,16 @@
-"""The v1 delta dialect: hand-written patch transcripts in, message events out.
+"""The v1 delta dialect: hand-written patch transcripts in, calls on the answer stage out.
 
-Each transcript is small and written out in full, with the events a reader of the answer
-should get from it. ``summary`` turns message events into plain tuples (texts of one message
-run together), so a test states what was said, by whom, and when messages ended.
+Each transcript is small and written out in full, with what a reader of the answer should get
+from it. ``Recorder`` stands in for the answer stage and records each call as a tuple
+(``("text", msg, text)``, ``("end", msg)``...); ``summary`` turns those into plain tuples (texts
+of one message run together), so a test states what was said, by whom, and when messages ended.
 """
 
 import json
 
 from conftest import feed_all
 from converters.delta import DeltaDialect
-from converters.events import Done, MessageEnd, MessageStart, MessageUpdate, Moderation, StreamError, TextDelta
+from converters.legacy import LegacyDialect
 from converters.pipeline import Conversion
 from converters.render import MarkdownRenderer
 from converters.sse import SSEDecoder
@@ -52,39 +53,74 @@ def finish(text_tail=None, metadata=None):
     return delta({"p": "", "o": "patch", "v": ops})
 
 
+class Recorder:
+    """Stands in for the answer stage: ``calls`` holds each call as a tuple, in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def start(self, msg):
+        self.calls.append(("start", msg))
+
+    def text(self, msg, text):
+        self.calls.append(("text", msg, text))
+
+    def update(self, msg):
+        self.calls.append(("update", msg))
+
+    def end(self, msg):
+        self.calls.append(("end", msg))
+
+    def error(self, text):
+        self.calls.append(("error", text))
+
+    def moderation(self, blocked):
+        self.calls.append(("moderation", blocked))
+
+    def done(self):
+        self.calls.append(("done",))
+
+
 def summary(events):
     out = []
     for ev in events:
-        t = type(ev)
-        if t is TextDelta:
-            if out and out[-1][0] == "text" and out[-1][1] == ev.message.id:
-                out[-1] = ("text", ev.message.id, out[-1][2] + ev.text)
+        kind = ev[0]
+        if kind == "text":
+            msg, text = ev[1], ev[2]
+            if out and out[-1][0] == "text" and out[-1][1] == msg.id:
+                out[-1] = ("text", msg.id, out[-1][2] + text)
             else:
-                out.append(("text", ev.message.id, ev.text))
-        elif t is MessageStart:
-            out.append(("start", ev.message.id, ev.message.role))
-        elif t is MessageUpdate:
-            out.append(("update", ev.message.id))
-        elif t is MessageEnd:
-            out.append(("end", ev.message.id, ev.message.status))
-        elif t is StreamError:
-            out.append(("error", ev.text))
-        elif t is Moderation:
-            out.append(("moderation", ev.blocked))
-        elif t is Done:
-            out.append(("done",))
+                out.append(("text", msg.id, text))
+        elif kind == "start":
+            out.append(("start", ev[1].id, ev[1].role))
+        elif kind == "update":
+            out.append(("update", ev[1].id))
+        elif kind == "end":
+            out.append(("end", ev[1].id, ev[1].status))
+        else:  # error, moderation, done
+            out.append(ev)
     return out
 
 
-def run(*pieces, dialect=None):
-    """Feed the transcript through SSE decoding and the dialect; return (events, dialect)."""
-    dialect = dialect or DeltaDialect()
+def texts(events):
+    """The text of each call to ``answer.text``."""
+    return [e[2] for e in events if e[0] == "text"]
+
+
+def ended(events):
+    """The messages the dialect ended, in order."""
+    return [e[1] for e in events if e[0] == "end"]
+
+
+def run(*pieces):
+    """Feed the transcript through SSE decoding and the dialect; return (calls, dialect)."""
+    answer = Recorder()
+    dialect = DeltaDialect(LegacyDialect(answer))
     sse = SSEDecoder()
-    events = []
     for ev in sse.feed(b"".join(pieces)) + sse.close():
-        events.extend(dialect.event(ev))
-    events.extend(dialect.close())
-    return events, dialect
+        dialect.event(ev)
+    dialect.close()
+    return answer.calls, dialect
 
 
 def test_add_append_and_bare_continuation_stream_text_as_it_comes():
@@ -93,9 +129,9 @@ def test_add_append_and_bare_continuation_stream_text_as_it_comes():
                     data({"type": "message_stream_complete", "conversation_id": CID}), DONE)
     assert summary(events) == [("start", "m1", "assistant"), ("text", "m1", "你好！有什么可以帮你？"),
                                ("end", "m1", "finished_successfully"), ("done",), ("done",)]
-    # each append became its own TextDelta, nothing was re-sent
-    assert [e.text for e in events if type(e) is TextDelta] == ["你好", "！", "有什么可以帮你？"]
-    end = [e for e in events if type(e) is MessageEnd][0].message
+    # each append became its own call to answer.text, nothing was re-sent
+    assert texts(events) == ["你好", "！", "有什么可以帮你？"]
+    end = ended(events)[0]
     assert end.content["parts"] == ["你好！有什么可以帮你？"]
     assert end.metadata["finish_details"] == {"type": "stop"}
     assert end.end_turn is True
@@ -106,7 +142,7 @@ def test_add_append_and_bare_continuation_stream_text_as_it_comes():
 def test_the_whole_content_is_there_when_the_message_ends_by_done_only():
     events, _ = run(HEAD, add(message()), delta({"p": "/message/content/parts/0", "o": "append", "v": "半句"}),
                     delta({"v": "话"}), DONE)
-    end = [e for e in events if type(e) is MessageEnd][0].message
+    end = ended(events)[0]
     assert end.content["parts"] == ["半句话"]
     assert summary(events)[-2:] == [("end", "m1", "in_progress"), ("done",)]
 
@@ -132,7 +168,7 @@ def test_truncate_cuts_the_text_and_later_text_continues_past_what_was_sent():
                     finish())
     assert summary(events) == [("start", "m1", "assistant"), ("text", "m1", "Hello world there!"),
                                ("end", "m1", "finished_successfully")]
-    end = [e for e in events if type(e) is MessageEnd][0].message
+    end = ended(events)[0]
     assert end.content["parts"] == ["Hello there!"]
 
 
@@ -142,7 +178,7 @@ def test_list_truncate_and_remove():
                     delta({"p": "/message/metadata", "o": "append", "v": {"x": 1, "y": 2}}),
                     delta({"p": "/message/metadata/x", "o": "remove"}),
                     delta({"p": "/message/status", "o": "replace", "v": "finished_successfully"}))
-    end = [e for e in events if type(e) is MessageEnd][0].message
+    end = ended(events)[0]
     assert end.content["parts"] == ["a", "b"]
     assert end.metadata == {"y": 2}
 
@@ -156,7 +192,7 @@ def test_list_append_extends_and_object_append_merges():
                         {"p": "/message/metadata", "o": "append", "v": {"a": 1}},
                         {"p": "/message/metadata", "o": "append", "v": {"b": 2}},
                         {"p": "/message/status", "o": "replace", "v": "finished_successfully"}]}))
-    end = [e for e in events if type(e) is MessageEnd][0].message
+    end = ended(events)[0]
     assert end.content["parts"] == [image]
     assert end.metadata == {"a": 1, "b": 2}
 
@@ -165,7 +201,7 @@ def test_add_into_a_list_inserts():
     events, _ = run(add(message(parts=["x", "z"])),
                     delta({"p": "/message/content/parts/1", "o": "add", "v": "y"}),
                     delta({"p": "/message/status", "o": "replace", "v": "finished_successfully"}))
-    end = [e for e in events if type(e) is MessageEnd][0].message
+    end = ended(events)[0]
     assert end.content["parts"] == ["x", "y", "z"]
 
 
@@ -193,7 +229,7 @@ def test_a_new_add_with_c_starts_the_next_message():
         ("start", "a", "assistant"), ("text", "a", "1+1"), ("end", "a", "in_progress"),
         ("start", "b", "tool"), ("text", "b", "2"), ("end", "b", "in_progress"),
         ("start", "c", "assistant"), ("text", "c", "是 2。"), ("end", "c", "finished_successfully"), ("done",)]
-    ends = {e.message.id: e.message for e in events if type(e) is MessageEnd}
+    ends = {m.id: m for m in ended(events)}
     assert ends["a"].content["text"] == "1+1"   # joined before the next message replaced the document
     assert ends["b"].content["text"] == "2"
 
@@ -331,6 +367,6 @@ def test_a_bare_value_after_a_patch_list_refers_to_the_list_not_its_last_part():
                                {"p": "/message/metadata/citations", "o": "append", "v": [{"start_ix": 0}]}]}),
                            delta({"v": " world."}),
                            finish())
-    end = [e for e in events if type(e) is MessageEnd][0].message
+    end = ended(events)[0]
     assert end.metadata["citations"] == [{"start_ix": 0}]
     assert any("patch" in w for w in d.warnings)
