@@ -29,6 +29,14 @@ async def _ask(port, timeout):
         writer.close()
 
 
+async def _hold_one(port):
+    """A connection that was answered and stays open (keep-alive): the writer, to close later."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+    return writer
+
+
 def _serve(patience, listeners=1):
     sockets = [s for _ in range(listeners) for s in tornado.netutil.bind_sockets(0, "127.0.0.1")]
     counts = ConnectionCounts(2)
@@ -44,9 +52,7 @@ def test_a_busier_worker_leaves_connections_to_a_less_busy_one():
         server, counts, port = _serve(patience=60)
         try:
             # this worker holds one open connection, the other worker none
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+            writer = await _hold_one(port)
             counts.set(1, 0)
             waiting = asyncio.ensure_future(_ask(port, 5))
             await asyncio.sleep(0.3)
@@ -63,9 +69,7 @@ def test_a_connection_is_taken_anyway_when_no_other_worker_takes_it():
     async def main():
         server, counts, port = _serve(patience=0.05)
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+            writer = await _hold_one(port)
             counts.set(1, 0)  # a less busy worker that never accepts (stuck, or gone)
             assert (await _ask(port, 5)).startswith(b"HTTP/1.1 200")
             writer.close()
@@ -78,9 +82,7 @@ def test_open_connections_are_published_for_the_other_workers():
     async def main():
         server, counts, port = _serve(patience=0.05)
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            await asyncio.wait_for(reader.readline(), 5)
+            writer = await _hold_one(port)
             assert counts._counts[0] == 1
             writer.close()
             for _ in range(100):  # the server sees the close on its next loop turn
@@ -99,9 +101,7 @@ def test_every_listening_socket_keeps_its_own_handler():
     async def main():
         server, counts, ports = _serve(patience=60, listeners=2)
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", ports[1])
-            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            await asyncio.wait_for(reader.readline(), 5)
+            writer = await _hold_one(ports[1])
             counts.set(1, 0)
             waiting = [asyncio.ensure_future(_ask(port, 5)) for port in ports]
             await asyncio.sleep(0.3)
