@@ -20,9 +20,9 @@ import time
 import ujson
 
 from bench import transcript
-from converters.pipeline import Conversion
-from converters.render import MarkdownRenderer
-from converters.sse import SSEDecoder
+from pgw.converters.pipeline import Conversion
+from pgw.converters.render import MarkdownRenderer
+from pgw.converters.sse import SSEDecoder
 
 CURL_MAX_WRITE_SIZE = 16 * 1024
 

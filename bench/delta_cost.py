@@ -11,16 +11,11 @@ flat. Prints a table; asserts nothing (timing belongs here, not in tests).
 
 import argparse
 import os
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from converters.pipeline import Conversion  # noqa: E402
-from converters.render import MarkdownRenderer  # noqa: E402
-from fakeupstream.script import Msg, Script, legacy_events, v1_events  # noqa: E402
+from pgw.converters.pipeline import Conversion
+from pgw.converters.render import MarkdownRenderer
+from fakeupstream.script import Msg, Script, legacy_events, v1_events
 
 BASE = "长回答 long answer 的一部分，mixed 中文 and ASCII. "
 WINDOW = 1000

@@ -12,7 +12,7 @@ import time
 
 import ujson
 
-from converters.sse import SSEDecoder
+from pgw.converters.sse import SSEDecoder
 
 MODEL = "gpt-3.5-turbo"
 _END = b"\r\n0\r\n\r\n"

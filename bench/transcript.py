@@ -6,8 +6,8 @@ E frames that each reveal C more characters of the answer: the paced upstream se
 t0 + i*T, and the load generator knows when each character was due.
 """
 
-from converters.pipeline import Conversion
-from converters.render import MarkdownRenderer
+from pgw.converters.pipeline import Conversion
+from pgw.converters.render import MarkdownRenderer
 from fakeupstream import script as fake_script
 
 # A new dialect renderer (e.g. ``v1_events``) is one line here.

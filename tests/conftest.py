@@ -21,7 +21,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
-sys.path.insert(0, ROOT)
 
 START_TIMEOUT = 15
 

@@ -1,7 +1,7 @@
 """The answer stage's handling of prose that needs a closer look: markers and sandbox links."""
 
-from converters.answer import Answer
-from converters.events import Message, SandboxFile
+from pgw.converters.answer import Answer
+from pgw.converters.events import Message, SandboxFile
 
 
 class Recorder:

@@ -8,7 +8,7 @@ import asyncio
 import tornado.netutil
 import tornado.web
 
-from balance import BalancedHTTPServer, ConnectionCounts
+from pgw.balance import BalancedHTTPServer, ConnectionCounts
 
 
 class Hello(tornado.web.RequestHandler):

@@ -5,8 +5,8 @@ A test writes what the answer stage would pass on as a list: a ``str`` is prose,
 ``BlockClose`` stand for the block calls. ``render`` makes the calls and reads the result.
 """
 
-from converters.events import Cite, Image, SandboxFile
-from converters.render import BotRenderer, FetchImage, MarkdownRenderer
+from pgw.converters.events import Cite, Image, SandboxFile
+from pgw.converters.render import BotRenderer, FetchImage, MarkdownRenderer
 
 
 def BlockOpen(kind, language=None):

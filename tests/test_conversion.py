@@ -6,8 +6,8 @@ Expected texts are written by hand from the transcripts in tests/fixtures/.
 import pytest
 
 from conftest import feed_all, read_fixture
-from converters.pipeline import Conversion
-from converters.render import MarkdownRenderer
+from pgw.converters.pipeline import Conversion
+from pgw.converters.render import MarkdownRenderer
 from fakeupstream import scenarios
 from fakeupstream.app import split
 from fakeupstream.script import legacy_events

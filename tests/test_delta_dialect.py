@@ -9,11 +9,11 @@ of one message run together), so a test states what was said, by whom, and when 
 import json
 
 from conftest import feed_all
-from converters.delta import DeltaDialect
-from converters.legacy import LegacyDialect
-from converters.pipeline import Conversion
-from converters.render import MarkdownRenderer
-from converters.sse import SSEDecoder
+from pgw.converters.delta import DeltaDialect
+from pgw.converters.legacy import LegacyDialect
+from pgw.converters.pipeline import Conversion
+from pgw.converters.render import MarkdownRenderer
+from pgw.converters.sse import SSEDecoder
 from fakeupstream.app import split
 
 CID = "5d6b-conv"
@@ -339,8 +339,8 @@ def test_the_conversion_collects_skipped_patches_for_the_handler_to_log():
 def test_an_event_no_stage_can_read_is_skipped_and_the_rest_of_its_chunk_kept():
     """Malformed values (a list as a path, a number as text) are skipped and noted; text after
     them in the same network chunk still arrives and the answer still completes."""
-    from converters.pipeline import Conversion
-    from converters.render import MarkdownRenderer
+    from pgw.converters.pipeline import Conversion
+    from pgw.converters.render import MarkdownRenderer
     stream = (b'event: delta_encoding\ndata: "v1"\n\n'
               b'event: delta\ndata: {"p": "", "o": "add", "v": {"message": {"id": "m1", "author": {"role": "assistant"}, '
               b'"content": {"content_type": "text", "parts": [""]}, "status": "in_progress", "recipient": "all", '

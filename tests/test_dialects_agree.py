@@ -12,9 +12,9 @@ output mode (bot mode) only needs adding there.
 import pytest
 
 from conftest import feed_all
-from converters.payload import upstream_message
-from converters.pipeline import Conversion
-from converters.render import BotRenderer, MarkdownRenderer
+from pgw.converters.payload import upstream_message
+from pgw.converters.pipeline import Conversion
+from pgw.converters.render import BotRenderer, MarkdownRenderer
 from fakeupstream.app import split
 from fakeupstream.scenarios import SCENARIOS
 from fakeupstream.script import legacy_events, v1_events

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from conf.settings import SettingsError, load
-from logs import mask
+from pgw.conf.settings import SettingsError, load
+from pgw.logs import mask
 
 CODE_ANSWER = ("```python\nimport math\nprint(math.pi)\n```\n"
                "Result:\n```\n3.141592653589793\n```\n"

@@ -228,8 +228,8 @@ def test_connection_is_pinned_to_the_checked_address(upstream):
     the address it was pinned to, so a DNS answer that changes after the check cannot matter."""
     import asyncio
 
-    from conf import settings as conf_settings
-    from upstream import UpstreamClient
+    from pgw.conf import settings as conf_settings
+    from pgw.upstream import UpstreamClient
 
     port = int(upstream.url.rsplit(":", 1)[1])
     url = "http://pinned.invalid:%d/_fake/static/sample.pdf" % port

@@ -6,13 +6,13 @@ import io
 import pytest
 from PIL import Image
 
-from conf import settings as conf_settings
-from conf.models import ModelTable
-from converters.files import FileRef, inspect_file, multimodal_message, parse_data_url
-from converters.payload import conversation_payload, parse_chat_request
-from errors import ApiError
-from upstream import UpstreamClient
-from urlguard import AddressPolicy
+from pgw.conf import settings as conf_settings
+from pgw.conf.models import ModelTable
+from pgw.converters.files import FileRef, inspect_file, multimodal_message, parse_data_url
+from pgw.converters.payload import conversation_payload, parse_chat_request
+from pgw.errors import ApiError
+from pgw.upstream import UpstreamClient
+from pgw.urlguard import AddressPolicy
 
 PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n<< >>\n%%EOF\n"
 
@@ -185,5 +185,5 @@ def test_upload_host_override_keeps_path_and_signature():
     ("https://example.com/plain?a=1", "https://example.com/plain?a=1"),
 ])
 def test_pasted_urls_become_uris_curl_can_take(url, uri):
-    from urlguard import to_uri
+    from pgw.urlguard import to_uri
     assert to_uri(url) == uri

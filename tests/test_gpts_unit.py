@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-import gpts
-from conf import settings as conf_settings
-from conf.models import ModelTable
+from pgw import gpts
+from pgw.conf import settings as conf_settings
+from pgw.conf.models import ModelTable
 
 
 def write(tmp_path, obj):

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from fakeupstream.files import WEBP_1X1, png
-from media import MediaStore, image_extension
+from pgw.media import MediaStore, image_extension
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + b"\x00" * 32
 

@@ -4,9 +4,9 @@ import itertools
 
 import pytest
 
-from conf.models import Route
-from converters.payload import conversation_payload, parse_chat_request
-from errors import ApiError, from_upstream
+from pgw.conf.models import Route
+from pgw.converters.payload import conversation_payload, parse_chat_request
+from pgw.errors import ApiError, from_upstream
 
 
 def ids():

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from conf import settings as conf
-from conf.models import ModelTable
+from pgw.conf import settings as conf
+from pgw.conf.models import ModelTable
 
 
 def load(env=None, path=None):

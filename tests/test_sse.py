@@ -2,7 +2,7 @@
 
 import random
 
-from converters.sse import Event, SSEDecoder
+from pgw.converters.sse import Event, SSEDecoder
 
 
 def decode(chunks):

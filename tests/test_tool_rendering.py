@@ -10,8 +10,8 @@ import itertools
 import pytest
 
 from conftest import feed_all
-from converters.pipeline import Conversion
-from converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer
+from pgw.converters.pipeline import Conversion
+from pgw.converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer
 from fakeupstream import scenarios
 from fakeupstream.app import split
 from fakeupstream.script import legacy_events

@@ -8,9 +8,9 @@ forever under Tornado 6.6, so the curl client could not be tested with it.
 import asyncio
 
 
-from conf.settings import load
+from pgw.conf.settings import load
 from fakeupstream.app import State, listen_app
-from upstream import UpstreamClient
+from pgw.upstream import UpstreamClient
 
 USER = [{"id": "u1", "author": {"role": "user"}, "content": {"content_type": "text", "parts": ["hi"]}, "metadata": {}}]
 STATE = None

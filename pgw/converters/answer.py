@@ -14,7 +14,7 @@ vanish); links to files the code wrote, ``(sandbox:/mnt/data/x.csv)``, go to
 
 import re
 
-from converters.events import Cite, Image, SandboxFile
+from pgw.converters.events import Cite, Image, SandboxFile
 
 # 【11†source】, 【11†来源】, and the 2024 form 【4:0†source】; the first number is the one
 # metadata.citations[].metadata.extra.cited_message_idx names.

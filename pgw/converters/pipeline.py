@@ -16,11 +16,11 @@ what the stages could not understand, once each, for the handler to log.
 
 import ujson
 
-from converters.answer import Answer
-from converters.delta import DeltaDialect, is_patch
-from converters.legacy import LegacyDialect
-from converters.sse import SSEDecoder
-from errors import ApiError
+from pgw.converters.answer import Answer
+from pgw.converters.delta import DeltaDialect, is_patch
+from pgw.converters.legacy import LegacyDialect
+from pgw.converters.sse import SSEDecoder
+from pgw.errors import ApiError
 
 
 class _Detect:

@@ -15,8 +15,8 @@ import logging
 import re
 import time
 
-from conf.models import ModelTable
-from conf.settings import SettingsError
+from pgw.conf.models import ModelTable
+from pgw.conf.settings import SettingsError
 
 log = logging.getLogger("gateway.gpts")
 

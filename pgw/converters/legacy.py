@@ -9,7 +9,7 @@ here so that nothing downstream sees them.
 
 import ujson
 
-from converters.events import Message, content_text
+from pgw.converters.events import Message, content_text
 
 
 class LegacyDialect:

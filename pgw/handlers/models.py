@@ -1,7 +1,7 @@
 """``GET /v1/models``: every name the model table answers to, in OpenAI's list shape."""
 
-from errors import ApiError
-from handlers.base import ApiHandler
+from pgw.errors import ApiError
+from pgw.handlers.base import ApiHandler
 
 CREATED = 1700000000  # a fixed date: these models do not change between requests
 

@@ -4,7 +4,7 @@ The one source of truth for model names: ``/v1/models`` lists it, chat and image
 through it. Built from the alias settings (and, when configured, the GPTs in gpts.json).
 """
 
-from conf.settings import SettingsError
+from pgw.conf.settings import SettingsError
 
 
 class Route:

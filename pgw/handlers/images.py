@@ -9,12 +9,12 @@ the assistant's words. No image means the model declined: an error carrying its 
 import base64
 import time
 
-from converters.payload import image_prompt, parse_image_request
-from converters.render import FetchImage, MarkdownRenderer
-from errors import ApiError
-from handlers.base import ApiHandler
-from handlers.chat import ConversationHandler, GatherSink
-from media import MediaStore
+from pgw.converters.payload import image_prompt, parse_image_request
+from pgw.converters.render import FetchImage, MarkdownRenderer
+from pgw.errors import ApiError
+from pgw.handlers.base import ApiHandler
+from pgw.handlers.chat import ConversationHandler, GatherSink
+from pgw.media import MediaStore
 
 
 class ImageSink(GatherSink):

@@ -7,8 +7,8 @@ client sees the message); ``conversation_payload`` builds the body of
 
 import re
 
-from converters.files import FileRef
-from errors import bad_request
+from pgw.converters.files import FileRef
+from pgw.errors import bad_request
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 

@@ -16,12 +16,12 @@ import uuid
 from tornado.concurrent import Future, future_set_result_unless_cancelled
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from converters import openai_format
-from converters.payload import conversation_payload, parse_chat_request
-from converters.pipeline import Conversion
-from errors import ApiError, from_upstream
-from handlers.base import ClientGone, JsonBodyHandler
-from logs import mask
+from pgw.converters import openai_format
+from pgw.converters.payload import conversation_payload, parse_chat_request
+from pgw.converters.pipeline import Conversion
+from pgw.errors import ApiError, from_upstream
+from pgw.handlers.base import ClientGone, JsonBodyHandler
+from pgw.logs import mask
 
 log = logging.getLogger("gateway.chat")
 

@@ -21,7 +21,7 @@ import warnings
 import filetype
 from PIL import Image
 
-from errors import bad_request
+from pgw.errors import bad_request
 
 # Image formats the upstream takes, as Pillow names them, and their MIME types.
 IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}

@@ -11,7 +11,7 @@ import json
 import os
 import urllib.parse
 
-from logs import mask
+from pgw.logs import mask
 
 DEFAULTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.json")
 
@@ -38,7 +38,7 @@ def _directory(name, raw):
     value = _text(name, raw)
     if not value:
         raise SettingsError("%s must name a directory" % name)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return os.path.normpath(os.path.join(root, value))
 
 

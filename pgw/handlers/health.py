@@ -1,6 +1,6 @@
 """``GET /healthz``: 200 once the process serves requests (never under API_PREFIX)."""
 
-from handlers.base import ApiHandler
+from pgw.handlers.base import ApiHandler
 
 
 class HealthHandler(ApiHandler):

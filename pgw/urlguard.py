@@ -14,7 +14,7 @@ import ipaddress
 import socket
 import urllib.parse
 
-from converters.files import file_error
+from pgw.converters.files import file_error
 
 
 class AddressPolicy:

@@ -10,14 +10,14 @@ import urllib.parse
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-import gpts
-from attachments import Attachments
-from converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer
-from handlers.chat import StreamWatch, new_id
-from logs import mask
-from media import MediaStore
-from upstream import UpstreamClient
-from usage import TokenCounter
+from pgw import gpts
+from pgw.attachments import Attachments
+from pgw.converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer
+from pgw.handlers.chat import StreamWatch, new_id
+from pgw.logs import mask
+from pgw.media import MediaStore
+from pgw.upstream import UpstreamClient
+from pgw.usage import TokenCounter
 
 log = logging.getLogger("gateway")
 

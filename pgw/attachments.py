@@ -9,9 +9,9 @@ messages built by the pure ``converters.files.multimodal_message``.
 import asyncio
 import mimetypes
 
-from converters.files import GENERIC_TYPES, file_error, inspect_file, multimodal_message, name_from_url, parse_data_url
-from errors import bad_request
-from urlguard import AddressPolicy, GuardedFetcher
+from pgw.converters.files import GENERIC_TYPES, file_error, inspect_file, multimodal_message, name_from_url, parse_data_url
+from pgw.errors import bad_request
+from pgw.urlguard import AddressPolicy, GuardedFetcher
 
 
 class Attachments:

@@ -6,8 +6,8 @@ import re
 import ujson
 from tornado.web import RequestHandler, stream_request_body
 
-from converters import openai_format
-from errors import ApiError, bad_request
+from pgw.converters import openai_format
+from pgw.errors import ApiError, bad_request
 
 log = logging.getLogger("gateway.http")
 

@@ -17,8 +17,8 @@ from tornado.concurrent import Future, future_set_result_unless_cancelled
 from tornado.curl_httpclient import CurlAsyncHTTPClient
 from tornado.httpclient import HTTPRequest, HTTPResponse
 
-from errors import ApiError, from_upstream
-from logs import mask
+from pgw.errors import ApiError, from_upstream
+from pgw.logs import mask
 
 log = logging.getLogger("gateway.upstream")
 
