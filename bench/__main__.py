@@ -18,7 +18,7 @@ import sys
 import time
 
 from bench import convert, delta_cost, load, procs, transcript
-from bench.upstream import raise_fd_limit
+from pgw.server import raise_fd_limit
 
 # ramp: seconds over which each rung's streams connect (N/ramp new streams per second);
 # gentle: rungs repeated with 1,000 new streams per second, to tell holding from accepting.

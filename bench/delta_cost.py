@@ -10,7 +10,6 @@ flat. Prints a table; asserts nothing (timing belongs here, not in tests).
 """
 
 import argparse
-import os
 import time
 
 from pgw.converters.pipeline import Conversion

@@ -8,40 +8,22 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 import ujson
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from devkit.procs import ChildProcess
+
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-class Process:
+class Process(ChildProcess):
     """A child process that prints ``listening on http://...`` once it is ready."""
 
     def __init__(self, args, env=None, timeout=60):
-        self.log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            m = re.search(r"listening on (http://[\d.:]+)", self.log_text())
-            if m:
-                self.url = m.group(1)
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("%s did not start:\n%s" % (args, self.log_text()[-3000:]))
-            time.sleep(0.05)
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def log_text(self):
-        with open(self.log.name, encoding="utf-8", errors="replace") as f:
-            return f.read()
+        super().__init__(args, env=env, pattern=r"listening on (http://[\d.:]+)", timeout=timeout, prefix="bench-")
+        self.url = self.match.group(1)
 
     def pids(self):
         """This process and its children (forked workers)."""
@@ -98,10 +80,7 @@ class Process:
                 os.kill(pid, 15)
             except OSError:
                 pass
-        try:
-            os.unlink(self.log.name)
-        except OSError:
-            pass
+        super().stop()
 
     def __enter__(self):
         return self

@@ -19,7 +19,6 @@ CPU is taken from the gateway's second worker, which is what bench S4 measures.
 import argparse
 import asyncio
 import os
-import resource
 import socketserver
 import sys
 import tempfile
@@ -28,13 +27,7 @@ import time
 import ujson
 
 from bench import transcript
-
-
-def raise_fd_limit():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
+from pgw.server import raise_fd_limit
 
 
 def _chunked(data):

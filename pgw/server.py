@@ -40,13 +40,16 @@ LISTEN_BACKLOG = 4096
 
 
 def raise_fd_limit():
-    """Each stream holds two descriptors (client, upstream): lift the soft limit to the hard one."""
+    """Each stream holds two descriptors (client, upstream): lift the soft limit to the hard one.
+
+    Returns the soft limit in force afterwards."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (ValueError, OSError):
             pass  # some systems refuse an unlimited soft limit: keep what we have
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

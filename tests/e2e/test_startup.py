@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT, Gateway, http
+from tests.helpers import ROOT, Gateway, http
 
 
 def run_server(env, timeout=15):

@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 
-from conftest import feed_all
+from tests.helpers import feed_all
 from pgw.converters.pipeline import Conversion
 from pgw.converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer
 from fakeupstream import scenarios

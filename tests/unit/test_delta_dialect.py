@@ -8,7 +8,7 @@ of one message run together), so a test states what was said, by whom, and when 
 
 import json
 
-from conftest import feed_all
+from tests.helpers import feed_all
 from pgw.converters.delta import DeltaDialect
 from pgw.converters.legacy import LegacyDialect
 from pgw.converters.pipeline import Conversion

@@ -5,7 +5,7 @@ Expected texts are written by hand from the transcripts in tests/fixtures/.
 
 import pytest
 
-from conftest import feed_all, read_fixture
+from tests.helpers import feed_all, read_fixture
 from pgw.converters.pipeline import Conversion
 from pgw.converters.render import MarkdownRenderer
 from fakeupstream import scenarios

@@ -15,7 +15,7 @@ import urllib.parse
 import openai
 import pytest
 
-from conftest import http
+from tests.helpers import http
 
 IMAGE_LINK = re.compile(r"!\[image\]\((\S+?)\)")
 DALLE_BLOCK = '```json\n{"size": "1024x1024", "prompt": "A watercolor otter floating on calm water at sunset"}\n```\n'

@@ -4,7 +4,7 @@ text it streamed came out exact. No timing is asserted: numbers belong in the be
 import subprocess
 import sys
 
-from conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_bench_smoke_runs_and_every_text_is_exact():

@@ -12,7 +12,7 @@ import openai
 import pytest
 import tiktoken
 
-from conftest import http
+from tests.helpers import http
 from fakeupstream import scenarios
 
 HELLO = "你好！这是演示上游的回答。Hello from the demo upstream: you said “%s”."

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, http
+from tests.helpers import ROOT, http
 
 USER = [{"role": "user", "content": "你好"}]
 

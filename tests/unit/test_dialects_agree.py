@@ -11,7 +11,7 @@ output mode (bot mode) only needs adding there.
 
 import pytest
 
-from conftest import feed_all
+from tests.helpers import feed_all
 from pgw.converters.payload import upstream_message
 from pgw.converters.pipeline import Conversion
 from pgw.converters.render import BotRenderer, MarkdownRenderer
