@@ -3,6 +3,7 @@
 #   ./run.sh            start the gateway (needs BASE_URL, see README.md)
 #   ./run.sh --demo     start it against the bundled demo upstream (no account needed)
 #   ./run.sh test       set up and run the whole test suite
+#   ./run.sh lint       ruff and the type check (mypy), as CI runs them
 #   ./run.sh bench ...  run the benchmarks in bench/
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,6 +28,12 @@ case "${1:-}" in
         shift
         setup requirements-dev.txt
         exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    lint)
+        shift
+        setup requirements-dev.txt
+        "$VENV/bin/ruff" check .
+        exec "$VENV/bin/mypy"
         ;;
     bench)
         shift

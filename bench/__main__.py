@@ -106,7 +106,7 @@ def big_answers(table, label, events, chars, n, workers, dialect, ramp=0.0, roun
         for _ in range(rounds):
             cpu0, up0, me0 = server.cpu_seconds(each=True), up.cpu_seconds(), time.process_time()
             results, cpu, _ = streams(server, up, n, ramp=ramp, timeout=600)
-            per = [round(b - a, 2) for a, b in zip(cpu0, server.cpu_seconds(each=True))]
+            per = [round(b - a, 2) for a, b in zip(cpu0, server.cpu_seconds(each=True), strict=False)]
             others = (up.cpu_seconds() - up0, time.process_time() - me0)
             ok = [r for r in results if r.ok]
             exact = sum(1 for r in ok if r.text == text)

@@ -54,7 +54,7 @@ class Answer:
         self.interval = interval
         self.whole = None  # full speed: a file holding the whole HTTP response
         if interval == 0:
-            self.whole = tempfile.TemporaryFile()
+            self.whole = tempfile.TemporaryFile()  # noqa: SIM115 (kept open for sendfile)
             self.whole.write(_HEAD + b"".join(self.frames))
             self.whole.flush()
         self.upstream_bytes = sum(len(e) for e in rendered)

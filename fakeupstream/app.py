@@ -192,8 +192,11 @@ class ConversationHandler(FakeHandler):
             401: "Unauthorized",
             403: "You do not have access to this model.",
             404: "Conversation not found",
-            413: {"message": "The message you submitted was too long, please reload the conversation and submit something shorter."},
-            429: {"code": "model_cap_exceeded", "message": "You've reached the current usage cap for GPT-4, please try again after 2:27 PM.", "clears_in": 3600},
+            413: {"message": "The message you submitted was too long, please reload the conversation and "
+                              "submit something shorter."},
+            429: {"code": "model_cap_exceeded",
+                  "message": "You've reached the current usage cap for GPT-4, please try again after 2:27 PM.",
+                  "clears_in": 3600},
             500: "Internal server error",
             502: "Bad gateway",
         }
@@ -300,8 +303,8 @@ class FilesHandler(FakeHandler):
         body = record["body"] if isinstance(record["body"], dict) else {}
         if not isinstance(body.get("file_name"), str) or not isinstance(body.get("file_size"), int) \
                 or body.get("use_case") not in ("multimodal", "my_files", "ace_upload"):
-            return self.json(422, {"detail": [{"loc": ["body"], "msg": "file_name, file_size and use_case "
-                                                                      "(multimodal, my_files, ace_upload) are required"}]})
+            return self.json(422, {"detail": [{"loc": ["body"], "msg": "file_name, file_size and use_case (multimodal, "
+                                                                      "my_files, ace_upload) are required"}]})
         file_id = "file-" + uuid.uuid4().hex[:24]
         token = uuid.uuid4().hex
         self.state.upload_tokens[token] = key
@@ -392,7 +395,8 @@ def gizmo_object(gizmo_id, name):
                   "last_interacted_at": None, "tags": ["public"]},
         "tools": [{"id": "gzm_cnf_fake~gzm_tool_fake", "type": "browser", "settings": None, "metadata": None}],
         "files": [],
-        "product_features": {"attachments": {"type": "retrieval", "accepted_mime_types": ["application/pdf", "text/plain"],
+        "product_features": {"attachments": {"type": "retrieval",
+                                             "accepted_mime_types": ["application/pdf", "text/plain"],
                                              "image_mime_types": ["image/jpeg", "image/png", "image/gif", "image/webp"],
                                              "can_accept_all_mime_types": True}},
     }

@@ -9,7 +9,8 @@ messages built by the pure ``converters.files.multimodal_message``.
 import asyncio
 import mimetypes
 
-from pgw.converters.files import GENERIC_TYPES, file_error, inspect_file, multimodal_message, name_from_url, parse_data_url
+from pgw.converters.files import (GENERIC_TYPES, file_error, inspect_file, multimodal_message, name_from_url,
+                                  parse_data_url)
 from pgw.errors import bad_request
 from pgw.urlguard import AddressPolicy, GuardedFetcher
 
@@ -37,7 +38,7 @@ class Attachments:
             by_url.setdefault(ref.url, ref)  # each URL loaded once
         unique = list(by_url.values())
         loaded = await asyncio.gather(*(self._load(ref) for ref in unique))
-        info_of = {ref.url: info for ref, info in zip(unique, loaded)}
+        info_of = {ref.url: info for ref, info in zip(unique, loaded, strict=False)}
         file_ids = {}
         for info in loaded:  # one at a time, in order: a failure names the file's step and stops there
             if info.sha256 not in file_ids:

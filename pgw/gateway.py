@@ -13,7 +13,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from pgw import gpts
 from pgw.attachments import Attachments
 from pgw.converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer
-from pgw.handlers.chat import StreamWatch, new_id
+from pgw.runtime import StreamWatch, new_id
 from pgw.logs import mask
 from pgw.media import MediaStore
 from pgw.upstream import UpstreamClient

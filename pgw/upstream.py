@@ -33,7 +33,8 @@ UPLOAD_BUFFER = 16 * 1024
 # MB (bench S2 end to end +5-15%). libcurl 8 lends the read buffer per read, so open streams
 # hold no more memory (bench S3 unchanged).
 READ_BUFFER = 128 * 1024
-USER_AGENT = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
+USER_AGENT = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+              "Chrome/120.0 Safari/537.36")
 
 
 class CancellableCurlClient(CurlAsyncHTTPClient):

@@ -203,7 +203,7 @@ class DeltaDialect:
         if not path.startswith("/message/") and path != "/message":
             self._changed_root = True
 
-    def _apply_one(self, path, op, value):
+    def _apply_one(self, path, op, value):  # noqa: C901 (one branch per operation and container kind)
         if op not in ("add", "replace", "append", "truncate", "remove"):
             raise _Skip("unknown operation")
         tokens = _tokens(path)

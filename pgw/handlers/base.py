@@ -28,6 +28,14 @@ def _without_lone_surrogates(obj):
     return obj
 
 
+# What browser clients send: the openai SDK's x-stainless-* headers among them.
+CORS_HEADERS = ", ".join((
+    "Authorization", "Content-Type", "Accept", "OpenAI-Organization", "OpenAI-Project", "X-Requested-With",
+    "x-stainless-os", "x-stainless-lang", "x-stainless-package-version", "x-stainless-runtime",
+    "x-stainless-runtime-version", "x-stainless-arch", "x-stainless-retry-count", "x-stainless-timeout",
+    "x-stainless-read-timeout"))
+
+
 class ClientGone(Exception):
     """The client disconnected before its answer started: there is nothing left to do."""
 
@@ -43,7 +51,7 @@ class ApiHandler(RequestHandler):
     def set_default_headers(self):
         # Browser UIs (ChatGPT-Next-Web and the like) call us cross-origin.
         self.set_header("Access-Control-Allow-Origin", "*")
-        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, Accept, OpenAI-Organization, OpenAI-Project, X-Requested-With, x-stainless-os, x-stainless-lang, x-stainless-package-version, x-stainless-runtime, x-stainless-runtime-version, x-stainless-arch, x-stainless-retry-count, x-stainless-timeout, x-stainless-read-timeout")
+        self.set_header("Access-Control-Allow-Headers", CORS_HEADERS)
         self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
         self.set_header("Access-Control-Max-Age", "86400")
 

@@ -13,7 +13,8 @@ from pgw.converters.payload import image_prompt, parse_image_request
 from pgw.converters.render import FetchImage, MarkdownRenderer
 from pgw.errors import ApiError
 from pgw.handlers.base import ApiHandler
-from pgw.handlers.chat import ConversationHandler, GatherSink
+from pgw.handlers.conversation import ConversationHandler
+from pgw.runtime import GatherSink
 from pgw.media import MediaStore
 
 

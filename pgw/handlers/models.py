@@ -25,5 +25,6 @@ class ModelHandler(ApiHandler):
     def get(self, name):
         route = self.gateway.models.resolve(name)
         if route is None:
-            raise ApiError(404, "The model `%s` does not exist" % name, "invalid_request_error", "model_not_found", "model")
+            raise ApiError(404, "The model `%s` does not exist" % name, "invalid_request_error", "model_not_found",
+                           "model")
         self.write_json(_model(route))

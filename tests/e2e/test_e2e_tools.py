@@ -57,7 +57,7 @@ def test_dalle_two_images_are_saved_and_served(gateway, upstream, key, stream):
                     + "这是你要的图片。")
     assert urls[0].startswith(gateway.url + "/images/image_") and urls[0].endswith(".png")
     assert urls[1].endswith(".webp")
-    for url, file_id, mime in zip(urls, ("file-dalle1png", "file-dalle2webp"), ("image/png", "image/webp")):
+    for url, file_id, mime in zip(urls, ("file-dalle1png", "file-dalle2webp"), ("image/png", "image/webp"), strict=False):
         headers, body = served(url)
         assert body == upstream_bytes(upstream, file_id)
         assert headers["Content-Type"] == mime
@@ -171,7 +171,7 @@ def test_images_generate_urls(gateway, upstream, key):
     client = gateway.client(key)
     result = client.images.generate(prompt="an otter", n=2, size="512x512")
     assert len(result.data) == 2
-    for item, file_id in zip(result.data, ("file-dalle1png", "file-dalle2webp")):
+    for item, file_id in zip(result.data, ("file-dalle1png", "file-dalle2webp"), strict=False):
         assert item.revised_prompt == "A watercolor otter floating on calm water at sunset"
         assert served(item.url)[1] == upstream_bytes(upstream, file_id)
     assert result.created > 0

@@ -71,7 +71,7 @@ def test_unknown_key_in_a_user_file_is_refused(tmp_path):
 
 def test_summary_masks_keys():
     s = load({"KEY_FOR_GPTS_INFO": "fk-1234567890abcdefXYZ"})
-    line = [l for l in s.summary() if l.startswith("KEY_FOR_GPTS_INFO")][0]
+    line = [x for x in s.summary() if x.startswith("KEY_FOR_GPTS_INFO")][0]
     assert "1234567890abcdef" not in line and line.endswith("fk-1…fXYZ")
 
 

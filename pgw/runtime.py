@@ -1,0 +1,231 @@
+"""The conversation runtime: how one upstream answer reaches one client.
+
+The one place that knows how an answer is relayed: ``Relay`` feeds upstream bytes to the
+sans-IO ``Conversion`` and hands what comes out to a sink, in order, performing actions (an
+image to fetch) in between without blocking other streams; ``StreamSink`` writes OpenAI chunks
+as they come, ``CollectSink`` gathers them into one ``chat.completion`` (non-stream is the stream
+collected); ``StreamWatch`` sends keep-alives and enforces upstream silence for all streams with
+one timer. Handlers (chat, images) build these; nothing here knows HTTP routes.
+"""
+
+import collections
+import time
+import uuid
+
+from tornado.concurrent import Future, future_set_result_unless_cancelled
+from tornado.ioloop import IOLoop, PeriodicCallback
+
+from pgw.converters import openai_format
+
+
+def new_id():
+    return str(uuid.uuid4())
+
+
+class StreamSink:
+    """Writes the answer as ``chat.completion.chunk`` events."""
+
+    streaming = True
+
+    def __init__(self, handler, encoder, include_usage, tokens):
+        self.handler = handler
+        self.encoder = encoder
+        self.include_usage = include_usage
+        self.tokens = tokens
+        self.texts = [] if include_usage else None
+        self.last_write = time.monotonic()
+        self.started = False
+        self.ended = False
+        self._flush_due = False
+        self._loop = IOLoop.current()  # looked up once: text() runs for every chunk
+
+    def start(self):
+        self.started = True
+        h = self.handler
+        h.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        h.set_header("Cache-Control", "no-cache")
+        h.set_header("X-Accel-Buffering", "no")  # tell nginx in front of us not to buffer
+        self._send(self.encoder.role())
+
+    def text(self, text):
+        """Write a content chunk; the socket write happens once per loop turn, so text that
+        arrives in a burst (an upstream at full speed) leaves in one send, not one per chunk."""
+        if self.texts is not None:
+            self.texts.append(text)
+        self.last_write = time.monotonic()
+        self.handler.write(self.encoder.content(text))
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.add_callback(self._flush)
+
+    def _flush(self):
+        self._flush_due = False
+        if not self.ended:
+            self.handler.flush()
+
+    def keepalive(self):
+        self._send(openai_format.KEEPALIVE)
+
+    def finish(self, reason, prompt_messages):
+        self.ended = True
+        tail = self.encoder.finish(reason)
+        if self.include_usage:
+            tail += self.encoder.usage(self.tokens.usage(prompt_messages, "".join(self.texts)))
+        self.handler.finish(tail + openai_format.DONE)
+
+    def fail(self, error):
+        self.ended = True
+        self.handler.finish(openai_format.error_event(error) + openai_format.DONE)
+
+    def _send(self, data):
+        self.last_write = time.monotonic()
+        self.handler.write(data)
+        self.handler.flush()
+
+
+class GatherSink:
+    """Gathers the answer's text for one response at the end (``finish`` is the subclass's)."""
+
+    streaming = False
+    started = False
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.texts = []
+
+    def start(self):
+        pass
+
+    def text(self, text):
+        self.texts.append(text)
+
+    def keepalive(self):
+        pass  # a status line sent early could not honestly report a later failure
+
+    def fail(self, error):
+        self.handler.send_error_json(error)
+
+
+class CollectSink(GatherSink):
+    """Gathers the answer and writes one ``chat.completion`` at the end."""
+
+    def __init__(self, handler, encoder, tokens):
+        super().__init__(handler)
+        self.encoder = encoder
+        self.tokens = tokens
+
+    def finish(self, reason, prompt_messages):
+        e = self.encoder
+        text = "".join(self.texts)
+        body = openai_format.completion(e.completion_id, e.created, e.model, text, reason,
+                                        self.tokens.usage(prompt_messages, text))
+        self.handler.write_json(body)
+
+
+class Relay:
+    """Upstream bytes -> ``Conversion`` -> sink, in order, with actions performed in between."""
+
+    def __init__(self, conversion, sink, perform):
+        self.conversion = conversion
+        self.sink = sink
+        self.perform = perform          # async function: action -> text
+        self.closed = False             # the client went away
+        self.last_upstream = time.monotonic()
+        self._queue = collections.deque()
+        self._busy = True               # hold everything until begin(): the sink is not ready
+        self._idle = None
+
+    def on_chunk(self, data):
+        self.last_upstream = time.monotonic()
+        items = self.conversion.feed(data)
+        if items:
+            self._emit(items)
+
+    def finish_input(self):
+        items = self.conversion.close()
+        if items:
+            self._emit(items)
+
+    def begin(self):
+        """The sink has started: pass on what arrived before, then everything as it comes."""
+        items = list(self._queue)
+        self._queue.clear()
+        self._busy = False
+        self._emit(items)
+
+    def _emit(self, items):
+        if self.closed:
+            return
+        if self._busy:
+            self._queue.extend(items)
+            return
+        for i, item in enumerate(items):
+            if type(item) is str:
+                self.sink.text(item)
+            else:
+                self._queue.extend(items[i:])
+                self._busy = True
+                IOLoop.current().add_callback(self._drain)
+                return
+
+    async def _drain(self):
+        try:
+            while self._queue and not self.closed:
+                item = self._queue.popleft()
+                text = item if type(item) is str else await self.perform(item)
+                if text and not self.closed:
+                    self.sink.text(text)
+        finally:
+            self._busy = False
+            if self._idle is not None:
+                future_set_result_unless_cancelled(self._idle, None)
+
+    async def drained(self):
+        """Wait until every queued item, including actions, has reached the sink."""
+        while self._busy:
+            self._idle = Future()
+            await self._idle
+
+
+class StreamWatch:
+    """Keep-alives for quiet streams and the upstream-silence timeout, for all streams at once.
+
+    One periodic sweep per process instead of a timer per stream: thousands of streams cost one
+    cheap loop a tick, and writing text costs only a clock read.
+    """
+
+    def __init__(self, keepalive_interval, idle_timeout):
+        self.keepalive_interval = keepalive_interval
+        self.idle_timeout = idle_timeout
+        self._relays = {}
+        # A quarter of the interval: a keep-alive is then at most 25% late, not a whole tick.
+        tick = min(keepalive_interval / 4, 1.0) if keepalive_interval > 0 else 1.0
+        self._timer = PeriodicCallback(self._sweep, tick * 1000)
+
+    def start(self):
+        self._timer.start()
+
+    def stop(self):
+        self._timer.stop()
+
+    def add(self, relay, transfer):
+        self._relays[relay] = transfer
+
+    def discard(self, relay):
+        self._relays.pop(relay, None)
+
+    def __len__(self):
+        return len(self._relays)
+
+    def _sweep(self):
+        now = time.monotonic()
+        keepalive = self.keepalive_interval
+        for relay, transfer in list(self._relays.items()):
+            if relay.closed:
+                continue
+            if now - relay.last_upstream >= self.idle_timeout:
+                transfer.cancel("the upstream sent nothing for %g s" % self.idle_timeout)
+                continue
+            sink = relay.sink
+            if keepalive and sink.started and now - sink.last_write >= keepalive:
+                sink.keepalive()
