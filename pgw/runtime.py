@@ -5,17 +5,27 @@ sans-IO ``Conversion`` and hands what comes out to a sink, in order, performing 
 image to fetch) in between without blocking other streams; ``StreamSink`` writes OpenAI chunks
 as they come, ``CollectSink`` gathers them into one ``chat.completion`` (non-stream is the stream
 collected); ``StreamWatch`` sends keep-alives and enforces upstream silence for all streams with
-one timer. Handlers (chat, images) build these; nothing here knows HTTP routes.
+one timer. ``MediaDownloads`` fetches and saves what one answer shows; ``ConversationRun`` is
+one upstream conversation from the POST to the sink's last byte. Handlers (chat, images) build
+these; nothing here knows HTTP routes.
 """
 
 import collections
+import logging
 import time
+import urllib.parse
 import uuid
 
 from tornado.concurrent import Future, future_set_result_unless_cancelled
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from pgw.converters import openai_format
+from pgw.converters.pipeline import Conversion
+from pgw.converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer
+from pgw.errors import ApiError, from_upstream
+from pgw.logs import mask
+
+log = logging.getLogger("gateway.runtime")
 
 
 def new_id():
@@ -229,3 +239,167 @@ class StreamWatch:
             sink = relay.sink
             if keepalive and sink.started and now - sink.last_write >= keepalive:
                 sink.keepalive()
+
+
+def renderer_for(settings):
+    """A fresh renderer for one answer: for bots (BOT_MODE) or for web UIs."""
+    if settings.bot_mode:
+        return BotRenderer(plugin_output=settings.bot_mode_enabled_plugin_output,
+                           reference_output=settings.bot_mode_enabled_bing_reference_output,
+                           markdown_image=settings.bot_mode_enabled_markdown_image_output,
+                           plain_image_url=settings.bot_mode_enabled_plain_image_url_output)
+    return MarkdownRenderer()
+
+
+class MediaDownloads:
+    """The images and files one answer shows: fetched from the upstream with the answer's key,
+    saved in the ``MediaStore`` and linked at ``public_base/images/<name>``.
+
+    ``perform(action)`` is what ``Relay`` calls for a renderer's action; it returns the text to
+    show. ``saved`` lists ``(action, public url, bytes)`` for every file fetched, ``failed`` the
+    actions whose fetch failed (the images endpoint answers from these).
+    """
+
+    def __init__(self, upstream, media, key, public_base):
+        self.upstream = upstream
+        self.media = media
+        self.key = key
+        self.public_base = public_base
+        self.conversion = None   # set by ConversationRun: sandbox files need the conversation id
+        self.saved = []
+        self.failed = []
+
+    async def perform(self, action):
+        saved = await self.fetch(action)
+        if saved is None:
+            self.failed.append(action)
+            return action.render(None)
+        url = self.public_url(saved[0])
+        self.saved.append((action, url, saved[1]))
+        return action.render(url)
+
+    def public_url(self, name):
+        """Where clients fetch a saved file (see handlers/images.py)."""
+        return "%s/images/%s" % (self.public_base, name)
+
+    async def fetch(self, action):
+        """Fetch an image or sandbox file the answer shows: ``(saved name, bytes)`` or None.
+
+        Two steps, as the upstream wants: a backend-api call (with the key) answers a
+        short-lived ``download_url``; a plain GET of it (no Authorization) gives the bytes.
+        Failures (refused, unreachable, a malformed URL, a full disk) are logged; the answer
+        then shows a short notice instead.
+        """
+        try:
+            return await self._fetch(action)
+        except Exception:
+            log.exception("fetching %r failed", action)
+            return None
+
+    async def _fetch(self, action):
+        t = type(action)
+        key = self.key
+        if t is FetchImage:
+            what = action.image.file_id
+            url, reason = await self.upstream.download_url(key, "files/%s/download" % urllib.parse.quote(what, safe=""))
+        elif t is FetchSandboxFile:
+            what = action.file.path
+            cid = self.conversion.conversation_id if self.conversion is not None else None
+            if not cid:
+                log.warning("sandbox file %s: no conversation id to fetch it with", what)
+                return None
+            url, reason = await self.upstream.download_url(
+                key, "conversation/%s/interpreter/download" % urllib.parse.quote(cid, safe=""),
+                message_id=action.file.message_id, sandbox_path=what)
+        else:
+            log.warning("no handler for action %r", action)
+            return None
+        if url is None:
+            log.warning("download of %s for key %s refused: %s", what, mask(key), reason)
+            return None
+        got = await self.upstream.fetch_url(url)
+        data = bytes(got.body)
+        if got.status != 200 or not data:
+            log.warning("download of %s failed: HTTP %s%s", what, got.status,
+                        " (larger than the download limit)" if got.too_big else "")
+            return None
+        name = self.media.save_image(data) if t is FetchImage else self.media.save_file(what, data)
+        if name is None:
+            log.warning("download of %s did not give an image (%d bytes)", what, len(data))
+            return None
+        return name, data
+
+
+class ConversationRun:
+    """One upstream conversation, from the POST to the sink's last byte.
+
+    ``run()`` starts the upstream transfer and waits until it accepts: a refusal raises the
+    matching ``ApiError`` before anything was sent to the client. Then it starts the sink,
+    relays the converted answer into it and finishes it (or fails it: an in-stream error, a cut
+    connection, an empty answer). ``cancel`` (the client left) aborts the transfer at once.
+    Afterwards the conversation is hidden upstream when the settings say so.
+    """
+
+    def __init__(self, gateway, key, payload, sink, downloads, prompt_messages, renderer=None):
+        self.gateway = gateway
+        self.key = key
+        self.payload = payload
+        self.sink = sink
+        self.downloads = downloads
+        self.prompt_messages = prompt_messages
+        echo_ids = [m["id"] for m in payload["messages"]]  # the upstream may echo them back
+        self.conversion = Conversion(renderer or renderer_for(gateway.settings),
+                                     gateway.settings.upstream_encoding, echo_ids)
+        downloads.conversion = self.conversion
+        self.relay = Relay(self.conversion, sink, downloads.perform)
+        self.transfer = None
+
+    @property
+    def closed(self):
+        """The client went away."""
+        return self.relay.closed
+
+    def cancel(self, reason="the client disconnected"):
+        relay = self.relay
+        if not relay.closed:
+            relay.closed = True
+            if self.transfer is not None:
+                self.transfer.cancel(reason)
+
+    async def run(self):
+        gw = self.gateway
+        relay, sink, key = self.relay, self.sink, self.key
+        transfer = self.transfer = gw.upstream.start_conversation(key, self.payload, relay.on_chunk)
+        gw.watch.add(relay, transfer)
+        try:
+            status = await transfer.accepted
+            if status != 200:
+                await transfer.done
+                if relay.closed:
+                    return
+                if status is None:
+                    raise ApiError(502, "the upstream could not be reached: %s" % transfer.failure,
+                                   "upstream_error", "upstream_unreachable")
+                raise from_upstream(status, bytes(transfer.error_body))
+            sink.start()
+            relay.begin()
+            await transfer.done
+            if relay.closed:
+                return
+            relay.finish_input()
+            await relay.drained()
+            reason, error = self.conversion.outcome(cut=transfer.failure is not None)
+            if error is not None:
+                if transfer.failure:
+                    error.message += " (%s)" % transfer.failure
+                log.warning("answer for key %s failed: %s", mask(key), error.message)
+                sink.fail(error)
+            else:
+                sink.finish(reason, self.prompt_messages)
+        finally:
+            gw.watch.discard(relay)
+            for warning in self.conversion.warnings:  # each kind once per stream
+                log.warning("upstream stream for key %s: %s", mask(key), warning)
+            cid = self.conversion.conversation_id
+            if cid and gw.settings.need_delete_conversation_after_response:
+                IOLoop.current().add_callback(gw.upstream.hide_conversation, key, cid)

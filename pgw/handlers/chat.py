@@ -11,7 +11,7 @@ from pgw.converters import openai_format
 from pgw.converters.payload import parse_chat_request
 from pgw.errors import ApiError
 from pgw.handlers.conversation import ConversationHandler
-from pgw.runtime import CollectSink, StreamSink
+from pgw.runtime import CollectSink, StreamSink, new_id
 
 
 class ChatCompletionsHandler(ConversationHandler):
@@ -23,14 +23,12 @@ class ChatCompletionsHandler(ConversationHandler):
         if route is None:
             raise ApiError(404, "The model `%s` does not exist. GET /v1/models lists the models here." % request.model,
                            "invalid_request_error", "model_not_found", "model")
-        messages = await self.while_connected(gw.prepare_messages(key, request, route))
-        payload = self.payload(messages, route, await self.while_connected(gw.gizmo(route)))
+        messages = await self.while_connected(gw.attachments.messages(key, request, route, new_id))
+        payload = self.payload(messages, route, await self.while_connected(gw.gizmos.gizmo(route)))
 
         encoder = openai_format.ChunkEncoder("chatcmpl-" + uuid.uuid4().hex[:29], int(time.time()), request.model)
         if request.stream:
             sink = StreamSink(self, encoder, request.include_usage, gw.tokens)
         else:
             sink = CollectSink(self, encoder, gw.tokens)
-        base = self.public_base_url()
-        await self.converse(key, payload, sink, lambda action, conversion: gw.perform(action, key, conversion, base),
-                            request.messages)
+        await self.converse(key, payload, sink, self.downloads(key), request.messages)

@@ -1,23 +1,15 @@
 """The base of endpoints answered by one upstream conversation (chat completions, images).
 
-``ConversationHandler.converse`` starts the upstream transfer, waits until it accepts (its
-error becomes ours), relays the converted answer through the runtime (``pgw.runtime``) into a
-sink and finishes it; ``while_connected`` abandons preparation work when the client leaves.
+``ConversationHandler.converse`` runs one upstream conversation into a sink through the runtime
+(``pgw.runtime.ConversationRun``): an upstream refusal becomes our error, the answer is relayed
+as it comes; ``while_connected`` abandons preparation work when the client leaves.
 """
 
 import asyncio
-import logging
-
-from tornado.ioloop import IOLoop
 
 from pgw.converters.payload import conversation_payload
-from pgw.converters.pipeline import Conversion
-from pgw.errors import ApiError, from_upstream
 from pgw.handlers.base import ClientGone, JsonBodyHandler
-from pgw.logs import mask
-from pgw.runtime import Relay, new_id
-
-log = logging.getLogger("gateway.chat")
+from pgw.runtime import ConversationRun, MediaDownloads, new_id
 
 
 class ConversationHandler(JsonBodyHandler):
@@ -30,6 +22,7 @@ class ConversationHandler(JsonBodyHandler):
 
     _gone = False
     _pending = None
+    _run = None
 
     async def while_connected(self, awaitable):
         """Await preparation work, abandoning it as soon as the client disconnects."""
@@ -47,60 +40,24 @@ class ConversationHandler(JsonBodyHandler):
 
     def payload(self, messages, route, gizmo=None):
         """The upstream request body, asking for the stream encoding the settings choose;
-        ``gizmo``: a GPT's gizmo object when known (``Gateway.gizmo``)."""
+        ``gizmo``: a GPT's gizmo object when known (``GizmoStore.gizmo``)."""
         return conversation_payload(messages, route, new_id, self.gateway.settings.upstream_encoding, gizmo)
 
-    async def converse(self, key, payload, sink, perform, prompt_messages, renderer=None):
-        """Start the upstream transfer, wait until it accepts (its error becomes ours), relay the
-        converted answer into ``sink`` and finish it. ``perform(action, conversion)`` carries out
-        a renderer's action and returns its text; ``renderer`` defaults to the gateway's."""
-        gw = self.gateway
+    def downloads(self, key):
+        """Fetching for one answer what it shows (images, files), linked at this gateway."""
+        return MediaDownloads(self.gateway.upstream, self.gateway.media, key, self.public_base_url())
+
+    async def converse(self, key, payload, sink, downloads, prompt_messages, renderer=None):
+        """Run the upstream conversation into ``sink`` (``pgw.runtime.ConversationRun``): an
+        upstream refusal raises before anything was sent; ``renderer`` defaults to the settings'."""
         if self._gone:
             raise ClientGone()
-        echo_ids = [m["id"] for m in payload["messages"]]  # the upstream may echo them back
-        conversion = Conversion(renderer or gw.renderer(), gw.settings.upstream_encoding, echo_ids)
-        relay = Relay(conversion, sink, lambda action: perform(action, conversion))
-        transfer = gw.upstream.start_conversation(key, payload, relay.on_chunk)
-        self._transfer, self._relay = transfer, relay
-        gw.watch.add(relay, transfer)
-        try:
-            status = await transfer.accepted
-            if status != 200:
-                await transfer.done
-                if self._relay.closed:
-                    return
-                if status is None:
-                    raise ApiError(502, "the upstream could not be reached: %s" % transfer.failure,
-                                   "upstream_error", "upstream_unreachable")
-                raise from_upstream(status, bytes(transfer.error_body))
-            sink.start()
-            relay.begin()
-            await transfer.done
-            if relay.closed:
-                return
-            relay.finish_input()
-            await relay.drained()
-            reason, error = relay.conversion.outcome(cut=transfer.failure is not None)
-            if error is not None:
-                if transfer.failure:
-                    error.message += " (%s)" % transfer.failure
-                log.warning("answer for key %s failed: %s", mask(key), error.message)
-                sink.fail(error)
-            else:
-                sink.finish(reason, prompt_messages)
-        finally:
-            gw.watch.discard(relay)
-            for warning in relay.conversion.warnings:  # each kind once per stream
-                log.warning("upstream stream for key %s: %s", mask(key), warning)
-            cid = relay.conversion.conversation_id
-            if cid and gw.settings.need_delete_conversation_after_response:
-                IOLoop.current().add_callback(gw.upstream.hide_conversation, key, cid)
+        self._run = ConversationRun(self.gateway, key, payload, sink, downloads, prompt_messages, renderer)
+        await self._run.run()
 
     def on_connection_close(self):
         self._gone = True
         if self._pending is not None:
             self._pending.cancel()
-        relay = getattr(self, "_relay", None)
-        if relay is not None and not relay.closed:
-            relay.closed = True
-            self._transfer.cancel("the client disconnected")
+        if self._run is not None:
+            self._run.cancel("the client disconnected")

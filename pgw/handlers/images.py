@@ -21,24 +21,26 @@ from pgw.media import MediaStore
 class ImageSink(GatherSink):
     """Collects the answer of a drawing request and writes the images response."""
 
-    def __init__(self, handler, request):
+    def __init__(self, handler, request, downloads):
         super().__init__(handler)
         self.request = request
-        self.images = []      # (public url, bytes, revised prompt)
-        self.failed = 0       # images the answer showed that could not be fetched
+        self.downloads = downloads   # what the answer showed, fetched and saved
 
     def finish(self, reason, prompt_messages):
         reply = "".join(self.texts)
-        if not self.images:
-            if self.failed:
-                error = ApiError(502, "the upstream drew %d image(s) but they could not be fetched" % self.failed,
+        images = [(url, raw, action.image.prompt) for action, url, raw in self.downloads.saved
+                  if type(action) is FetchImage]
+        if not images:
+            failed = sum(type(action) is FetchImage for action in self.downloads.failed)
+            if failed:
+                error = ApiError(502, "the upstream drew %d image(s) but they could not be fetched" % failed,
                                        "upstream_error", "image_download_failed")
             else:
                 error = ApiError(400, "no image was generated; the model answered: %s" % reply.strip(),
                                        "invalid_request_error", "no_image_generated", "prompt")
             return self.fail(error)
         data = []
-        for url, raw, revised in self.images:
+        for url, raw, revised in images:
             item = {"url": url} if self.request.response_format == "url" else {
                 "b64_json": base64.b64encode(raw).decode("ascii")}
             item["revised_prompt"] = revised or self.request.prompt
@@ -57,22 +59,11 @@ class ImageGenerationsHandler(ConversationHandler):
                 request.model, ", ".join(r.name for r in gw.models.routes() if r.can_draw)),
                 "invalid_request_error", "model_not_found" if route is None else "model_cannot_draw", "model")
         prompt = image_prompt(gw.settings.dalle_prompt_prefix, request)
-        payload = self.payload([("user", prompt)], route, await self.while_connected(gw.gizmo(route)))
-        sink = ImageSink(self, request)
-        base = self.public_base_url()
-
-        async def perform(action, conversion):
-            saved = await gw.fetch(action, key, conversion)
-            url = gw.public_url(base, saved[0]) if saved else None
-            if type(action) is FetchImage:
-                if saved:
-                    sink.images.append((url, saved[1], action.image.prompt))
-                else:
-                    sink.failed += 1
-            return action.render(url)
-
+        payload = self.payload([("user", prompt)], route, await self.while_connected(gw.gizmos.gizmo(route)))
+        downloads = self.downloads(key)
+        sink = ImageSink(self, request, downloads)
         # The reply is for a program, whatever BOT_MODE says: the markdown renderer shows every image.
-        await self.converse(key, payload, sink, perform, [("user", prompt)], MarkdownRenderer())
+        await self.converse(key, payload, sink, downloads, [("user", prompt)], MarkdownRenderer())
 
 
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
