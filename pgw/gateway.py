@@ -11,7 +11,8 @@ import time
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from pgw import gpts
+from pgw.conf import gpts
+from pgw.gizmos import GizmoStore
 from pgw.attachments import Attachments
 from pgw.media import MediaStore
 from pgw.runtime import StreamWatch
@@ -27,7 +28,7 @@ class Gateway:
         self.models = models or gpts.build_models(settings)
         self.upstream = UpstreamClient(settings)
         self.attachments = Attachments(settings, self.upstream)
-        self.gizmos = gpts.GizmoStore(self.upstream, self.models, settings.key_for_gpts_info,
+        self.gizmos = GizmoStore(self.upstream, self.models, settings.key_for_gpts_info,
                                       settings.gpts_fetch_timeout)
         self.tokens = TokenCounter()
         self.watch = StreamWatch(settings.keepalive_interval, settings.upstream_idle_timeout)

@@ -21,7 +21,7 @@ import tornado.netutil
 import tornado.process
 import tornado.web
 
-from pgw import gpts
+from pgw.conf import gpts
 from pgw import logs
 from pgw.balance import BalancedHTTPServer, ConnectionCounts
 from pgw.conf import settings as conf_settings

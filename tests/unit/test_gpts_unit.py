@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from pgw import gpts
+from pgw import gizmos
+from pgw.conf import gpts
 from pgw.conf import settings as conf_settings
 from pgw.conf.models import ModelTable
 
@@ -60,14 +61,14 @@ def test_failed_fetch_is_retried_on_first_use_then_backs_off():
     gizmo = {"gizmo": {"id": "g-abc", "display": {"name": "Helper"}}}
     up = StubUpstream([(500, None), (500, None), (200, gizmo)])
     now = [100.0]
-    store = gpts.GizmoStore(up, models, "info-key", 5, clock=lambda: now[0])
+    store = gizmos.GizmoStore(up, models, "info-key", 5, clock=lambda: now[0])
     route = models.resolve("helper")
 
     async def scenario():
         await store.fetch_all()                      # start-up: fails
         assert await store.gizmo(route) is None      # first use: retried, fails again
         assert await store.gizmo(route) is None      # backing off: no call
-        now[0] += gpts.RETRY_AFTER
+        now[0] += gizmos.RETRY_AFTER
         assert await store.gizmo(route) == gizmo     # later use: fetched
         assert await store.gizmo(route) == gizmo     # known: no call
 
@@ -80,7 +81,7 @@ def test_without_info_key_nothing_is_fetched():
     models = ModelTable(conf_settings.load(environ={}))
     models.add_gpt("helper", "g-abc")
     up = StubUpstream([])
-    store = gpts.GizmoStore(up, models, "", 5)
+    store = gizmos.GizmoStore(up, models, "", 5)
 
     async def scenario():
         await store.fetch_all()
