@@ -62,6 +62,9 @@ class Answer:
         self._echo_ids = frozenset(echo_ids)
         self.finish_reason = None      # from the upstream's finish_details, when it says
         self.upstream_error = None     # an in-stream error message
+        self.upstream_error_code = None  # ... and its error_code ("usage_limit"), if any
+        self.resume_conversation_token = None  # a token for resuming this turn elsewhere
+        self.handoff_to = None         # (turn_exchange_id, options): the answer goes on elsewhere
         self.complete = False          # the upstream said the answer is complete
         self.blocked = False           # moderation blocked the answer
         self._open = None              # kind of the block being written, if any
@@ -116,9 +119,18 @@ class Answer:
         if msg.role == "tool":
             self._images(msg)
 
-    def error(self, text):
-        """An error message in the stream."""
+    def error(self, text, code=None):
+        """An error message in the stream; ``code``: its ``error_code`` (``usage_limit``)."""
         self.upstream_error = text
+        self.upstream_error_code = code
+
+    def resume_token(self, token):
+        """``resume_conversation_token``: what resuming this turn elsewhere needs."""
+        self.resume_conversation_token = token
+
+    def handoff(self, turn_exchange_id, options):
+        """``stream_handoff``: the rest of the answer is not in this response."""
+        self.handoff_to = (turn_exchange_id, options)
 
     def moderation(self, blocked):
         self.blocked = self.blocked or blocked

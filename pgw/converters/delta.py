@@ -12,7 +12,8 @@ The one place that knows how v1 frames apply (docs/upstream-protocol.md sections
   patch (path and operation), even when a list came in between.
 - A top-level frame is one change: a ``patch`` list applies whole before anything is passed
   on, so text that a list appends and takes back never reaches the client.
-- Frames without ``p``, ``o`` and ``v`` (typed frames, errors) go to ``LegacyDialect.payload``.
+- Frames with neither ``p`` nor ``o`` that carry a ``type`` or no ``v`` (typed frames, errors)
+  go to ``LegacyDialect.payload``.
 
 The invariant, for each message: ``Message.sent`` (what the client has) is at most the length
 of the message's text as the document holds it, and everything up to it was passed on; after
@@ -263,7 +264,7 @@ class DeltaDialect:
             self._new_document(value)
             return
         if path is None and op is None:
-            if "v" not in obj:
+            if "v" not in obj or "type" in obj:  # a typed frame, an error: patches have no type
                 self._flush()
                 self._legacy.payload(obj)
                 return

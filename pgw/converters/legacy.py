@@ -18,6 +18,12 @@ import ujson
 
 from pgw.converters.events import DONE, Message, Warnings, content_text, read_event
 
+# Typed frames that say nothing the answer needs (docs/upstream-protocol.md section 5.2).
+IGNORED = frozenset((
+    "input_message", "message_marker", "title_generation", "server_ste_metadata", "conversation_detail_metadata",
+    "url_moderation", "safety_review_update", "conversation_async_status", "num_variants_in_stream", "moderation",
+))
+
 
 class LegacyDialect:
     """``answer``: the answer stage it calls (``converters.answer.Answer`` or a stand-in);
@@ -45,30 +51,42 @@ class LegacyDialect:
         self.answer.done()
 
     def payload(self, obj):
-        """A decoded event object that is not a patch (shared with the delta dialect)."""
+        """A decoded event object that is not a patch (shared with the delta dialect): a whole
+        message, a root object with an error, or a typed frame. Typed frames are never text."""
         cid = obj.get("conversation_id")
-        if cid:
+        if cid and type(cid) is str:
             self.conversation_id = cid
         m = obj.get("message")
         if isinstance(m, dict):
             self.snapshot(m)
-            return
-        kind = obj.get("type")
-        if kind == "message_stream_complete":
-            self._end_current()
-            self.answer.done()
-            return
-        moderation = obj.get("moderation_response")
-        if isinstance(moderation, dict):
-            if moderation.get("blocked"):
-                self.answer.moderation(True)
-            return
         error = obj.get("error")
         if error:
+            code = obj.get("error_code")
             if isinstance(error, dict):
+                code = code or error.get("code")
                 error = error.get("message") or ujson.dumps(error, ensure_ascii=False)
-            self.answer.error(str(error))
-        # otherwise: title_generation, input_message echoes and later kinds
+            self.answer.error(str(error), code if isinstance(code, str) else None)
+        if isinstance(m, dict):
+            return
+        kind = obj.get("type")
+        moderation = obj.get("moderation_response")
+        if isinstance(moderation, dict):  # late 2023 without "type", 2024 on with "type": "moderation"
+            if moderation.get("blocked"):
+                self.answer.moderation(True)
+        elif kind == "message_stream_complete":
+            # The turn is over; more typed frames (a title) may follow before [DONE].
+            self._end_current()
+            self.answer.done()
+        elif kind == "resume_conversation_token":
+            token = obj.get("token")
+            if isinstance(token, str):
+                self.answer.resume_token(token)
+        elif kind == "stream_handoff":
+            options = obj.get("options")
+            self.answer.handoff(obj.get("turn_exchange_id"), options if isinstance(options, list) else [])
+        elif kind is not None and kind not in IGNORED:
+            self.warnings.note("ignored an upstream frame of a type the gateway does not know: %r" % (kind,),
+                               ("type", kind))
 
     def snapshot(self, m):
         """A whole message as the upstream has it now."""

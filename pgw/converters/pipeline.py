@@ -117,11 +117,22 @@ class Conversion:
         """After ``close``: ``(finish_reason, None)`` or ``(None, ApiError)``.
 
         ``cut``: the transfer itself failed (connection dropped, timeout). An answer is only a
-        success when the upstream said it was complete and something was said.
+        success when the upstream said it was complete and something was said. This is the one
+        place that decides what an answer's end means for the client: an in-stream error with
+        ``error_code: "usage_limit"`` is a rate limit (429, the upstream's message), an answer
+        handed off elsewhere (``stream_handoff``) that nobody followed is an error, never an empty
+        success.
         """
         answer = self._answer
         if answer.upstream_error:
+            if answer.upstream_error_code == "usage_limit":
+                # The account's cap: clients back off on a rate limit, not on a gateway error.
+                return None, ApiError(429, answer.upstream_error, "rate_limit_error", "rate_limit_exceeded")
             return None, ApiError(502, "upstream error: %s" % answer.upstream_error, "upstream_error", "upstream_error")
+        if answer.handoff_to is not None:
+            return None, ApiError(502, "the upstream continued this answer elsewhere (stream_handoff); this gateway "
+                                  "does not follow it yet, so the answer is missing", "upstream_error",
+                                  "upstream_handoff")
         if cut or not answer.complete:
             return None, ApiError(502, "the upstream connection ended before the answer was complete",
                                   "upstream_error", "upstream_incomplete")

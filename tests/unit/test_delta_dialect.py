@@ -71,8 +71,14 @@ class Recorder:
     def end(self, msg):
         self.calls.append(("end", msg))
 
-    def error(self, text):
-        self.calls.append(("error", text))
+    def error(self, text, code=None):
+        self.calls.append(("error", text) if code is None else ("error", text, code))
+
+    def resume_token(self, token):
+        self.calls.append(("resume_token", token))
+
+    def handoff(self, turn_exchange_id, options):
+        self.calls.append(("handoff", turn_exchange_id, options))
 
     def moderation(self, blocked):
         self.calls.append(("moderation", blocked))
