@@ -1,7 +1,8 @@
 """Named answers of the demo upstream.
 
 A demo user picks one with a word in the message (``/code``, ``/code2``, ``/search``,
-``/browse``, ``/draw``, ``/draw2``, ``/chart``, ``/file``, ``/long``, ``/error``; a request that
+``/browse``, ``/draw``, ``/draw2``, ``/chart``, ``/file``, ``/long``, ``/error``, ``/limit``
+(usage cap), ``/blocked`` (moderation); a request that
 mentions DALL·E, as the images endpoint's does, draws); a
 test picks one for its key through ``POST /_fake/plan``. Each builds a ``Script`` from the
 request so answers can quote what was asked.
@@ -32,6 +33,14 @@ def empty(ask, model):
 def stream_error(ask, model):
     return Script([Msg("我正在回答，但是", step=2, status="in_progress")], model,
                   error="Something went wrong while generating the response.", done=True)
+
+
+USAGE_LIMIT = "You've reached the current usage cap for this model. Please try again later."
+
+
+def usage_limit(ask, model):
+    """The account's cap is hit: an in-stream error with error_code usage_limit, no answer."""
+    return Script([], model, error=USAGE_LIMIT, error_code="usage_limit")
 
 
 def drop(ask, model):
@@ -199,13 +208,14 @@ SCENARIOS = {
     "max_tokens": max_tokens, "blocked": blocked, "code": code, "search": search,
     "code_rounds": code_rounds, "browse": browse, "dalle": dalle, "dalle_two": dalle_two,
     "dalle_missing": dalle_missing, "no_image": no_image, "chart": chart, "sandbox_file": sandbox_file,
+    "usage_limit": usage_limit,
 }
 
 # words a demo user can put in a message to pick a scenario (longer words first: "/code2"
 # contains "/code")
 KEYWORDS = {"/code2": "code_rounds", "/code": "code", "/search": "search", "/browse": "browse",
             "/draw2": "dalle_two", "/draw": "dalle", "/chart": "chart", "/file": "sandbox_file",
-            "/long": "long", "/error": "stream_error"}
+            "/long": "long", "/error": "stream_error", "/limit": "usage_limit", "/blocked": "blocked"}
 
 
 def pick(ask):

@@ -2,11 +2,15 @@
 
 A scenario says *what* the upstream answers (a list of ``Msg``); this module says *how* the
 upstream streams it: the late-2023 dialect repeats the whole message in every event
-(``legacy_events``, docs/upstream.md "The stream: three forms", 1); the 2024 dialect sends each message
-once and then patches to it (``v1_events``, form 2). Rendering both dialects from one script
-keeps their transcripts of one scenario from drifting apart.
+(``legacy_events``, docs/upstream.md "The stream: three forms", 1); the v1 dialect sends each
+message once and then patches to it, in the form live accounts send in 2025-2026 (``v1_events``,
+the default for v1: roots with ``c``, later ones without ``p``/``o``, a hidden system root and
+the user's echo first, typed frames between everything, form 3) or in the early-2024 form
+(``v1_2024_events``, form 2). Rendering every dialect from one script keeps their transcripts
+of one scenario from drifting apart.
 """
 
+import base64
 import json
 import uuid
 
@@ -44,10 +48,11 @@ class Script:
     """A whole answer: its messages and how the stream around them behaves."""
 
     def __init__(self, messages, model="gpt-4", error=None, title="演示对话", blocked=False, done=True,
-                 ascii=True):
+                 ascii=True, error_code=None):
         self.messages = messages
         self.model = model
         self.error = error          # an in-stream error after the messages
+        self.error_code = error_code  # ... and its error_code ("usage_limit": the account's cap)
         self.title = title
         self.blocked = blocked      # moderation blocks the answer
         self.done = done            # ends with [DONE]
@@ -104,6 +109,14 @@ def _event(obj, ascii):
     return b"data: " + json.dumps(obj, ensure_ascii=ascii).encode() + b"\n\n"
 
 
+def _error(script, conversation_id):
+    """The in-stream error root; ``error_code`` only when the script has one (2025 on)."""
+    error = {"message": None, "conversation_id": conversation_id, "error": script.error}
+    if script.error_code:
+        error["error_code"] = script.error_code
+    return error
+
+
 PING = b"event: ping\ndata: 2023-12-20 12:34:56.123456\n\n"
 
 
@@ -146,7 +159,7 @@ def legacy_events(script, conversation_id, user_messages, pings=True):
                           "moderation_response": {"flagged": script.blocked, "blocked": script.blocked,
                                                   "moderation_id": "modr-demo"}}, ascii))
     if script.error:
-        events.append(_event({"message": None, "conversation_id": conversation_id, "error": script.error}, ascii))
+        events.append(_event(_error(script, conversation_id), ascii))
     if script.done:
         events.append(b"data: [DONE]\n\n")
     return events
@@ -192,8 +205,8 @@ class _Patches:
         self.last = ("", "patch")  # a bare {"v"} refers to the last top-level patch, not its parts
 
 
-def v1_events(script, conversation_id, user_messages, pings=True):
-    """The 2024 stream asked for with ``"supported_encodings": ["v1"]``: each message once
+def v1_2024_events(script, conversation_id, user_messages, pings=True):
+    """The early-2024 stream asked for with ``"supported_encodings": ["v1"]``: each message once
     (``add`` with ``c``), then appends to its text, citations as they become complete, and one
     final patch list with the rest of the text, status, end_turn and metadata."""
     ascii = script.ascii
@@ -250,11 +263,178 @@ def v1_events(script, conversation_id, user_messages, pings=True):
                           "moderation_response": {"flagged": script.blocked, "blocked": script.blocked,
                                                   "moderation_id": "modr-demo"}}, ascii))
     if script.error:
-        events.append(_event({"message": None, "conversation_id": conversation_id, "error": script.error}, ascii))
+        events.append(_event(_error(script, conversation_id), ascii))
     if script.done:
         events.append(_event({"type": "message_stream_complete", "conversation_id": conversation_id}, ascii))
         events.append(b"data: [DONE]\n\n")
     return events
 
 
-RENDERERS = {"legacy": legacy_events, "v1": v1_events}
+def _jwt(conversation_id):
+    """A token shaped like the upstream's (three base64url fields); nothing reads it."""
+    claims = json.dumps({"conversation_id": conversation_id, "exp": 1893456000}).encode()
+    return "eyJhbGciOiJFUzI1NiJ9.%s.ZmFrZQ" % base64.urlsafe_b64encode(claims).decode().rstrip("=")
+
+
+def _hidden_system(parent):
+    return {"id": str(uuid.uuid4()), "author": {"role": "system", "name": None, "metadata": {}},
+            "create_time": None, "update_time": None, "content": {"content_type": "text", "parts": [""]},
+            "status": "finished_successfully", "end_turn": True, "weight": 0.0,
+            "metadata": {"is_visually_hidden_from_conversation": True}, "recipient": "all", "channel": None}
+
+
+def _ref_ops(refs, state, upto):
+    """Patches for the content_references whose markers the text has reached by ``upto``, as
+    live streams send them (docs/upstream.md, citations): an entry is created, hidden and
+    invalid, as soon as its U+E200 has streamed, and filled in once the whole marker has.
+    ``state``: index -> "created" / "done", updated."""
+    ops = []
+    base = "/message/metadata/content_references"
+    for k, ref in enumerate(refs):
+        start = ref.get("start_idx", 0)
+        end = ref.get("end_idx", start)
+        if k not in state and start < upto:
+            ops.append({"p": base, "o": "append", "v": [{"matched_text": "\ue200", "start_idx": start,
+                                                         "end_idx": start + 1, "type": "hidden", "invalid": True}]})
+            state[k] = "created"
+        if state.get(k) == "created" and end <= upto:
+            ops += [{"p": "%s/%d/matched_text" % (base, k), "o": "replace", "v": ref.get("matched_text", "")},
+                    {"p": "%s/%d/end_idx" % (base, k), "o": "replace", "v": end},
+                    {"p": "%s/%d/invalid" % (base, k), "o": "remove"},
+                    {"p": "%s/%d" % (base, k), "o": "append", "v": {key: value for key, value in ref.items()
+                                                                     if key not in ("matched_text", "end_idx")}},
+                    {"p": "%s/%d/status" % (base, k), "o": "replace", "v": "done"}]
+            state[k] = "done"
+    return ops
+
+
+class _Stream2025:
+    """One answer in the 2025-2026 v1 form (docs/upstream.md, form 3), event by event."""
+
+    def __init__(self, script, conversation_id, pings):
+        self.script = script
+        self.cid = conversation_id
+        self.pings = pings
+        self.events = [DELTA_ENCODING]
+        self.out = _Patches(self.events, script.ascii)
+        self.count = 0
+
+    def typed(self, obj):
+        obj.setdefault("conversation_id", self.cid)
+        self.events.append(_event(obj, self.script.ascii))
+
+    def root(self, message):
+        doc = {"message": message, "conversation_id": self.cid, "error": None, "error_code": None}
+        # The first root of a stream comes as an add at "", later ones as a bare {"v", "c"}.
+        frame = {"p": "", "o": "add", "v": doc, "c": self.count} if self.count == 0 else {"v": doc, "c": self.count}
+        self.events.append(_delta(frame, self.script.ascii))
+        self.out.last = None
+        self.count += 1
+
+    def marker(self, message_id, marker, event):
+        self.typed({"type": "message_marker", "message_id": message_id, "marker": marker, "event": event})
+
+    def message(self, msg, parent, t):
+        script = self.script
+        text = msg.text
+        first = message_dict(msg, "", False, parent, script.model, t)
+        first["channel"] = "final" if msg.role == "assistant" and msg.recipient == "all" else None
+        content = first["content"]
+        if text and content.get("parts") == []:
+            content["parts"] = [""]
+        path = _text_path(content)
+        refs = msg.metadata.get("content_references") or []
+        if refs:
+            first["metadata"]["content_references"] = []
+        self.root(first)
+        if msg.role == "assistant" and msg.recipient == "all":
+            self.marker(msg.id, "user_visible_token", "first")
+        citations = msg.metadata.get("citations") or []
+        cited = 0
+        ref_state = {}
+        sent = 0
+        cuts = msg.cuts if msg.cuts is not None else list(range(msg.step, len(text), msg.step))
+        for n, cut in enumerate(cuts):
+            due = _ref_ops(refs, ref_state, cut)
+            if due:
+                # As live streams do: references change in the same list as the text.
+                self.out.patch([{"p": path, "o": "append", "v": text[sent:cut]}] + due)
+            else:
+                self.out.op(path, "append", text[sent:cut])
+            sent = cut
+            ready = [c for c in citations if c.get("end_ix", 0) <= cut]
+            if len(ready) > cited:
+                if cited == 0:
+                    self.out.op("/message/metadata", "append", {"citations": ready})
+                else:
+                    self.out.op("/message/metadata/citations", "append", ready[cited:])
+                cited = len(ready)
+            if self.pings and n == len(cuts) // 2:
+                self.events.append(PING)
+            if n == 0 and msg.role == "assistant" and msg.recipient == "all":
+                self.typed({"type": "server_ste_metadata", "metadata": {
+                    "plan_type": "free", "model_slug": "i-mini", "tool_name": None, "tool_invoked": False,
+                    "resume_with_websockets": False, "turn_use_case": "text"}})
+        final = message_dict(msg, text, True, parent, script.model, t)
+        ops = []
+        if text[sent:]:
+            ops.append({"p": path, "o": "append", "v": text[sent:]})
+        ops += _ref_ops(refs, ref_state, len(text) + 1)
+        if msg.final_parts:
+            ops.append({"p": "/message/content/parts", "o": "append", "v": msg.final_parts})
+        ops.append({"p": "/message/status", "o": "replace", "v": final["status"]})
+        if final["end_turn"] is not None:
+            ops.append({"p": "/message/end_turn", "o": "replace", "v": final["end_turn"]})
+        metadata = {k: v for k, v in final["metadata"].items()
+                    if first["metadata"].get(k) != v and k != "content_references"}
+        if metadata:
+            ops.append({"p": "/message/metadata", "o": "append", "v": metadata})
+        self.out.patch(ops)
+        if msg.role == "assistant" and msg.recipient == "all":
+            self.marker(msg.id, "last_token", "last")
+
+    def render(self, user_messages):
+        script = self.script
+        parent = user_messages[-1]["id"] if user_messages else str(uuid.uuid4())
+        self.typed({"type": "resume_conversation_token", "kind": "conduit", "token": _jwt(self.cid)})
+        self.root(_hidden_system(parent))
+        for m in user_messages:
+            echo = _echo(m)
+            if (echo.get("author") or {}).get("role", "user") not in ("user", "system"):
+                continue
+            self.typed({"type": "input_message", "input_message": echo})
+            self.root(echo)
+        t = 1767225600.5
+        for i, msg in enumerate(script.messages):
+            self.message(msg, parent, t)
+            parent = msg.id
+            if i == 0:
+                self.typed({"type": "title_generation", "title": script.title})
+        self.typed({"type": "moderation", "message_id": parent, "is_completion": True,
+                    "moderation_response": {"flagged": script.blocked, "blocked": script.blocked,
+                                            "moderation_id": "modr-demo"}})
+        if script.error:
+            self.typed({"message": None, "error": script.error, "error_code": script.error_code})
+        self.typed({"type": "conversation_detail_metadata", "banner_info": None, "blocked_features": [],
+                    "model_limits": [], "limits_progress": [{"feature_name": "deep_research", "remaining": 25,
+                                                             "reset_after": "2026-02-01T00:00:00+00:00"}],
+                    "default_model_slug": "auto"})
+        if script.done:
+            self.typed({"type": "message_stream_complete"})
+            self.typed({"type": "title_generation", "title": script.title})  # a title may come again
+            self.events.append(b"data: [DONE]\n\n")
+        return self.events
+
+
+def v1_events(script, conversation_id, user_messages, pings=True):
+    """The v1 stream as live accounts send it in 2025-2026 (the default for v1): the resume
+    token, a hidden system root, the echo of each user message (``input_message`` and a root),
+    then each message of the answer: a root with ``c`` (no ``p``/``o`` after the first), text
+    appends (bare ``{"v"}`` continuations), citations' ``content_references`` created in the
+    same patch list as their text, an end-of-message patch list; latency markers, telemetry,
+    the title (twice), moderation and quotas between them; ``message_stream_complete`` and
+    ``[DONE]`` at the end."""
+    return _Stream2025(script, conversation_id, pings).render(user_messages)
+
+
+RENDERERS = {"legacy": legacy_events, "v1": v1_events, "v1-2024": v1_2024_events}
