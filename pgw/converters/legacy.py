@@ -89,6 +89,10 @@ class LegacyDialect:
         if citations and len(citations) != self._cited.get(mid, 0):
             self._cited[mid] = len(citations)
             answer.update(msg)
+        elif metadata.get("content_references"):
+            # 2025-2026 references are patched in place (a marker's entry fills in): the
+            # answer stage looks again (cheap unless a marker is held for its reference).
+            answer.update(msg)
         text = content_text(content)
         if len(text) > msg.sent:
             new = text[msg.sent:]
