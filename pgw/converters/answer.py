@@ -164,6 +164,7 @@ class Answer:
         self._seen: dict = {}          # prose message id -> characters of its text received
         self._reasoned: set = set()    # reasoning messages whose text has begun
         self._inside = False           # a marker is open in the tool material or reasoning text
+        self._used: set = set()        # ids of the references markers were shown with
 
     # what the dialect stage calls
 
@@ -361,6 +362,8 @@ class Answer:
         if (ref is None or _pending(ref)) and not final and len(text) - end < _REF_WAIT:
             self._held, self._held_msg = text[start:], msg
             return None
+        if ref is not None:
+            self._used.add(id(ref))
         self._show_marker(marker, ref)
         return end
 
@@ -383,11 +386,11 @@ class Answer:
         else:
             renderer.links(())  # hidden, unresolved and kinds without text vanish
 
-    @staticmethod
-    def _reference(msg: Message, marker: str, offset: int) -> Optional[dict]:
+    def _reference(self, msg: Message, marker: str, offset: int) -> Optional[dict]:
         """The ``content_references`` entry of the marker at ``offset`` of ``msg``'s text: the
-        one whose ``matched_text`` is the marker (the one at that place when several are), else
-        one that spans exactly that place."""
+        one whose ``matched_text`` is the marker and whose ``start_idx`` is that place; else
+        the first such entry no earlier marker used (offsets drift when the upstream took text
+        back); else one without ``matched_text`` that spans exactly that place."""
         refs = msg.metadata.get("content_references")
         if not isinstance(refs, list):
             return None
@@ -399,7 +402,7 @@ class Answer:
             if matched == marker:
                 if ref.get("start_idx") == offset:
                     return ref
-                if found is None:
+                if found is None and id(ref) not in self._used:
                     found = ref
             elif (found is None and matched is None and ref.get("start_idx") == offset
                   and ref.get("end_idx") == offset + len(marker)):

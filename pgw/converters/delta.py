@@ -300,8 +300,10 @@ class DeltaDialect:
         if not isinstance(doc, dict):
             return
         m = doc.get("message")
-        if isinstance(m, dict) and m.get("status") != "in_progress":
-            self._flush()  # the message may end here: its content must be whole
+        # The shared logic reads the whole text from the document (a metadata-only patch
+        # mid-message, such as a 2025-2026 reference filling in, must not look like text taken
+        # back): join what is kept as pieces first.
+        self._flush()
         if self._changed_root or not isinstance(m, dict):
             self._legacy.payload(doc)
             if isinstance(m, dict) and doc.get("error"):
