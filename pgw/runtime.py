@@ -306,9 +306,25 @@ class MediaDownloads:
         self.conversion = None   # set by ConversationRun: sandbox files need the conversation id
         self.saved = []
         self.failed = []
+        self._fetched = {}       # upstream file -> (saved name, bytes), for this answer
+
+    @staticmethod
+    def _what(action):
+        """Which upstream file an action fetches (None: not one this knows)."""
+        if type(action) is FetchImage:
+            return ("file", action.image.file_id)
+        if type(action) is FetchSandboxFile:
+            return ("sandbox", action.file.message_id, action.file.path)
+        return None
 
     async def perform(self, action):
+        what = self._what(action)
+        saved = self._fetched.get(what) if what is not None else None
+        if saved is not None:  # the same upstream file shown again: fetched and saved once
+            return action.render(self.public_url(saved[0]))
         saved = await self.fetch(action)
+        if saved is not None and what is not None:
+            self._fetched[what] = saved
         if saved is None:
             self.failed.append(action)
             return action.render(None)
