@@ -154,7 +154,9 @@ class Answer:
         self._echo_ids = frozenset(echo_ids)
         self.finish_reason: Optional[str] = None   # from the upstream's finish_details, when it says
         self.upstream_error: Optional[str] = None  # an in-stream error message
-        self.upstream_error_code: Optional[str] = None
+        self.upstream_error_code: Optional[str] = None  # ... and its error_code ("usage_limit"), if any
+        self.resume_conversation_token: Optional[str] = None  # a token for resuming this turn elsewhere
+        self.handoff_to: Optional[tuple] = None  # (turn_exchange_id, options): the answer goes on elsewhere
         self.complete = False          # the upstream said the answer is complete
         self.blocked = False           # moderation blocked the answer
         self._open: Optional[str] = None  # kind of the block being written, if any
@@ -230,6 +232,14 @@ class Answer:
         """An error message in the stream (``code``: the upstream's ``error_code``)."""
         self.upstream_error = text
         self.upstream_error_code = code
+
+    def resume_token(self, token: str) -> None:
+        """``resume_conversation_token``: what resuming this turn elsewhere needs."""
+        self.resume_conversation_token = token
+
+    def handoff(self, turn_exchange_id: Any, options: Any) -> None:
+        """``stream_handoff``: the rest of the answer is not in this response."""
+        self.handoff_to = (turn_exchange_id, options)
 
     def moderation(self, blocked: bool) -> None:
         self.blocked = self.blocked or blocked
