@@ -231,3 +231,25 @@ def test_reasoning_tokens_are_part_of_the_completion_tokens():
     assert inline["completion_tokens"] == tokens.count("<think>\nSix sevens make 42.\n</think>\n\nIt is 42.")
     assert inline["completion_tokens_details"]["reasoning_tokens"] == tokens.count("Six sevens make 42.")
     assert tokens.usage([], "hi")["completion_tokens_details"] == {"reasoning_tokens": 0}
+
+
+def render_calls(renderer, calls):
+    for name, *args in calls:
+        getattr(renderer, name)(*args)
+    renderer.close()
+    return contents(renderer.take())
+
+
+# thinking, a tool run's words, thinking again, the answer (gpt-5 thinks between tool calls)
+TWICE = [("reasoning_break",), ("reasoning", "先搜索。"), ("prose", "Let me look."), ("reasoning_break",),
+         ("reasoning", "Found it."), ("reasoning_break", True), ("reasoning", "Thought for 3s"), ("prose", "答案。")]
+
+
+def test_reasoning_that_resumes_after_the_answer_began():
+    assert render_calls(MarkdownRenderer(), TWICE) == (
+        "Let me look.答案。", "先搜索。\n\nFound it.\nThought for 3s", "先搜索。\n\nFound it.\nThought for 3s")
+    assert render_calls(MarkdownRenderer("think"), TWICE)[0] == (
+        "<think>\n先搜索。\n</think>\n\nLet me look.\n<think>\nFound it.\nThought for 3s\n</think>\n\n答案。")
+    assert render_calls(BotRenderer(reasoning_output=True), TWICE)[0] == (
+        "先搜索。\n\nLet me look.\nFound it.\nThought for 3s\n\n答案。")
+    assert render_calls(BotRenderer(), TWICE) == ("Let me look.答案。", "", "")
