@@ -186,6 +186,8 @@ SPEC = {
     "BOT_MODE_ENABLED_BING_REFERENCE_OUTPUT": (_boolean, ()),
     "BOT_MODE_ENABLED_MARKDOWN_IMAGE_OUTPUT": (_boolean, ()),
     "BOT_MODE_ENABLED_PLAIN_IMAGE_URL_OUTPUT": (_boolean, ()),
+    "BOT_MODE_ENABLED_REASONING_OUTPUT": (_boolean, ()),
+    "REASONING_OUTPUT": (_choice("reasoning_content", "think", "hidden"), ()),
     "DALLE_PROMPT_PREFIX": (_prefix_text, ()),
     "NEED_DELETE_CONVERSATION_AFTER_RESPONSE": (_boolean, ()),
     "PROCESS_WORKERS": (_integer(1, 64), ()),
