@@ -320,7 +320,8 @@ class MediaDownloads:
         got = await self.upstream.fetch_url(url)
         data = bytes(got.body)
         if got.status != 200 or not data:
-            log.warning("download of %s failed: HTTP %s%s", what, got.status,
+            log.warning("download of %s failed: %s%s", what,
+                        got.failure if got.status == 599 and got.failure else "HTTP %s" % got.status,
                         " (larger than the download limit)" if got.too_big else "")
             return None
         name = self.media.save_image(data) if t is FetchImage else self.media.save_file(what, data)
@@ -328,6 +329,18 @@ class MediaDownloads:
             log.warning("download of %s did not give an image (%d bytes)", what, len(data))
             return None
         return name, data
+
+
+def no_answer_error(transfer):
+    """The error for a conversation the upstream never answered: it could not be reached, or
+    it took the request and then sent nothing (StreamWatch's silence limit) or hung up."""
+    if transfer.cancelled:  # by StreamWatch: the upstream kept silent (the client leaving returns earlier)
+        return ApiError(504, "%s after taking the request (UPSTREAM_IDLE_TIMEOUT)" % transfer.failure,
+                        "upstream_error", "upstream_timeout")
+    if transfer.connect_failed:
+        return ApiError(502, "the upstream could not be reached: %s (check BASE_URL)" % transfer.failure,
+                        "upstream_error", "upstream_unreachable")
+    return ApiError(502, "the upstream did not answer: %s" % transfer.failure, "upstream_error", "upstream_no_answer")
 
 
 class ConversationRun:
@@ -378,9 +391,8 @@ class ConversationRun:
                 if relay.closed:
                     return
                 if status is None:
-                    raise ApiError(502, "the upstream could not be reached: %s" % transfer.failure,
-                                   "upstream_error", "upstream_unreachable")
-                raise from_upstream(status, bytes(transfer.error_body))
+                    raise no_answer_error(transfer)
+                raise from_upstream(status, bytes(transfer.error_body), transfer.headers)
             sink.start()
             relay.begin()
             await transfer.done
