@@ -39,6 +39,7 @@ answers 302, ``GET /_fake/bytes?n=N`` N bytes, for tests of fetching files by UR
 
 import asyncio
 import hashlib
+import logging
 import os
 import random
 import time
@@ -458,10 +459,20 @@ class LogHandler(FakeHandler):
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 
+access_log = logging.getLogger("fakeupstream.access")
+
+
+def _log_request(handler):
+    """The demo upstream's own access line, under its own logger name (``fakeupstream``), at
+    DEBUG: run by ``--demo`` inside the gateway's process, it never mixes into the gateway's log."""
+    access_log.debug("%s %s %d %.1fms", handler.request.method, handler.request.path, handler.get_status(),
+                     1000 * handler.request.request_time())
+
+
 def make_app(state=None):
     state = state or State()
     args = {"state": state}
-    return tornado.web.Application([
+    return tornado.web.Application(log_function=_log_request, handlers=[
         (r"/(?:(.+)/)?backend-api/conversation", ConversationHandler, args),
         (r"/(?:(.+)/)?backend-api/conversation/([^/]+)", HideHandler, args),
         (r"/(?:(.+)/)?backend-api/conversation/([^/]+)/interpreter/download", InterpreterDownloadHandler, args),

@@ -208,6 +208,7 @@ class StreamWatch:
         self.keepalive_interval = keepalive_interval
         self.idle_timeout = idle_timeout
         self._relays = {}
+        self.metrics = None  # pgw.metrics.Metrics: told once per sweep, never per event
         # A quarter of the interval: a keep-alive is then at most 25% late, not a whole tick.
         tick = min(keepalive_interval / 4, 1.0) if keepalive_interval > 0 else 1.0
         self._timer = PeriodicCallback(self._sweep, tick * 1000)
@@ -230,6 +231,7 @@ class StreamWatch:
     def _sweep(self):
         now = time.monotonic()
         keepalive = self.keepalive_interval
+        sent = 0
         for relay, transfer in list(self._relays.items()):
             if relay.closed:
                 continue
@@ -239,6 +241,9 @@ class StreamWatch:
             sink = relay.sink
             if keepalive and sink.started and now - sink.last_write >= keepalive:
                 sink.keepalive()
+                sent += 1
+        if self.metrics is not None:
+            self.metrics.swept(len(self._relays), sent)
 
 
 def renderer_for(settings):

@@ -9,6 +9,7 @@ a client that goes away must not leave an orphan transfer running upstream, so
 
 import asyncio
 import logging
+import time
 import urllib.parse
 
 import pycurl
@@ -338,6 +339,52 @@ class UpstreamClient:
 
     def close(self):
         self.http.close()
+
+
+class UpstreamHealth:
+    """Whether the upstream answers, probed at most every ``every`` seconds and cached, for
+    ``/readyz`` (Docker and Kubernetes poll it) and the start-up check.
+
+    The probe is a GET of ``backend-api/models`` without a key: a working PandoraNext answers
+    it (401 without a key), so any answer below 500 means the address is right and up; no
+    answer or a 5xx means requests would fail now. Concurrent checks share one probe.
+    """
+
+    def __init__(self, upstream, every=5.0, timeout=5.0, clock=None):
+        self.upstream = upstream
+        self.every = every
+        self.timeout = timeout
+        self.clock = clock or time.monotonic
+        self.result = None        # (answers, status or None, failure text or None)
+        self._checked_at = None
+        self._probe = None
+
+    async def check(self):
+        """``(answers, status, failure)``, fresh or at most ``every`` seconds old."""
+        if self._checked_at is not None and self.clock() - self._checked_at < self.every:
+            return self.result
+        if self._probe is None:
+            self._probe = asyncio.ensure_future(self._run())
+        return await asyncio.shield(self._probe)
+
+    def age(self):
+        return None if self._checked_at is None else self.clock() - self._checked_at
+
+    async def _run(self):
+        try:
+            u = self.upstream
+            response = await u.http.fetch_any(HTTPRequest(
+                u.url("models"), headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                connect_timeout=min(u.settings.upstream_connect_timeout, self.timeout),
+                request_timeout=self.timeout, follow_redirects=False))
+            if response.code == 599:
+                self.result = (False, None, failure_text(response.error))
+            else:
+                self.result = (response.code < 500, response.code, None)
+            self._checked_at = self.clock()
+            return self.result
+        finally:
+            self._probe = None
 
 
 class Fetched:
