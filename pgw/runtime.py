@@ -336,7 +336,7 @@ class MediaDownloads:
         return name, data
 
 
-def no_answer_error(transfer):
+def no_answer_error(transfer) -> ApiError:
     """The error for a conversation the upstream never answered: it could not be reached, or
     it took the request and then sent nothing (StreamWatch's silence limit) or hung up."""
     if transfer.cancelled:  # by StreamWatch: the upstream kept silent (the client leaving returns earlier)

@@ -63,6 +63,7 @@ class ApiHandler(RequestHandler):
     queued_s = None
     _first_byte_at = None
     _bytes_out = 0
+    _logged = False
 
     @property
     def gateway(self):
@@ -93,7 +94,17 @@ class ApiHandler(RequestHandler):
         self.log_request()
 
     def log_request(self):
-        """One access-log line and the request's metrics, once it has finished."""
+        """One access-log line and the request's metrics, once per request: when it finished,
+        or when the client left before there was anything to answer (``ClientGone``)."""
+        if self._logged:
+            return
+        self._logged = True
+        try:
+            self._log_request()
+        except Exception:  # the answer is already out: a bug here must not touch it
+            log.exception("access log for %s %s failed", self.request.method, self.request.path[:200])
+
+    def _log_request(self):
         request = self.request
         total = request.request_time()
         ttfb = self._first_byte_at - request._start_time if self._first_byte_at is not None else None
@@ -187,6 +198,7 @@ class ApiHandler(RequestHandler):
 
     def _handle_request_exception(self, e):
         if isinstance(e, ClientGone):
+            self.log_request()
             return  # nobody to answer
         if isinstance(e, ApiError):
             if e.status >= 500:

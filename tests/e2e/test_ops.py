@@ -119,3 +119,18 @@ def test_the_demo_upstream_logs_under_its_own_name(tmp_path):
         assert not [m for name, ms in names_of.items() if name.startswith("gateway") for m in ms if "backend-api" in m]
     finally:
         demo.stop()
+
+
+def test_a_client_that_leaves_mid_stream_still_gets_its_access_line(gateway, upstream, key):
+    upstream.plan(key, gate=2)  # the stream waits after its first pieces
+    host, port = gateway.url.split("//")[1].split(":")
+    body = json.dumps({"model": "gpt-4-s", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (key.encode(), len(body), body))
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+    try:
+        (line,) = access_lines(gateway, "key=%s…%s" % (key[:4], key[-4:]))
+        assert " 200 " in line and line.endswith(" client_gone")
+    finally:
+        upstream.release(key)
