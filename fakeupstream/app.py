@@ -100,7 +100,8 @@ class FakeHandler(tornado.web.RequestHandler):
                 body = self.request.body.decode("utf-8", "replace")
         return key, self.state.record(key, {
             "method": self.request.method, "path": self.request.path, "query": self.request.query,
-            "authorization": self.request.headers.get("Authorization"), "body": body,
+            "authorization": self.request.headers.get("Authorization"),
+            "account_id": self.request.headers.get("ChatGPT-Account-Id"), "body": body,
             "time": time.time(), "aborted": False, "completed": False})
 
     def refuse_without_key(self, key):
