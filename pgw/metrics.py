@@ -98,6 +98,7 @@ class Metrics:
 
     def __init__(self):
         self.directory = os.environ.get(ENV) if values.ValueClass is not values.MutexValue else None
+        self._model_names = None
         # Multiprocess values are written to files and collected from them; a lone process
         # registers its metrics in a registry of its own (so tests can build several).
         self.registry = None if self.directory else CollectorRegistry(auto_describe=True)
@@ -117,6 +118,16 @@ class Metrics:
         self.saved_bytes = Counter("pgw_saved_file_bytes_total", "Bytes of images and files saved from answers",
                                    registry=reg)
         self.saved_files = Counter("pgw_saved_files_total", "Images and files saved from answers", registry=reg)
+
+    def model_label(self, name, models):
+        """``name`` if it is one of the model table's own names (GPTs included), ``other`` for
+        anything else a client sent (pass-through slugs, typos: a client must not be able to
+        grow the number of series), empty when the request named none."""
+        if name is None:
+            return ""
+        if self._model_names is None:
+            self._model_names = frozenset(route.name for route in models.routes())  # fixed after start-up
+        return name if name in self._model_names else "other"
 
     def request_done(self, endpoint, status, model, ttfb, duration, upstream_status, saved):
         """One finished request. ``upstream_status``: the conversation's upstream HTTP status,

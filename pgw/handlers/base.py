@@ -123,11 +123,9 @@ class ApiHandler(RequestHandler):
                     client_gone=getattr(self, "_gone", False))
         metrics = getattr(gw, "metrics", None)
         if metrics is not None:
-            model = self.log_model
-            if model is not None:
-                model = model if isinstance(model, str) and gw.models.resolve(model) is not None else "other"
             saved = [len(raw) for _action, _url, raw in run.downloads.saved] if run is not None else None
-            metrics.request_done(metrics_endpoint(self), status, model or "", ttfb, total, upstream_status, saved)
+            metrics.request_done(metrics_endpoint(self), status, metrics.model_label(self.log_model, gw.models),
+                                 ttfb, total, upstream_status, saved)
 
     def api_key(self):
         """The caller's key from ``Authorization: Bearer <key>``; it is forwarded unchanged."""
