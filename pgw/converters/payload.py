@@ -21,14 +21,15 @@ TOOL_ROLES = ("tool", "function")
 
 
 class ChatRequest:
-    __slots__ = ("model", "messages", "stream", "include_usage", "files")
+    __slots__ = ("model", "messages", "stream", "include_usage", "files", "reasoning_effort")
 
-    def __init__(self, model, messages, stream, include_usage, files=None):
+    def __init__(self, model, messages, stream, include_usage, files=None, reasoning_effort=None):
         self.model = model
         self.messages = messages        # [(upstream role, text)]: the texts, files left out
         self.stream = stream
         self.include_usage = include_usage
         self.files = files or {}        # message index -> [FileRef] in the client's order
+        self.reasoning_effort = reasoning_effort  # OpenAI's word (low, medium, high, ...), or None
 
 
 def _url_of(value):
@@ -165,7 +166,9 @@ def parse_chat_request(body):
     if not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", "stream_options")
     include_usage = bool(options.get("include_usage")) and stream
-    return ChatRequest(model, messages, stream, include_usage, files)
+    effort = body.get("reasoning_effort")
+    effort = effort.strip().lower() if isinstance(effort, str) else None  # never a reason to refuse
+    return ChatRequest(model, messages, stream, include_usage, files, effort)
 
 
 def upstream_message(message_id, role, text):
@@ -187,14 +190,19 @@ MODERN_FIELDS = {"supports_buffering": True, "paragen_cot_summary_display_overri
 # message id (a uuid), so only ``v1`` (the operator says the upstream is today's) sends the word;
 # ``auto`` keeps the uuid4 that RefreshToV1Api sent and that today's backend still takes.
 NEW_CONVERSATION_ROOT = "client-created-root"
+# OpenAI's reasoning_effort -> the web client's thinking_effort for thinking models (§5.7 knows
+# "standard" and "extended"; the web client's "think longer" is extended).
+THINKING_EFFORT = {"none": "standard", "minimal": "standard", "low": "standard", "medium": "standard",
+                   "high": "extended", "xhigh": "extended"}
 
 
-def conversation_payload(messages, route, new_id, encoding="legacy", gizmo=None, hints=()):
+def conversation_payload(messages, route, new_id, encoding="legacy", gizmo=None, hints=(), effort=None):
     """The upstream body. ``messages``: [(role, text)] or prepared upstream message dicts;
     ``new_id``: a function returning a fresh uuid4 string (passed in: no randomness here);
     ``encoding``: the UPSTREAM_ENCODING setting (``legacy`` gives exactly the late-2023 body);
     ``gizmo``: for a GPT, the object ``GET gizmos/{id}`` returned, when known; ``hints``: the
-    ``system_hints`` of a 2025-2026 body, e.g. ``("picture_v2",)`` to ask for the image tool."""
+    ``system_hints`` of a 2025-2026 body, e.g. ``("picture_v2",)`` to ask for the image tool;
+    ``effort``: the client's ``reasoning_effort``, sent as ``thinking_effort`` to a thinking model."""
     up = [m if isinstance(m, dict) else upstream_message(new_id(), m[0], m[1]) for m in messages]
     payload = {
         "action": "next",
@@ -218,6 +226,8 @@ def conversation_payload(messages, route, new_id, encoding="legacy", gizmo=None,
         payload.update(MODERN_FIELDS)
         if hints:
             payload["system_hints"] = list(hints)
+        if route.thinking and effort in THINKING_EFFORT:
+            payload["thinking_effort"] = THINKING_EFFORT[effort]
     return payload
 
 

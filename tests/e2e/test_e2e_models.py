@@ -65,3 +65,11 @@ def test_a_broken_models_file_stops_start_up_with_one_line(tmp_path):
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]  # after the effective settings, one line says why
     assert "MODELS_CONFIG" in last and str(path) in last, done.stderr
+
+
+def test_reasoning_effort_reaches_a_thinking_model_as_thinking_effort(gateway, upstream, key):
+    client = gateway.client(key)
+    client.chat.completions.create(model="gpt-5.2-thinking", messages=USER, reasoning_effort="high")
+    client.chat.completions.create(model="gpt-4o", messages=USER, reasoning_effort="high")
+    bodies = [c["body"] for c in upstream.conversations(key)]
+    assert bodies[0]["thinking_effort"] == "extended" and "thinking_effort" not in bodies[1]

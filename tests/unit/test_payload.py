@@ -166,3 +166,25 @@ def test_openai_parameters_the_backend_cannot_honour_never_fail_a_request():
                               "metadata": {"a": "b"}, "service_tier": "auto", "modalities": ["text"],
                               "stream_options": None, "prediction": None, "audio": None, "web_search_options": {}})
     assert req.messages == [("system", "x"), ("user", "y")]
+
+
+@pytest.mark.parametrize("effort, sent", [("high", "extended"), ("xhigh", "extended"), ("low", "standard"),
+                                          ("medium", "standard"), ("minimal", "standard"), ("bogus", None),
+                                          (None, None)])
+def test_reasoning_effort_becomes_thinking_effort_for_thinking_models(effort, sent):
+    req = parse_chat_request({"model": "o3", "messages": [{"role": "user", "content": "x"}],
+                              "reasoning_effort": effort.upper() if effort else effort})
+    thinking = Route("o3", "o3", thinking=True)
+    assert conversation_payload(req.messages, thinking, ids(), "auto", effort=req.reasoning_effort).get(
+        "thinking_effort") == sent
+    # not for a model that does not think, and never in the late-2023 body
+    assert "thinking_effort" not in conversation_payload(req.messages, Route("gpt-4o", "gpt-4o"), ids(), "auto",
+                                                         effort=req.reasoning_effort)
+    assert "thinking_effort" not in conversation_payload(req.messages, thinking, ids(), "legacy",
+                                                         effort=req.reasoning_effort)
+
+
+def test_a_reasoning_effort_of_any_type_never_fails():
+    for effort in (5, {"a": 1}, ["high"], True):
+        assert parse_chat_request({"model": "o3", "messages": [{"role": "user", "content": "x"}],
+                                   "reasoning_effort": effort}).reasoning_effort is None
