@@ -47,8 +47,9 @@ def main(base, prefix):
     except Exception as e:
         out["slash/plain"] = error(e)
     try:
-        r = openai.Image.create(prompt=spec["image_prompt"], n=1, size="1024x1024", api_key=prefix + "-images",
-                                request_timeout=30)
+        # as chatgpt-on-wechat calls it (model from its "text_to_image" setting)
+        r = openai.Image.create(prompt=spec["image_prompt"], n=1, size="1024x1024", model="dall-e-3",
+                                api_key=prefix + "-images", request_timeout=30)
         out["images/url"] = {"urls": [d["url"] for d in r["data"]]}
     except Exception as e:
         out["images/url"] = error(e)
