@@ -28,8 +28,14 @@ class Msg:
 
     def __init__(self, text="", role="assistant", name=None, recipient="all", content_type="text",
                  step=4, final_parts=None, metadata=None, status="finished_successfully",
-                 end_turn=None, extra_content=None, cuts=None):
+                 end_turn=None, extra_content=None, cuts=None, channel=None, thoughts=None,
+                 start_metadata=None, references=None, refs_lag=0, refs_live=True):
         self.id = str(uuid.uuid4())
+        if thoughts is not None:
+            # 2025-2026 reasoning: the text is what the gateway reads from the thoughts
+            content_type = "thoughts"
+            text = thoughts_text(thoughts)
+        self.thoughts = thoughts    # [(summary, content)] of a "thoughts" message
         self.text = text
         self.role = role
         self.name = name
@@ -42,7 +48,98 @@ class Msg:
         self.end_turn = end_turn
         self.extra_content = extra_content or {}
         self.cuts = cuts            # explicit event boundaries (character offsets) instead of ``step``
+        self.channel = channel      # 2025-2026: "final", "commentary"
+        self.start_metadata = start_metadata or {}  # metadata every event carries (initial_text...)
+        # 2025-2026 citations: content_references entries, each with the "marker" it resolves
+        # (placed in order of the text; none for a sources_footnote). An entry appears once
+        # ``refs_lag`` characters past its marker's end have streamed (negative: before its
+        # marker); ``refs_live``: while the marker streams, it is an invalid "hidden" entry as
+        # the real upstream creates it.
+        self.references = _placed(text, references) if references else None
+        self.refs_lag = refs_lag
+        self.refs_live = refs_live
 
+    @property
+    def diffed(self):
+        """Streamed as patches computed from snapshots (the v1 dialect's general case)."""
+        return self.thoughts is not None or self.references is not None or self.content_type == "reasoning_recap"
+
+
+def _placed(text, references):
+    pos = 0
+    placed = []
+    for ref in references:
+        ref = dict(ref)
+        marker = ref.pop("marker", None)
+        if marker is not None:
+            start = text.index(marker, pos)
+            pos = start + len(marker)
+            ref["_span"] = (start, pos)
+        placed.append(ref)
+    return placed
+
+
+def thoughts_text(thoughts):
+    """The gateway's text of a thoughts list (pgw.converters.events.thoughts_text, written
+    again from its description so that the fake does not test the gateway with itself)."""
+    texts = []
+    for summary, content in thoughts:
+        texts.append(summary + "\n\n" + content if summary and content else summary or content)
+    return "\n\n".join(t for t in texts if t)
+
+
+def _thoughts_at(thoughts, n):
+    """The thoughts list as the upstream holds it when ``n`` characters of its text have
+    streamed: whole thoughts, then the one being written (summary first, then content)."""
+    out = []
+    left = n
+    for i, (summary, content) in enumerate(thoughts):
+        if i and out_text(out):
+            if left < 2:
+                break
+            left -= 2
+        if left <= 0 and (summary or content):
+            break
+        t = {"summary": summary[:left], "content": "", "chunks": [], "finished": False}
+        out.append(t)
+        left -= len(t["summary"])
+        if content and summary:
+            if left < 2:
+                break
+            left -= 2
+        t["content"] = content[:max(left, 0)]
+        left -= len(t["content"])
+        if len(t["content"]) < len(content):
+            break
+        t["finished"] = True
+    return out
+
+
+def out_text(thoughts):
+    return any(t["summary"] or t["content"] for t in thoughts)
+
+
+def _references_at(msg, text, final):
+    refs = []
+    n = len(text)
+    for ref in msg.references:
+        span = ref.get("_span")
+        entry = {k: v for k, v in ref.items() if k != "_span"}
+        if span is None:  # a zero-width entry at the end (sources_footnote)
+            if final:
+                entry.setdefault("matched_text", " ")
+                entry.setdefault("start_idx", len(msg.text))
+                entry.setdefault("end_idx", len(msg.text))
+                refs.append(entry)
+            continue
+        start, end = span
+        if final or n >= end + msg.refs_lag:
+            entry.update({"matched_text": msg.text[start:end], "start_idx": start, "end_idx": end, "status": "done"})
+            refs.append(entry)
+        elif msg.refs_live and n > start:
+            refs.append({"matched_text": text[start:], "start_idx": start, "end_idx": n, "type": "hidden",
+                         "invalid": True, "status": "in_progress"})
+    return refs
 
 class Script:
     """A whole answer: its messages and how the stream around them behaves."""
@@ -52,7 +149,7 @@ class Script:
         self.messages = messages
         self.model = model
         self.error = error          # an in-stream error after the messages
-        self.error_code = error_code  # ... and its error_code ("usage_limit": the account's cap)
+        self.error_code = error_code  # its error_code (2025-2026: "usage_limit")
         self.title = title
         self.blocked = blocked      # moderation blocks the answer
         self.done = done            # ends with [DONE]
@@ -74,6 +171,12 @@ def content_for(msg, text, final):
         content = {"content_type": ct, "text": text}
     elif ct == "multimodal_text":
         content = {"content_type": ct, "parts": ([text] if text else []) + (msg.final_parts if final else [])}
+    elif ct == "thoughts":
+        thoughts = msg.thoughts if msg.thoughts is not None else [("", text)]
+        content = {"content_type": ct, "thoughts": _thoughts_at(thoughts, len(msg.text) if final else len(text)),
+                   "source_analysis_msg_id": "analysis-" + msg.id[:8]}
+    elif ct == "reasoning_recap":
+        content = {"content_type": ct, "content": text}
     else:
         content = {"content_type": ct, "parts": [text]}
     content.update(msg.extra_content)
@@ -82,6 +185,10 @@ def content_for(msg, text, final):
 
 def message_dict(msg, text, final, parent_id, model, create_time):
     metadata = {"message_type": "next", "model_slug": model, "parent_id": parent_id}
+    metadata.update(msg.start_metadata)
+    if msg.references is not None:
+        metadata["citations"] = []
+        metadata["content_references"] = _references_at(msg, text, final)
     citations = msg.metadata.get("citations")
     for key, value in msg.metadata.items():
         if final:
@@ -91,7 +198,7 @@ def message_dict(msg, text, final, parent_id, model, create_time):
     if final and msg.role == "assistant" and msg.recipient == "all" and "finish_details" not in metadata:
         metadata["finish_details"] = {"type": "stop", "stop_tokens": [100260]}
         metadata["is_complete"] = True
-    return {
+    d = {
         "id": msg.id,
         "author": {"role": msg.role, "name": msg.name, "metadata": {}},
         "create_time": create_time,
@@ -103,18 +210,46 @@ def message_dict(msg, text, final, parent_id, model, create_time):
         "metadata": metadata,
         "recipient": msg.recipient,
     }
+    if msg.channel is not None:
+        d["channel"] = msg.channel
+    return d
+
+
+def diff_ops(old, new, path=""):
+    """The v1 operations that turn the document ``old`` into ``new``: ``append`` where a string
+    or list only grew, ``add`` / ``remove`` for keys, ``replace`` otherwise."""
+    ops = []
+    _diff(old, new, path, ops)
+    return ops
+
+
+def _diff(old, new, path, ops):
+    if old == new:
+        return
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in old:
+            if k not in new:
+                ops.append({"p": path + "/" + k, "o": "remove"})
+        for k, v in new.items():
+            if k in old:
+                _diff(old[k], v, path + "/" + k, ops)
+            else:
+                ops.append({"p": path + "/" + k, "o": "add", "v": v})
+        return
+    if isinstance(old, str) and isinstance(new, str) and new.startswith(old):
+        ops.append({"p": path, "o": "append", "v": new[len(old):]})
+        return
+    if isinstance(old, list) and isinstance(new, list) and len(new) >= len(old):
+        for i, item in enumerate(old):
+            _diff(item, new[i], "%s/%d" % (path, i), ops)
+        if len(new) > len(old):
+            ops.append({"p": path, "o": "append", "v": new[len(old):]})
+        return
+    ops.append({"p": path, "o": "replace", "v": new})
 
 
 def _event(obj, ascii):
     return b"data: " + json.dumps(obj, ensure_ascii=ascii).encode() + b"\n\n"
-
-
-def _error(script, conversation_id):
-    """The in-stream error root; ``error_code`` only when the script has one (2025 on)."""
-    error = {"message": None, "conversation_id": conversation_id, "error": script.error}
-    if script.error_code:
-        error["error_code"] = script.error_code
-    return error
 
 
 PING = b"event: ping\ndata: 2023-12-20 12:34:56.123456\n\n"
@@ -159,7 +294,8 @@ def legacy_events(script, conversation_id, user_messages, pings=True):
                           "moderation_response": {"flagged": script.blocked, "blocked": script.blocked,
                                                   "moderation_id": "modr-demo"}}, ascii))
     if script.error:
-        events.append(_event(_error(script, conversation_id), ascii))
+        events.append(_event({"message": None, "conversation_id": conversation_id, "error": script.error,
+                              "error_code": script.error_code}, ascii))
     if script.done:
         events.append(b"data: [DONE]\n\n")
     return events
@@ -205,7 +341,7 @@ class _Patches:
         self.last = ("", "patch")  # a bare {"v"} refers to the last top-level patch, not its parts
 
 
-def v1_2024_events(script, conversation_id, user_messages, pings=True):
+def v1_2024_events(script, conversation_id, user_messages, pings=True):  # noqa: C901 (one branch per message shape)
     """The early-2024 stream asked for with ``"supported_encodings": ["v1"]``: each message once
     (``add`` with ``c``), then appends to its text, citations as they become complete, and one
     final patch list with the rest of the text, status, end_turn and metadata."""
@@ -225,6 +361,13 @@ def v1_2024_events(script, conversation_id, user_messages, pings=True):
             content["parts"] = [""]
         path = _text_path(content)
         out.add({"message": first, "conversation_id": conversation_id, "error": None}, i)
+        if msg.diffed:
+            _diffed_ops(out, msg, first, parent, script.model, t, events, pings)
+            parent = msg.id
+            if i == 0:
+                events.append(_event({"type": "title_generation", "title": script.title,
+                                      "conversation_id": conversation_id}, ascii))
+            continue
         citations = msg.metadata.get("citations") or []
         cited = 0
         sent = 0
@@ -263,11 +406,34 @@ def v1_2024_events(script, conversation_id, user_messages, pings=True):
                           "moderation_response": {"flagged": script.blocked, "blocked": script.blocked,
                                                   "moderation_id": "modr-demo"}}, ascii))
     if script.error:
-        events.append(_event(_error(script, conversation_id), ascii))
+        events.append(_event({"message": None, "conversation_id": conversation_id, "error": script.error,
+                              "error_code": script.error_code}, ascii))
     if script.done:
         events.append(_event({"type": "message_stream_complete", "conversation_id": conversation_id}, ascii))
         events.append(b"data: [DONE]\n\n")
     return events
+
+
+def _diffed_ops(out, msg, first, parent, model, t, events, pings):
+    """A message whose content is more than one growing string (thoughts, references being
+    filled in): each event is the patch from the previous snapshot to the next, one operation
+    bare or several as one ``patch`` list (text and references in the same list)."""
+    text = msg.text
+    prev = {"message": first}
+    cuts = msg.cuts if msg.cuts is not None else list(range(msg.step, len(text), msg.step))
+    for n, cut in enumerate(cuts):
+        cur = {"message": message_dict(msg, text[:cut], False, parent, model, t)}
+        ops = diff_ops(prev, cur)
+        prev = cur
+        if len(ops) == 1:
+            out.op(ops[0]["p"], ops[0]["o"], ops[0].get("v"))
+        elif ops:
+            out.patch(ops)
+        if pings and n == len(cuts) // 2:
+            events.append(PING)
+    ops = diff_ops(prev, {"message": message_dict(msg, text, True, parent, model, t)})
+    if ops:
+        out.patch(ops)
 
 
 def _jwt(conversation_id):
@@ -281,31 +447,6 @@ def _hidden_system(parent):
             "create_time": None, "update_time": None, "content": {"content_type": "text", "parts": [""]},
             "status": "finished_successfully", "end_turn": True, "weight": 0.0,
             "metadata": {"is_visually_hidden_from_conversation": True}, "recipient": "all", "channel": None}
-
-
-def _ref_ops(refs, state, upto):
-    """Patches for the content_references whose markers the text has reached by ``upto``, as
-    live streams send them (docs/upstream.md, citations): an entry is created, hidden and
-    invalid, as soon as its U+E200 has streamed, and filled in once the whole marker has.
-    ``state``: index -> "created" / "done", updated."""
-    ops = []
-    base = "/message/metadata/content_references"
-    for k, ref in enumerate(refs):
-        start = ref.get("start_idx", 0)
-        end = ref.get("end_idx", start)
-        if k not in state and start < upto:
-            ops.append({"p": base, "o": "append", "v": [{"matched_text": "\ue200", "start_idx": start,
-                                                         "end_idx": start + 1, "type": "hidden", "invalid": True}]})
-            state[k] = "created"
-        if state.get(k) == "created" and end <= upto:
-            ops += [{"p": "%s/%d/matched_text" % (base, k), "o": "replace", "v": ref.get("matched_text", "")},
-                    {"p": "%s/%d/end_idx" % (base, k), "o": "replace", "v": end},
-                    {"p": "%s/%d/invalid" % (base, k), "o": "remove"},
-                    {"p": "%s/%d" % (base, k), "o": "append", "v": {key: value for key, value in ref.items()
-                                                                     if key not in ("matched_text", "end_idx")}},
-                    {"p": "%s/%d/status" % (base, k), "o": "replace", "v": "done"}]
-            state[k] = "done"
-    return ops
 
 
 class _Stream2025:
@@ -338,29 +479,25 @@ class _Stream2025:
         script = self.script
         text = msg.text
         first = message_dict(msg, "", False, parent, script.model, t)
-        first["channel"] = "final" if msg.role == "assistant" and msg.recipient == "all" else None
         content = first["content"]
         if text and content.get("parts") == []:
             content["parts"] = [""]
         path = _text_path(content)
-        refs = msg.metadata.get("content_references") or []
-        if refs:
-            first["metadata"]["content_references"] = []
         self.root(first)
-        if msg.role == "assistant" and msg.recipient == "all":
+        prose = msg.role == "assistant" and msg.recipient == "all"
+        if prose:
             self.marker(msg.id, "user_visible_token", "first")
+        if msg.diffed:  # thoughts, references being filled in: patches computed from snapshots
+            _diffed_ops(self.out, msg, first, parent, script.model, t, self.events, self.pings)
+            if prose:
+                self.marker(msg.id, "last_token", "last")
+            return
         citations = msg.metadata.get("citations") or []
         cited = 0
-        ref_state = {}
         sent = 0
         cuts = msg.cuts if msg.cuts is not None else list(range(msg.step, len(text), msg.step))
         for n, cut in enumerate(cuts):
-            due = _ref_ops(refs, ref_state, cut)
-            if due:
-                # As live streams do: references change in the same list as the text.
-                self.out.patch([{"p": path, "o": "append", "v": text[sent:cut]}] + due)
-            else:
-                self.out.op(path, "append", text[sent:cut])
+            self.out.op(path, "append", text[sent:cut])
             sent = cut
             ready = [c for c in citations if c.get("end_ix", 0) <= cut]
             if len(ready) > cited:
@@ -371,7 +508,7 @@ class _Stream2025:
                 cited = len(ready)
             if self.pings and n == len(cuts) // 2:
                 self.events.append(PING)
-            if n == 0 and msg.role == "assistant" and msg.recipient == "all":
+            if n == 0 and prose:
                 self.typed({"type": "server_ste_metadata", "metadata": {
                     "plan_type": "free", "model_slug": "i-mini", "tool_name": None, "tool_invoked": False,
                     "resume_with_websockets": False, "turn_use_case": "text"}})
@@ -379,18 +516,16 @@ class _Stream2025:
         ops = []
         if text[sent:]:
             ops.append({"p": path, "o": "append", "v": text[sent:]})
-        ops += _ref_ops(refs, ref_state, len(text) + 1)
         if msg.final_parts:
             ops.append({"p": "/message/content/parts", "o": "append", "v": msg.final_parts})
         ops.append({"p": "/message/status", "o": "replace", "v": final["status"]})
         if final["end_turn"] is not None:
             ops.append({"p": "/message/end_turn", "o": "replace", "v": final["end_turn"]})
-        metadata = {k: v for k, v in final["metadata"].items()
-                    if first["metadata"].get(k) != v and k != "content_references"}
+        metadata = {k: v for k, v in final["metadata"].items() if first["metadata"].get(k) != v}
         if metadata:
             ops.append({"p": "/message/metadata", "o": "append", "v": metadata})
         self.out.patch(ops)
-        if msg.role == "assistant" and msg.recipient == "all":
+        if prose:
             self.marker(msg.id, "last_token", "last")
 
     def render(self, user_messages):
@@ -430,8 +565,9 @@ def v1_events(script, conversation_id, user_messages, pings=True):
     """The v1 stream as live accounts send it in 2025-2026 (the default for v1): the resume
     token, a hidden system root, the echo of each user message (``input_message`` and a root),
     then each message of the answer: a root with ``c`` (no ``p``/``o`` after the first), text
-    appends (bare ``{"v"}`` continuations), citations' ``content_references`` created in the
-    same patch list as their text, an end-of-message patch list; latency markers, telemetry,
+    appends (bare ``{"v"}`` continuations; thoughts and ``content_references`` as patches
+    computed from snapshots, references in the same list as their text), an end-of-message
+    patch list; latency markers, telemetry,
     the title (twice), moderation and quotas between them; ``message_stream_complete`` and
     ``[DONE]`` at the end."""
     return _Stream2025(script, conversation_id, pings).render(user_messages)

@@ -14,9 +14,14 @@ once for the log (``Warnings``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ujson
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from pgw.converters.render import Source
 
 
 @dataclass(slots=True, eq=False)
@@ -40,6 +45,7 @@ class Message:
     metadata: dict[str, Any] = field(default_factory=dict)
     sent: int = 0
     ended: bool = False
+    channel: str | None = None  # 2025-2026: "final" (the answer), "commentary", "analysis"
 
     @classmethod
     def from_upstream(cls, m: dict[str, Any]) -> Message:
@@ -47,15 +53,27 @@ class Message:
         author = author if isinstance(author, dict) else {}
         content = m.get("content")
         content = content if isinstance(content, dict) else {}
-        return cls(m.get("id"), author.get("role"), author.get("name"),
-                   m.get("recipient") or "all", content.get("content_type"), content.get("language"))
+        msg = cls(m.get("id"), author.get("role"), author.get("name"),
+                  m.get("recipient") or "all", content.get("content_type"), content.get("language"))
+        msg.channel = m.get("channel")
+        # What the message is for can depend on its first metadata (a reasoning tool's
+        # initial_text, a thinking preamble): the answer stage reads it in start().
+        metadata = m.get("metadata")
+        if isinstance(metadata, dict):
+            msg.metadata = metadata
+        msg.content = content
+        return msg
 
     def __repr__(self) -> str:
         return "Message(%r, %s/%s -> %s, %s)" % (self.id, self.role, self.name, self.recipient, self.content_type)
 
 
 def content_text(content: dict[str, Any]) -> str:
-    """The streamed text of a message's content, whatever its content type."""
+    """The streamed text of a message's content, whatever its content type.
+
+    ``thoughts`` (2025-2026 reasoning): each thought's summary and content, in order (see
+    ``thoughts_text``); ``reasoning_recap``: its ``content`` line ("Thought for 15s").
+    """
     parts = content.get("parts")
     if parts is not None:
         if len(parts) == 1:
@@ -66,7 +84,36 @@ def content_text(content: dict[str, Any]) -> str:
     if isinstance(text, str):
         return text
     result = content.get("result")
-    return result if isinstance(result, str) else ""
+    if isinstance(result, str):
+        return result
+    thoughts = content.get("thoughts")
+    if thoughts is not None:
+        return thoughts_text(thoughts)
+    recap = content.get("content")
+    return recap if isinstance(recap, str) else ""
+
+
+def thoughts_text(thoughts: Any) -> str:
+    """The text of a ``thoughts`` list: each thought as its summary, a blank line and its
+    content; thoughts apart by a blank line; a thought with neither is left out.
+
+    The upstream fills the last thought (its summary first, then appends to its content) and
+    then appends the next: each of these only adds to the end of this text, so the text of
+    a thinking message grows like any other message's text.
+    """
+    texts: list[str] = []
+    for t in thoughts if isinstance(thoughts, list) else ():
+        if not isinstance(t, dict):
+            continue
+        summary = t.get("summary")
+        body = t.get("content")
+        summary = summary if isinstance(summary, str) else ""
+        body = body if isinstance(body, str) else ""
+        if summary and body:
+            texts.append(summary + "\n\n" + body)
+        elif summary or body:
+            texts.append(summary or body)
+    return "\n\n".join(texts)
 
 
 class Warnings(list[str]):
@@ -198,6 +245,18 @@ class Renderer(Protocol):
     def image(self, image: Image) -> None: ...
 
     def sandbox_file(self, file: SandboxFile) -> None: ...
+
+    def links(self, sources: Sequence[Source]) -> None:
+        """A 2025-2026 citation: links to its sources."""
+
+    def footnote(self, sources: Iterable[Source]) -> None:
+        """The answer's source list (``sources_footnote``)."""
+
+    def reasoning(self, text: str) -> None:
+        """More reasoning text (never part of the answer's content)."""
+
+    def reasoning_break(self, line: bool = False) -> None:
+        """Reasoning resumes after a pause (a new thought, another reasoning message)."""
 
     def take(self) -> list[Any]:
         """What was written since the last call: ``str`` and actions."""

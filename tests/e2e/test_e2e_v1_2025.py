@@ -7,7 +7,9 @@ text, and an account's usage cap reported as a rate limit with the upstream's wo
 import openai
 import pytest
 
-from fakeupstream.scenarios import HELLO, USAGE_LIMIT
+from fakeupstream.scenarios import HELLO, usage_limit
+
+USAGE_LIMIT = usage_limit("", "gpt-4o").error
 
 ASK = [{"role": "user", "content": "你好"}]
 

@@ -18,7 +18,7 @@ from pgw.converters.render import BotRenderer, MarkdownRenderer
 EN_ANSWER = '6 × 7 is **42**, as "The Hitchhiker\'s Guide" says.\nAnything else?'
 EN = {"markdown": "```python\nprint(6 * 7)\n```\nResult:\n```\n42\n```\n" + EN_ANSWER,
       "bot": EN_ANSWER,
-      "bot-plugins": "```python\nprint(6 * 7)\n```\nResult:\n```\n42\n```\n" + EN_ANSWER}
+      "bot-plugins": "print(6 * 7)\nResult:\n42\n" + EN_ANSWER}  # bot mode is plain text: no fences
 ZH_ANSWER = "你好！我是助手。有什么可以帮你？😊"
 ZH = {"markdown": ZH_ANSWER, "bot": ZH_ANSWER, "bot-plugins": ZH_ANSWER}
 
