@@ -1,6 +1,6 @@
 """The v1 dialect (``"supported_encodings": ["v1"]``): each message once, then patches to it.
 
-The one place that knows how v1 frames apply (docs/upstream-protocol.md sections 4 and 5.1):
+The one place that knows how v1 frames apply (docs/upstream.md, "The stream: three forms", 2 and 3):
 
 - A frame that carries ``c`` (or has no path, or the empty one) and whose ``v`` holds a
   ``message`` is a new document ``{"message": ..., "conversation_id": ..., "error": ...}``,

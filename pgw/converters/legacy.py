@@ -25,7 +25,7 @@ from pgw.converters.events import DONE, AnswerStage, Message, Warnings, content_
 if TYPE_CHECKING:
     from pgw.converters.sse import Event
 
-# Typed frames that say nothing the answer needs (docs/upstream-protocol.md section 5.2).
+# Typed frames that say nothing the answer needs (docs/upstream.md, "The stream: three forms", 3).
 IGNORED = frozenset((
     "input_message", "message_marker", "title_generation", "server_ste_metadata", "conversation_detail_metadata",
     "url_moderation", "safety_review_update", "conversation_async_status", "num_variants_in_stream", "moderation",

@@ -1,4 +1,4 @@
-"""Two transcripts written by hand from the 2025-2026 stream (docs/upstream-protocol.md section 5).
+"""Two transcripts written by hand from the 2025-2026 stream (docs/upstream.md, form 3).
 
 ``hello_en_v1_2025.sse`` (English, CRLF, ``\\uXXXX`` escapes): a hidden system root, the user's
 echo, python code and its output, then the answer, whose text a patch list appends and takes

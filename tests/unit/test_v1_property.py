@@ -1,7 +1,7 @@
 """The v1 decoder against a plain reference, on random valid streams (hypothesis).
 
-A stream is generated from a random script of messages (docs/upstream-protocol.md sections 4
-and 5.1): a root per message (with ``p``/``o`` or without, ``c`` counting), plain patches and
+A stream is generated from a random script of messages (docs/upstream.md, "The stream:
+three forms", 2 and 3): a root per message (with ``p``/``o`` or without, ``c`` counting), plain patches and
 bare ``{"v": "..."}`` continuations, ``patch`` lists and bare ``{"v": [...]}`` continuations
 holding every operation (text appended and taken back in the same list, truncate, replace,
 remove, parts added and removed), metadata-only and status-only patches, typed frames and pings
@@ -10,11 +10,12 @@ anywhere, a hidden system root and the user's echo first, tool messages between.
 The reference (``Reference``) applies every frame to a JSON document the plain way: no fast
 path, no pieces kept, a deep copy of the document after each top-level frame. Its documents
 become a late-2023 stream of whole-message snapshots, converted by the legacy dialect through
-the same answer stage and renderer (markdown, think-tag reasoning, bot). What the client is told must be the same for both, under
-random network chunkings of the v1 bytes. The rule for text taken back is stated once here
-(``Reference.snapshots``): the client keeps what it has, and the text goes on from where the old
-and the new text part. Without take-backs, the client must get every character of each visible
-message's final text once and in order (``test_every_character_arrives_once_in_order``).
+the same answer stage and renderer (markdown, think-tag reasoning, bot). What the client is
+told must be the same for both, under random network chunkings of the v1 bytes. The rule for
+text taken back is stated once here (``Reference.snapshots``): the client keeps what it has,
+and the text goes on from where the old and the new text part. Without take-backs, the client
+must get every character of each visible message's final text once and in order
+(``test_every_character_arrives_once_in_order``).
 """
 
 import copy
