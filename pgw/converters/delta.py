@@ -179,7 +179,8 @@ def _apply_one(doc: JSON, path: str, op: str, value: JSON) -> JSON:  # noqa: C90
     return doc
 
 
-_CITATIONS = ("/message/metadata/citations", "/message/metadata/content_references")
+_CITATIONS = ("citations", "content_references")
+_METADATA = "/message/metadata/"
 
 
 def _touched(path: str, value: JSON) -> int:
@@ -192,7 +193,7 @@ def _touched(path: str, value: JSON) -> int:
         if not isinstance(value, dict) or "citations" in value or "content_references" in value:
             return _META
         return _OTHER
-    if path.startswith(_CITATIONS) and (path in _CITATIONS or path[len("/message/metadata/"):].find("/") > 0):
+    if path.startswith(_METADATA) and path[len(_METADATA):].split("/", 1)[0] in _CITATIONS:
         return _META
     return _OTHER
 
