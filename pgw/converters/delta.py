@@ -2,14 +2,14 @@
 
 The one place that knows how v1 frames apply (docs/upstream.md, "The stream: three forms", 2 and 3):
 
-- A frame that carries ``c`` (or has no path, or the empty one) and whose ``v`` holds a
-  ``message`` is a new document ``{"message": ..., "conversation_id": ..., "error": ...}``,
+- A frame that carries ``c`` (or has the empty path, or no path and no ``type``) and whose
+  ``v`` holds a ``message`` is a new document ``{"message": ..., "conversation_id": ..., "error": ...}``,
   with or without ``p``/``o``, whatever the previous frame was.
 - Otherwise a frame is a patch: ``add``, ``append`` (string concat, list extend, object merge),
   ``replace``, ``truncate`` (``v`` is the new length), ``remove``, or ``patch`` (a list of
   patches, paths relative to the list's path). A bare ``{"v": [...]}`` continues the last
   top-level patch (usually a ``patch`` list); a bare ``{"v": "..."}`` continues the last plain
-  patch (path and operation), even when a list came in between.
+  patch (path and operation), even when a list or a new document came in between.
 - A top-level frame is one change: a ``patch`` list applies whole before anything is passed
   on, so text that a list appends and takes back never reaches the client.
 - Frames with neither ``p`` nor ``o`` that carry a ``type`` or no ``v`` (typed frames, errors)
@@ -270,8 +270,8 @@ class DeltaDialect:
         value = obj.get("v")
         path = obj.get("p")
         op = obj.get("o")
-        if (isinstance(value, dict) and isinstance(value.get("message"), dict)
-                and ("c" in obj or path in (None, "")) and op in (None, "add", "replace")):
+        if (isinstance(value, dict) and isinstance(value.get("message"), dict) and op in (None, "add", "replace")
+                and ("c" in obj or path == "" or (path is None and "type" not in obj))):
             self._new_document(value)
             return
         if path is None and op is None:
@@ -309,7 +309,9 @@ class DeltaDialect:
     def _new_document(self, doc: dict[str, JSON]) -> None:
         self._flush()
         self._doc = doc
-        self._last = self._last_plain = None
+        # The last patch is kept: a bare {"v": "..."} right after a root continues the previous
+        # plain patch (5.1), which is the previous message's text append (paths name the field,
+        # not the message).
         self._legacy.payload(doc)
         self._follow(doc["message"])
 

@@ -159,8 +159,7 @@ class Reference:
         p, o = obj.get("p"), obj.get("o")
         if isinstance(v, dict) and isinstance(v.get("message"), dict) and ("c" in obj or p in (None, "")) \
                 and o in (None, "add", "replace"):
-            self.doc = copy.deepcopy(v)
-            self.last = self.last_plain = None
+            self.doc = copy.deepcopy(v)  # the last patch stays what a bare {"v": ...} continues
         elif p is None and o is None and "v" not in obj:
             self.stream.append(b"data: " + json.dumps(obj).encode() + b"\n\n")
             return
