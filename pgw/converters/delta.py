@@ -19,7 +19,9 @@ The invariant, for each message: ``Message.sent`` (what the client has) is at mo
 of the message's text as the document holds it, and everything up to it was passed on; after
 each top-level change the text past ``sent`` is passed on (``LegacyDialect.passed_on``: the same
 rule as for snapshots, so both dialects agree). Text that the upstream takes back across changes
-cannot be unsent: a note goes to the log, and the text added later continues from the new end.
+cannot be unsent: a note goes to the log, and the text added later continues from the new end;
+text inserted before the end of what was sent (the rest of what was sent still follows it) is
+left out, so the client never reads the same text twice.
 
 What the message's text is, is defined only by ``events.content_text``. The fast path: while a
 message streams, the field whose string ``content_text`` returns as it is (found by probing it,
@@ -409,6 +411,15 @@ class DeltaDialect:
                 lo = mid
             else:
                 hi = mid - 1
+        rest = before[lo:]
+        at = text.find(rest, lo)
+        if at >= 0:
+            # Text inserted before the end of what the client has (a thought's summary that grows
+            # after its content began, 5.3): the client has the rest already, so it goes on from
+            # there; sending from the insertion would repeat all of it. The insertion is not shown.
+            msg.sent = at + len(rest)
+            self.warnings.note("the upstream inserted text into a message before what was sent")
+            return
         msg.sent = lo
         if lo == len(text):
             self.warnings.note("the upstream shortened a message after part of it was sent")

@@ -122,7 +122,6 @@ def thinking(summary_first):
     return body
 
 
-@pytest.mark.xfail(strict=True, reason="fixed in the next commit")
 @pytest.mark.parametrize("summary_first", [True, False])
 def test_a_summary_that_grows_after_the_content_does_not_repeat_the_reasoning(summary_first):
     body = thinking(summary_first)
