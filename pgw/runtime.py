@@ -50,6 +50,8 @@ class StreamSink:
         self._loop = IOLoop.current()  # looked up once: text() runs for every chunk
 
     def start(self):
+        if self.started:
+            return  # started early: a request that waited in the account queue got its headers then
         self.started = True
         h = self.handler
         h.set_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -353,6 +355,7 @@ class ConversationRun:
         downloads.conversion = self.conversion
         self.relay = Relay(self.conversion, sink, downloads.perform)
         self.transfer = None
+        self.refused = None   # (status or None, body) when the upstream refused before any answer byte
 
     @property
     def closed(self):
@@ -377,6 +380,7 @@ class ConversationRun:
                 await transfer.done
                 if relay.closed:
                     return
+                self.refused = (status, bytes(transfer.error_body))
                 if status is None:
                     raise ApiError(502, "the upstream could not be reached: %s" % transfer.failure,
                                    "upstream_error", "upstream_unreachable")

@@ -83,6 +83,8 @@ class ApiHandler(RequestHandler):
     def send_error_json(self, error):
         self.clear()
         self.set_status(error.status)
+        for name, value in (getattr(error, "headers", None) or {}).items():  # Retry-After, say
+            self.set_header(name, value)
         self.write_json(error.body())
 
     def write_error(self, status_code, **kwargs):

@@ -23,12 +23,14 @@ class ChatCompletionsHandler(ConversationHandler):
         if route is None:
             raise ApiError(404, "The model `%s` does not exist. GET /v1/models lists the models here." % request.model,
                            "invalid_request_error", "model_not_found", "model")
-        messages = await self.while_connected(gw.attachments.messages(key, request, route, new_id))
-        payload = self.payload(messages, route, await self.while_connected(gw.gizmos.gizmo(route)))
+
+        async def prepare(upstream_key):  # files go to the account that answers
+            messages = await self.while_connected(gw.attachments.messages(upstream_key, request, route, new_id))
+            return self.payload(messages, route, await self.while_connected(gw.gizmos.gizmo(route)))
 
         encoder = openai_format.ChunkEncoder("chatcmpl-" + uuid.uuid4().hex[:29], int(time.time()), request.model)
         if request.stream:
             sink = StreamSink(self, encoder, request.include_usage, gw.tokens)
         else:
             sink = CollectSink(self, encoder, gw.tokens)
-        await self.converse(key, payload, sink, self.downloads(key), request.messages)
+        await self.converse(key, prepare, sink, self.downloads(key), request.messages, model=route.slug)

@@ -63,7 +63,8 @@ class ImageGenerationsHandler(ConversationHandler):
         downloads = self.downloads(key)
         sink = ImageSink(self, request, downloads)
         # The reply is for a program, whatever BOT_MODE says: the markdown renderer shows every image.
-        await self.converse(key, payload, sink, downloads, [("user", prompt)], MarkdownRenderer())
+        await self.converse(key, payload, sink, downloads, [("user", prompt)], MarkdownRenderer(),
+                            model=route.slug)
 
 
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
