@@ -141,7 +141,7 @@ class ConversationHandler(JsonBodyHandler):
             raise
         finally:
             log.info("%s %s account %s queued %.3f s", self.request.method, self.request.path,
-                     getattr(self, "account_label", "-"), self.queued_s)
+                     self.account_label or "-", self.queued_s)
 
     async def _lease(self, pool, model, tried, sink):
         """Wait for a lease; a streaming client that waits KEEPALIVE_INTERVAL gets its headers
