@@ -1,6 +1,6 @@
 """A faithful fake of the PandoraNext backend-api, for tests and for ``./run.sh --demo``.
 
-It answers ``POST /backend-api/conversation`` like the real upstream (docs/upstream-protocol.md),
+It answers ``POST /backend-api/conversation`` like the real upstream (docs/upstream.md),
 with any proxy prefix in front of ``backend-api``. What it answers is a scenario picked by a
 word in the last user message, or planned for an API key by a test:
 
