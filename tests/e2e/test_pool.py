@@ -371,3 +371,26 @@ def test_a_pool_with_several_workers_needs_redis(gateway_factory, tmp_path, work
     subs, tokens = new_accounts(1)
     with pytest.raises(RuntimeError, match="REDIS_URL"):
         start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}], PROCESS_WORKERS=workers)
+
+
+def test_files_and_team_headers_use_the_leased_account(gateway_factory, upstream, tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+    subs, tokens = new_accounts(1)
+    gw = start_pool(gateway_factory, tmp_path, [{"label": "team", "access_token": tokens[0], "account_id": "acc-77"}])
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 10), (1, 2, 3)).save(buf, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    status, _, body = http("POST", gw.url + "/v1/chat/completions", {"model": "gpt-4-s", "messages": [{
+        "role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": url}}]}]},
+        {"Authorization": "Bearer " + gw.access_key, "Content-Type": "application/json"})
+    assert status == 200, body
+    records = upstream.log(subs[0])
+    paths = [r["path"].rsplit("/", 2)[-2:] for r in records if r.get("method") == "POST"]
+    assert ["backend-api", "files"] in paths and ["backend-api", "conversation"] in paths
+    for r in records:
+        if r.get("authorization"):
+            assert r["authorization"] == "Bearer " + tokens[0] and r["account_id"] == "acc-77"
+    assert not upstream.log(gw.access_key)  # the access key itself never reaches the upstream
