@@ -10,7 +10,9 @@ an account and logs when each answer started and ended). Three runs, one after t
 
 Per run: throughput against the ideal K / answer time (no account idles while anything waits),
 and the handoff gap: how long an account idles between the end of one answer and the start of
-the next (p50/p99) — what queueing adds per request. Every answer must contain its own question
+the next (p50/p99), as the upstream sees it; and, from the gateway's own count (``GET
+/admin/accounts``, "handoff"), what queueing adds per request: from the moment an account is
+free to the moment the waiting request calls the upstream. Every answer must contain its own question
 ("exact"), and no account may ever refuse a message as busy.
 """
 
@@ -114,10 +116,19 @@ def _warm(url):
     asyncio.run(some())
 
 
-def _row(table, label, n, k, pace_ms, results, texts, fake, subs, baseline_p99=None):
+def _handoff(url, admin_key):
+    req = urllib.request.Request(url + "/admin/accounts", headers={"Authorization": "Bearer " + admin_key})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["handoff"]
+
+
+def _row(table, label, n, k, pace_ms, results, texts, fake, subs, baseline_p99=None, handoff=None):
     exact, busy, answer_time, wall, gaps = _measure(fake, subs, results, texts)
     p99 = _pct(gaps, 0.99) or 0
-    added = "" if baseline_p99 is None else "; adds %.2f ms p99 over the baseline" % (1000 * (p99 - baseline_p99))
+    added = "" if baseline_p99 is None else " (%+.2f ms vs the baseline)" % (1000 * (p99 - baseline_p99))
+    if handoff is not None:
+        added += "; queueing adds (account freed -> next upstream call, in the gateway) p50 %.2f ms p99 %.2f ms" % (
+            handoff.get("p50_ms", 0), handoff.get("p99_ms", 0))
     ideal = k / answer_time if answer_time else 0
     got = n / wall if wall else 0
     failed = sum(1 for status, _ in results if status != 200)
@@ -167,7 +178,8 @@ def q1(table, n, k, pace_ms):
             with open(path, "w") as f:
                 json.dump({"accounts": [{"label": "a%d" % i, "access_token": t} for i, t in enumerate(tokens)],
                            "access_keys": [access_key]}, f)
-            settings = dict(ACCOUNTS_FILE=path, QUEUE_TIMEOUT=3600, DATA_DIR=directory)
+            admin_key = "admin-" + uuid.uuid4().hex
+            settings = dict(ACCOUNTS_FILE=path, QUEUE_TIMEOUT=3600, DATA_DIR=directory, ADMIN_KEY=admin_key)
             store = Redis() if redis else None
             try:
                 if store is not None:
@@ -175,10 +187,11 @@ def q1(table, n, k, pace_ms):
                 with Server(fake.url, workers=2 if redis else 1, **settings) as server:
                     _warm(server.url)
                     results = asyncio.run(_burst(server.url, access_key, texts))
+                    handoff = _handoff(server.url, admin_key)
             finally:
                 if store is not None:
                     store.stop()
                 shutil.rmtree(directory, ignore_errors=True)
-            _row(table, label, n, k, pace_ms, results, texts, fake, subs, base)
+            _row(table, label, n, k, pace_ms, results, texts, fake, subs, base, handoff)
     finally:
         fake.stop()

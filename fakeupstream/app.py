@@ -31,6 +31,17 @@ files/{id}/uploaded``) and ``GET gizmos/{id}``; plan keys for those:
     "gizmo_fail": {"g-abc": 1}                      fail that many fetches of the gizmo (HTTP 500)
     "upload_fail": {"step": "create" | "put" | "uploaded", "status": 500}
 
+Accounts, as ChatGPT's behave: a JWT access token (``mint_jwt``) is filed under its ``sub`` (the
+account), so plans and logs follow the account through refreshes. Such an account answers one
+message at a time (a second one gets the real 429 "Only one message at a time"; plan
+``exclusive`` turns this on or off for any key); an expired JWT, or one issued before the plan's
+``tokens_valid_after``, gets 401. Plan ``caps``: ``{"gpt-4o": {"after": 2, "clears_in": 30}}``
+answers 429 ``model_cap_exceeded`` after that many conversations on that model. Every
+conversation record has ``time`` (start), ``ended`` and ``refused`` (busy, cap), so tests can
+check that no account ever answered two at once. ``POST /_fake/oauth/token`` is the refresh
+grant: ``rt-<account>-<anything>`` answers a JWT for that account (plan ``token_ttl``, ``rotate``,
+``token_fail``); ``GET /_fake/active`` lists the conversations being answered now.
+
 The PUT to ``upload_url`` carries no Authorization (it goes to blob storage), so each
 ``upload_url`` holds a random token that the fake maps back to the key that created the file.
 ``GET /_fake/static/<file>`` serves fakeupstream/static/ and ``GET /_fake/redirect?to=URL``

@@ -35,6 +35,7 @@ KINDS = ("access_token", "share_token", "refresh_token")
 # How long a one-at-a-time 429 benches an account: the upstream says "or wait one minute", but
 # it usually means another client of the same account is mid-answer; answers take seconds.
 FORBIDDEN_BACKOFF_MAX = 3600.0
+HANDOFFS_KEPT = 1000  # the last handoff times kept for the admin view and the bench
 
 
 class Account:
@@ -147,7 +148,7 @@ class Lease:
     """One account held by one request: ``key`` is the upstream key to send, ``queued_s`` how
     long the request waited. Give it back with ``await pool.release(lease)`` (idempotent)."""
 
-    __slots__ = ("label", "key", "queued_s", "model", "released", "token_id", "renewer")
+    __slots__ = ("label", "key", "queued_s", "model", "released", "token_id", "renewer", "freed_at")
 
     def __init__(self, label, key, queued_s, model, token_id=None):
         self.label = label
@@ -157,6 +158,7 @@ class Lease:
         self.released = False
         self.token_id = token_id   # the Redis back end's slot id
         self.renewer = None
+        self.freed_at = None       # a waiter's lease: when (monotonic) its account became free
 
 
 class Verdict:
@@ -244,6 +246,7 @@ class AccountPool:
         self.tokens = tokens
         self.access = AccessKeys(access_keys)
         self.accounts = {a.label: a for a in accounts}
+        self.handoffs = collections.deque(maxlen=HANDOFFS_KEPT)
 
     def is_access_key(self, key):
         return self.access.match(key)
@@ -287,6 +290,20 @@ class AccountPool:
             return None
         lease.key = account.key_with(token)
         return lease.key
+
+    def note_handoff(self, lease):
+        """A waiter's request is about to call the upstream: how long its account stood free
+        in between (what queueing adds to a request; the bench and the admin view report it)."""
+        if lease.freed_at is not None:
+            self.handoffs.append(time.monotonic() - lease.freed_at)
+
+    def handoff_stats(self, values=None):
+        values = sorted(self.handoffs if values is None else values)
+        if not values:
+            return {"n": 0}
+        return {"n": len(values), "p50_ms": round(1000 * values[len(values) // 2], 3),
+                "p99_ms": round(1000 * values[min(len(values) - 1, int(0.99 * len(values)))], 3),
+                "max_ms": round(1000 * values[-1], 3)}
 
     # -- what back ends implement
     async def acquire(self, model, exclude=()):
@@ -352,9 +369,10 @@ class _State:
 
 
 class _Waiter:
-    __slots__ = ("future", "model", "exclude", "since")
+    __slots__ = ("future", "model", "exclude", "since", "granted")
 
     def __init__(self, model, exclude, since):
+        self.granted = None
         self.future = asyncio.get_running_loop().create_future()
         self.model = model
         self.exclude = exclude
@@ -439,7 +457,9 @@ class MemoryPool(AccountPool):
             retry = max(1, math.ceil(self._hold_ewma * (len(self.waiters) + 1) / self._capacity()))
             raise queue_timeout_error(timeout, retry)
         label = waiter.future.result()  # raises the all-benched error a dispatch decided
-        return await self.lease_key(label, model, time.monotonic() - waiter.since)
+        lease = await self.lease_key(label, model, time.monotonic() - waiter.since)
+        lease.freed_at = waiter.granted
+        return lease
 
     def _leave(self, waiter):
         """The waiter gave up (timeout, client gone): out of the queue, and an account handed
@@ -454,18 +474,28 @@ class MemoryPool(AccountPool):
         else:
             f.cancel()
 
+    def _free_slots(self):
+        return sum(max(0, self.max_concurrent(a) - self.state[label].in_flight) for label, a in self.accounts.items())
+
     def _dispatch(self):
+        """Serve waiters in order. With no slot free (the common case under load) nothing is
+        looked at: a release frees one slot, the head waiter takes it, the loop stops there."""
         if not self.waiters:
             return
         now = time.monotonic()
         served = []
+        free = self._free_slots()
         for waiter in self.waiters:
+            if free <= 0 and not self._soonest(waiter.model, (), now):
+                break  # nothing free and some account will be: this waiter, and everyone behind, waits
             if waiter.future.done():
                 served.append(waiter)
                 continue
             label = self._free(waiter.model, waiter.exclude, now)
             if label is not None:
                 self._take(label, now)
+                free -= 1
+                waiter.granted = now
                 waiter.future.set_result(label)
                 served.append(waiter)
                 continue
@@ -541,7 +571,7 @@ class MemoryPool(AccountPool):
                 "benched_until": wall + s.benched_until - now if s.benched_until > now else None,
                 "bench_why": s.bench_why if s.benched_until > now else None,
                 "models": {m: {"until": wall + u - now, "why": why} for m, (u, why) in s.models.items() if u > now}}))
-        return {"accounts": rows, "queued": len(self.waiters), "backend": "memory"}
+        return {"accounts": rows, "queued": len(self.waiters), "backend": "memory", "handoff": self.handoff_stats()}
 
     async def reload(self, accounts, access_keys):
         """Swap in new accounts and keys; leases in flight keep their account's count (an

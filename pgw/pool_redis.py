@@ -32,13 +32,14 @@ from redis.exceptions import RedisError
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from pgw.errors import ApiError
-from pgw.pool import (AccessKeys, AccountPool, account_row, all_benched_error, no_accounts_error,
+from pgw.pool import (HANDOFFS_KEPT, AccessKeys, AccountPool, account_row, all_benched_error, no_accounts_error,
                       queue_full_error, queue_timeout_error)
 
 log = logging.getLogger("gateway.pool")
 
 POLL_INTERVAL = 0.5   # seconds between queue retries without a "freed" message
 SOCKET_TIMEOUT = 2.0  # a Redis that does not answer within this is treated as down
+MAX_CONNECTIONS = 32  # per process; one is the "freed" subscription
 
 ACQUIRE = """
 local p, id, model, exclude = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -83,7 +84,8 @@ if soonest ~= 0 then
   redis.call('ZREM', q, id); redis.call('ZREM', beats, id); redis.call('HDEL', meta, id)
   return {'benched', tostring(soonest)}
 end
-if not redis.call('ZSCORE', q, id) then
+local waited = redis.call('ZSCORE', q, id)
+if not waited then
   if redis.call('ZCARD', q) >= qmax then return {'full', '0'} end
   redis.call('ZADD', q, redis.call('INCR', p .. ':ticket'), id)
   redis.call('HSET', meta, id, model .. '\\n' .. exclude)
@@ -121,7 +123,9 @@ for _, w in ipairs(order) do
         redis.call('HSET', p .. ':last', l, now)
         redis.call('HINCRBY', p .. ':served', l, 1)
         redis.call('ZREM', q, id); redis.call('ZREM', beats, id); redis.call('HDEL', meta, id)
-        return {'ok', l}
+        local freed = tonumber(redis.call('HGET', p .. ':freedat', l) or '-1')
+        if not waited or freed < 0 then return {'ok', l, '-1'} end
+        return {'ok', l, tostring(now - freed)}
       end
       free[best] = free[best] - 1
       total = total - 1
@@ -146,6 +150,17 @@ for j = i + 1, #ARGV do redis.call('ZADD', p .. ':beat', 'XX', now + beat, ARGV[
 return now
 """
 
+# ARGV: prefix, label, slot id: give the slot back, note when (for handoff times), tell everyone
+RELEASE = """
+local p, l = ARGV[1], ARGV[2]
+if redis.call('ZREM', p .. ':slots:' .. l, ARGV[3]) == 1 then
+  local t = redis.call('TIME')
+  redis.call('HSET', p .. ':freedat', l, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
+redis.call('PUBLISH', p .. ':freed', l)
+return 1
+"""
+
 # ARGV: prefix, label, field (label or label|model), seconds, why, unhealthy (0/1), forbidden (0/1)
 MARK = """
 local p, l, f, sec, why = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
@@ -164,11 +179,15 @@ return now
 
 def connect(settings):
     """The client: short timeouts (a Redis that is down fails requests at once, never hangs
-    them), and one retry on a broken connection, so that the first command after a Redis
-    restart does not fail on a pooled connection the old server closed."""
-    return aioredis.Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT,
-                                   socket_connect_timeout=SOCKET_TIMEOUT, decode_responses=True,
-                                   retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
+    them); at most MAX_CONNECTIONS connections, a command waiting for a free one (a burst of 500
+    arrivals would otherwise open 500 connections and fail with "Too many connections"); and one
+    retry on a broken connection, so that the first command after a Redis restart does not fail
+    on a pooled connection the old server closed."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=MAX_CONNECTIONS, timeout=SOCKET_TIMEOUT, socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=SOCKET_TIMEOUT, decode_responses=True, retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError])
+    return aioredis.Redis(connection_pool=pool)
 
 
 def unavailable(e):
@@ -192,7 +211,7 @@ class RedisTokenStore:
 
 
 class _Waiter:
-    __slots__ = ("id", "future", "model", "exclude", "since", "ticket")
+    __slots__ = ("id", "future", "model", "exclude", "since", "ticket", "freed_at")
 
     def __init__(self, model, exclude):
         self.id = uuid.uuid4().hex
@@ -201,6 +220,7 @@ class _Waiter:
         self.exclude = "," + ",".join(sorted(exclude)) + ","
         self.since = time.monotonic()
         self.ticket = 0   # place in the shared queue
+        self.freed_at = None  # when (our clock) the account it was given became free
 
 
 class RedisPool(AccountPool):
@@ -211,6 +231,7 @@ class RedisPool(AccountPool):
         self._acquire = client.register_script(ACQUIRE)
         self._renew = client.register_script(RENEW)
         self._mark = client.register_script(MARK)
+        self._release = client.register_script(RELEASE)
         self.waiters = []          # this process's waiters, in arrival order
         self.held = {}             # lease id -> label, renewed while held
         self._kicking = False
@@ -262,7 +283,9 @@ class RedisPool(AccountPool):
             self._leave(waiter)
             raise queue_timeout_error(timeout, max(1, math.ceil(timeout / 4)))
         label = waiter.future.result()
-        return await self.lease_key(label, model, time.monotonic() - waiter.since, waiter.id)
+        lease = await self.lease_key(label, model, time.monotonic() - waiter.since, waiter.id)
+        lease.freed_at = waiter.freed_at
+        return lease
 
     async def _try(self, waiter):
         """One ACQUIRE for ``waiter``: "ok" (its future holds the label), "wait", or a refusal
@@ -272,7 +295,7 @@ class RedisPool(AccountPool):
             self.prefix, waiter.id, waiter.model, waiter.exclude, int(s.lease_ttl * 1000),
             int(max(3 * POLL_INTERVAL, s.lease_ttl) * 1000), s.queue_max, len(self.accounts)] + self._args()))
         try:
-            kind, value = await asyncio.shield(call)
+            kind, value, *more = await asyncio.shield(call)
         except asyncio.CancelledError:
             # the caller left while Redis answered: a slot it was given goes back
             call.add_done_callback(lambda f: self._undo(f, waiter))
@@ -282,6 +305,8 @@ class RedisPool(AccountPool):
             return "error"
         if kind == "ok":
             self.held[waiter.id] = value
+            handoff = float(more[0]) / 1000 if more else -1.0
+            waiter.freed_at = time.monotonic() - handoff if handoff >= 0 else None
             if not waiter.future.done():
                 waiter.future.set_result(value)
                 return "ok"
@@ -364,10 +389,7 @@ class RedisPool(AccountPool):
     async def _release_slot(self, label, slot_id):
         self.held.pop(slot_id, None)
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.zrem("%s:slots:%s" % (self.prefix, label), slot_id)
-            pipe.publish(self.prefix + ":freed", label)
-            await pipe.execute()
+            await self._release(args=[self.prefix, label, slot_id])
         except RedisError as e:
             log.warning("giving account %s back to Redis failed (its lease expires instead): %s", label, e)
         self._kick()
@@ -410,6 +432,21 @@ class RedisPool(AccountPool):
                     pass
                 await asyncio.sleep(POLL_INTERVAL)
 
+    def note_handoff(self, lease):
+        """Kept in Redis (the last HANDOFFS_KEPT of every process), off the request's path."""
+        if lease.freed_at is not None:
+            seconds = time.monotonic() - lease.freed_at
+            IOLoop.current().spawn_callback(self._push_handoff, seconds)
+
+    async def _push_handoff(self, seconds):
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.lpush(self.prefix + ":handoffs", "%.6f" % seconds)
+            pipe.ltrim(self.prefix + ":handoffs", 0, HANDOFFS_KEPT - 1)
+            await pipe.execute()
+        except RedisError:
+            pass
+
     # -- judging
     async def mark(self, label, v):
         field = label if v.model is None else "%s|%s" % (label, v.model)
@@ -449,6 +486,7 @@ class RedisPool(AccountPool):
                 pipe.zcount("%s:slots:%s" % (p, label), now, "+inf")
             for name in ("bench", "why", "lasterr", "unhealthy", "served"):
                 pipe.hgetall("%s:%s" % (p, name))
+            pipe.lrange(p + ":handoffs", 0, -1)
             pipe.zcard(p + ":queue")
             got = await pipe.execute()
         except RedisError as e:
@@ -468,7 +506,8 @@ class RedisPool(AccountPool):
                 "unhealthy": int(unhealthy.get(label, 0)) > now,
                 "benched_until": until / 1000 if until > now else None,
                 "bench_why": why.get(label) if until > now else None, "models": models}))
-        return {"accounts": rows, "queued": got[-1], "backend": "redis"}
+        return {"accounts": rows, "queued": got[-1], "backend": "redis",
+                "handoff": self.handoff_stats([float(x) for x in got[-2]])}
 
     async def reload(self, accounts, access_keys):
         self.access = AccessKeys(access_keys)

@@ -109,6 +109,8 @@ class ConversationHandler(JsonBodyHandler):
                         body = payload if isinstance(payload, dict) else await payload(lease.key)
                         self._run = ConversationRun(self.gateway, lease.key, body, sink, downloads,
                                                     prompt_messages, renderer)
+                        pool.note_handoff(lease)
+                        lease.freed_at = None
                         try:
                             await self._run.run()
                         except ApiError as e:
