@@ -28,6 +28,7 @@ from tornado.ioloop import IOLoop
 
 from pgw.errors import ApiError
 from pgw.logs import mask
+from pgw.tokens import jwt_exp
 
 log = logging.getLogger("gateway.pool")
 
@@ -41,9 +42,11 @@ HANDOFFS_KEPT = 1000  # the last handoff times kept for the admin view and the b
 class Account:
     """One upstream account as the operator configured it (the live token is the pool's)."""
 
-    __slots__ = ("label", "kind", "token", "account_id", "max_concurrent")
+    __slots__ = ("label", "kind", "token", "account_id", "max_concurrent", "exp")
 
     def __init__(self, label, kind, token, account_id=None, max_concurrent=None):
+        # An access token is a JWT: past its exp it is refused (401), so it is not even tried.
+        self.exp = jwt_exp(token) if kind == "access_token" else None
         self.label = label
         self.kind = kind              # access_token | share_token | refresh_token
         self.token = token            # the access/share token, or the refresh token
@@ -56,6 +59,9 @@ class Account:
 
     def same_as(self, other):
         return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+
+    def expired(self, wall_now):
+        return self.exp is not None and self.exp <= wall_now
 
 
 class AccountsError(ValueError):
@@ -227,6 +233,12 @@ def queue_full_error(limit):
     return error
 
 
+def all_expired_error():
+    return ApiError(503, "the access token of every upstream account has expired; put new tokens in ACCOUNTS_FILE "
+                    "and reload it (SIGHUP or POST /admin/accounts/reload), or use refresh tokens",
+                    "server_error", "accounts_expired")
+
+
 def no_accounts_error():
     return ApiError(503, "this gateway has no upstream accounts configured (ACCOUNTS_FILE, UPSTREAM_KEYS)",
                     "server_error", "no_accounts")
@@ -250,6 +262,14 @@ class AccountPool:
 
     def is_access_key(self, key):
         return self.access.match(key)
+
+    def usable(self):
+        """The accounts worth trying: all but those whose access token is known to have expired."""
+        now = time.time()
+        found = {label: a for label, a in self.accounts.items() if not a.expired(now)}
+        if not found and self.accounts:
+            raise all_expired_error()
+        return found
 
     def max_concurrent(self, account):
         return account.max_concurrent or self.settings.max_concurrent_per_account
@@ -395,9 +415,9 @@ class MemoryPool(AccountPool):
         self._wakeups = set()
 
     # -- choosing
-    def _free(self, model, exclude, now):
+    def _free(self, model, exclude, now, accounts):
         best, best_rank = None, None
-        for label, account in self.accounts.items():
+        for label, account in accounts.items():
             s = self.state[label]
             if label in exclude or s.in_flight >= self.max_concurrent(account) or s.resting(model, now):
                 continue
@@ -406,12 +426,12 @@ class MemoryPool(AccountPool):
                 best, best_rank = label, rank
         return best
 
-    def _soonest(self, model, exclude, now):
+    def _soonest(self, model, exclude, now, accounts):
         """0 when some account not in ``exclude`` could answer ``model`` now or once a slot
         frees; else the seconds until the first bench ends (excluded accounts count: they may
         be tried again then), ``math.inf`` when nothing is benched (no account left to try)."""
         soonest = math.inf
-        for label in self.accounts:
+        for label in accounts:
             rest = self.state[label].resting(model, now)
             if rest == 0:
                 if label not in exclude:
@@ -433,11 +453,12 @@ class MemoryPool(AccountPool):
         now = time.monotonic()
         if not self.accounts:
             raise no_accounts_error()
-        soonest = self._soonest(model, exclude, now)
+        accounts = self.usable()
+        soonest = self._soonest(model, exclude, now, accounts)
         if soonest:
             raise all_benched_error(soonest, model) if soonest < math.inf else no_accounts_error()
         if not self.waiters:
-            label = self._free(model, exclude, now)
+            label = self._free(model, exclude, now, accounts)
             if label is not None:
                 self._take(label, now)
                 return await self.lease_key(label, model, 0.0)
@@ -485,13 +506,21 @@ class MemoryPool(AccountPool):
         now = time.monotonic()
         served = []
         free = self._free_slots()
+        try:
+            accounts = self.usable()
+        except ApiError as e:
+            for waiter in self.waiters:
+                if not waiter.future.done():
+                    waiter.future.set_exception(e)
+            self.waiters.clear()
+            return
         for waiter in self.waiters:
-            if free <= 0 and not self._soonest(waiter.model, (), now):
+            if free <= 0 and not self._soonest(waiter.model, (), now, accounts):
                 break  # nothing free and some account will be: this waiter, and everyone behind, waits
             if waiter.future.done():
                 served.append(waiter)
                 continue
-            label = self._free(waiter.model, waiter.exclude, now)
+            label = self._free(waiter.model, waiter.exclude, now, accounts)
             if label is not None:
                 self._take(label, now)
                 free -= 1
@@ -499,7 +528,7 @@ class MemoryPool(AccountPool):
                 waiter.future.set_result(label)
                 served.append(waiter)
                 continue
-            soonest = self._soonest(waiter.model, waiter.exclude, now)
+            soonest = self._soonest(waiter.model, waiter.exclude, now, accounts)
             if soonest:
                 waiter.future.set_exception(all_benched_error(soonest, waiter.model) if soonest < math.inf
                                             else no_accounts_error())
@@ -565,8 +594,9 @@ class MemoryPool(AccountPool):
         rows = []
         for label, account in self.accounts.items():
             s = self.state[label]
+            queued = sum(1 for w in self.waiters if label not in w.exclude)
             rows.append(account_row(account, self.tokens, {
-                "in_flight": s.in_flight, "served": s.served, "last_error": s.last_error or None,
+                "in_flight": s.in_flight, "queued": queued, "served": s.served, "last_error": s.last_error or None,
                 "unhealthy": s.unhealthy and s.benched_until > now,
                 "benched_until": wall + s.benched_until - now if s.benched_until > now else None,
                 "bench_why": s.bench_why if s.benched_until > now else None,
@@ -576,9 +606,18 @@ class MemoryPool(AccountPool):
     async def reload(self, accounts, access_keys):
         """Swap in new accounts and keys; leases in flight keep their account's count (an
         account removed while answering simply disappears when its lease comes back)."""
+        old = self.accounts
         self.access = AccessKeys(access_keys)
         self.accounts = {a.label: a for a in accounts}
-        self.state = {a.label: self.state.get(a.label) or _State() for a in accounts}
+        state = {}
+        for a in accounts:
+            s = self.state.get(a.label)
+            if s is None or not a.same_as(old[a.label]):  # a new token starts with a clean slate
+                fresh = _State()
+                fresh.in_flight = s.in_flight if s is not None else 0
+                s = fresh
+            state[a.label] = s
+        self.state = state
         self._dispatch()
 
 
@@ -586,6 +625,8 @@ def account_row(account, tokens, live):
     """One account for ``GET /admin/accounts``: nothing usable of its token."""
     exp = tokens.expiry(account) if tokens is not None else None
     health = "unhealthy" if live.pop("unhealthy") else ("benched" if live.get("benched_until") else "ok")
+    if account.expired(time.time()):
+        health = "expired"
     row = {"label": account.label, "kind": account.kind, "token": mask(account.token),
            "account_id": mask(account.account_id) if account.account_id else None, "health": health,
            "max_concurrent": account.max_concurrent, "token_expires": exp}

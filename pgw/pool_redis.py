@@ -254,9 +254,9 @@ class RedisPool(AccountPool):
         if self._listener is not None:
             self._listener.cancel()
 
-    def _args(self):
-        args = []
-        for label, account in self.accounts.items():
+    def _args(self, accounts):
+        args = [len(accounts)]
+        for label, account in accounts.items():
             args += [label, self.max_concurrent(account)]
         return args
 
@@ -291,9 +291,14 @@ class RedisPool(AccountPool):
         """One ACQUIRE for ``waiter``: "ok" (its future holds the label), "wait", or a refusal
         set on its future ("benched", "full", "error")."""
         s = self.settings
+        try:
+            accounts = self.usable()
+        except ApiError as e:
+            self._fail(waiter, e)
+            return "error"
         call = asyncio.ensure_future(self._acquire(args=[
             self.prefix, waiter.id, waiter.model, waiter.exclude, int(s.lease_ttl * 1000),
-            int(max(3 * POLL_INTERVAL, s.lease_ttl) * 1000), s.queue_max, len(self.accounts)] + self._args()))
+            int(max(3 * POLL_INTERVAL, s.lease_ttl) * 1000), s.queue_max] + self._args(accounts)))
         try:
             kind, value, *more = await asyncio.shield(call)
         except asyncio.CancelledError:
@@ -502,7 +507,8 @@ class RedisPool(AccountPool):
                 if field.startswith(label + "|") and int(value) > now:
                     models[field[len(label) + 1:]] = {"until": int(value) / 1000, "why": why.get(field)}
             rows.append(account_row(account, self.tokens, {
-                "in_flight": in_flight, "served": int(served.get(label, 0)), "last_error": lasterr.get(label),
+                "in_flight": in_flight, "queued": got[-1], "served": int(served.get(label, 0)),
+                "last_error": lasterr.get(label),
                 "unhealthy": int(unhealthy.get(label, 0)) > now,
                 "benched_until": until / 1000 if until > now else None,
                 "bench_why": why.get(label) if until > now else None, "models": models}))

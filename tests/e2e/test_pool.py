@@ -97,7 +97,7 @@ def run_threads(fns):
 def test_burst_of_40_over_3_accounts_all_succeed_one_at_a_time_in_arrival_order(gateway_factory, upstream, tmp_path):
     subs, tokens = new_accounts(3)
     for sub in subs:  # every account holds its first answer until released: the queue fills up
-        upstream.plan(sub, gate=1, pace_ms=2)
+        upstream.plan(sub, gate=1, pace_ms=5)  # answers of ~150 ms: a busy machine delaying one request by a few ms cannot reorder waves
     gw = start_pool(gateway_factory, tmp_path, [{"label": "a%d" % i, "access_token": t} for i, t in enumerate(tokens)])
     texts = ["question %02d" % i for i in range(40)]
     threads, results = [], [None] * 40
@@ -129,7 +129,7 @@ def test_burst_of_40_over_3_accounts_all_succeed_one_at_a_time_in_arrival_order(
     # Arrival order: accounts free up in waves of three, so a later request never starts before one
     # that arrived three or more places earlier.
     for pos, n in enumerate(order):
-        assert all(m < n + 3 for m in order[:pos]), order
+        assert all(m < n + 3 for m in order[:pos]), " ".join(map(str, order))
     rows = admin(gw)["accounts"]
     assert sum(r["served"] for r in rows) == 40 and all(r["in_flight"] == 0 for r in rows)
     assert all(tok not in json.dumps(rows) for tok in tokens)  # the admin view masks tokens
@@ -301,16 +301,25 @@ def test_refresh_token_accounts_refresh_and_retry_after_401(gateway_factory, ups
 
 
 def test_an_account_whose_token_is_refused_is_unhealthy_and_skipped(gateway_factory, upstream, tmp_path):
-    subs, tokens = new_accounts(2)
-    expired = mint_jwt(subs[0], int(time.time()) - 10)
-    gw = start_pool(gateway_factory, tmp_path, [{"label": "old", "access_token": expired},
-                                                {"label": "ok", "access_token": tokens[1]}])
+    subs, tokens = new_accounts(3)
+    upstream.plan(subs[0], tokens_valid_after=time.time() + 5)  # signed out elsewhere: 401
+    expired = mint_jwt(subs[2], int(time.time()) - 10)
+    gw = start_pool(gateway_factory, tmp_path, [{"label": "refused", "access_token": tokens[0]},
+                                                {"label": "ok", "access_token": tokens[1]},
+                                                {"label": "old", "access_token": expired}])
     for text in ("one", "two", "three"):
         status, _, _ = chat(gw, gw.access_key, text)
         assert status == 200
     assert len(conversations(upstream, subs[0])) <= 1  # tried at most once, then left alone
+    assert conversations(upstream, subs[2]) == []  # a token past its exp is never sent
     rows = {r["label"]: r for r in admin(gw)["accounts"]}
-    assert rows["old"]["health"] == "unhealthy" and "401" in rows["old"]["last_error"]
+    assert rows["old"]["health"] == "expired" and rows["ok"]["served"] == 3  # every answer came from "ok"
+    if conversations(upstream, subs[0]):
+        assert rows["refused"]["health"] == "unhealthy" and "401" in rows["refused"]["last_error"]
+
+    only_expired = start_pool(gateway_factory, tmp_path, [{"label": "old", "access_token": expired}])
+    status, _, body = chat(only_expired, only_expired.access_key, "x")
+    assert status == 503 and json.loads(body)["error"]["code"] == "accounts_expired"
 
 
 def test_client_refresh_tokens_are_exchanged(gateway_factory, upstream, tmp_path):
