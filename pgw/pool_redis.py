@@ -34,6 +34,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from pgw.errors import ApiError
 from pgw.pool import (HANDOFFS_KEPT, AccessKeys, AccountPool, account_row, all_benched_error, no_accounts_error,
                       queue_full_error, queue_timeout_error)
+from pgw.tokens import LOCK_TTL_MS
 
 log = logging.getLogger("gateway.pool")
 
@@ -208,6 +209,13 @@ class RedisTokenStore:
 
     async def put(self, eid, entry):
         await self.client.hset(self.key, eid, ujson.dumps(entry))
+
+    async def lock(self, eid):
+        """Only one process exchanges a refresh token at a time (the lock expires by itself)."""
+        return bool(await self.client.set("%s:lock:%s" % (self.key, eid), "1", nx=True, px=LOCK_TTL_MS))
+
+    async def unlock(self, eid):
+        await self.client.delete("%s:lock:%s" % (self.key, eid))
 
 
 class _Waiter:

@@ -30,6 +30,10 @@ log = logging.getLogger("gateway.tokens")
 
 # An access token with no readable exp is used for this long before it is refreshed again.
 UNKNOWN_LIFETIME = 3600.0
+# Waiting for another process's exchange (Redis): 50 x 0.1 s, beyond the exchange's own timeout.
+LOCK_WAIT_STEPS = 50
+LOCK_WAIT_STEP = 0.1
+LOCK_TTL_MS = 40000
 
 
 class TokenError(Exception):
@@ -125,17 +129,58 @@ class Tokens:
         """A valid access token for ``refresh_token`` (``force``: a fresh one, after a 401)."""
         eid = entry_id(refresh_token)
         entry = self.entries.get(eid)
-        if entry is None and self.store is not None:
-            entry = await self.store.get(eid)
+        if entry is None:
+            entry = await self._stored(eid)
             if entry:
                 self.entries[eid] = entry
         if entry and not force and entry["exp"] - self.settings.refresh_ahead > time.time():
             return entry["access_token"]
         pending = self._inflight.get(eid)
         if pending is None:
-            pending = self._inflight[eid] = asyncio.ensure_future(self._exchange(eid, refresh_token, entry))
+            stale = entry["access_token"] if entry else None
+            pending = self._inflight[eid] = asyncio.ensure_future(self._renew(eid, refresh_token, stale))
             pending.add_done_callback(lambda _f: self._inflight.pop(eid, None))
         return await asyncio.shield(pending)
+
+    async def _stored(self, eid):
+        """The store's entry, or None (also when the store cannot be read: it is a saving)."""
+        if self.store is None:
+            return None
+        try:
+            return await self.store.get(eid)
+        except Exception as e:
+            log.warning("reading the token cache failed: %s", e)
+            return None
+
+    async def _renew(self, eid, given, stale):
+        """A new access token instead of ``stale``. Another process sharing the store may have
+        renewed it already (then its token, and its rotated refresh token, are used): the store
+        is read again first, and with Redis one process at a time exchanges (a rotated refresh
+        token works once, so two exchanging at once would lose one of them)."""
+        lock = getattr(self.store, "lock", None)
+        held = False
+        for _ in range(LOCK_WAIT_STEPS):
+            fresh = await self._stored(eid)
+            if fresh and fresh.get("access_token") != stale and fresh["exp"] > time.time():
+                self.entries[eid] = fresh
+                return fresh["access_token"]
+            if lock is None:
+                break
+            try:
+                held = await lock(eid)
+            except Exception:
+                break  # no lock to be had (Redis away): exchange alone
+            if held:
+                break
+            await asyncio.sleep(LOCK_WAIT_STEP)
+        try:
+            return await self._exchange(eid, given, (fresh or self.entries.get(eid)))
+        finally:
+            if held:
+                try:
+                    await self.store.unlock(eid)
+                except Exception:
+                    pass  # it expires by itself
 
     async def _exchange(self, eid, given, entry):
         current = (entry or {}).get("refresh_token") or given
@@ -179,7 +224,8 @@ class Tokens:
         soon = time.time() + self.settings.refresh_ahead
         for eid, entry in list(self.entries.items()):
             if entry["exp"] <= soon and eid not in self._inflight:
-                f = self._inflight[eid] = asyncio.ensure_future(self._exchange(eid, entry["refresh_token"], entry))
+                f = self._inflight[eid] = asyncio.ensure_future(
+                    self._renew(eid, entry["refresh_token"], entry["access_token"]))
                 f.add_done_callback(lambda _f, eid=eid: self._inflight.pop(eid, None))
                 try:
                     await f

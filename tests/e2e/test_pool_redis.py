@@ -137,3 +137,25 @@ def test_redis_stopping_gives_503s_and_the_pool_recovers_when_it_is_back(gateway
         assert status == 200 and "after again" in answer_text(body)
     finally:
         redis_server.stop()
+
+
+def test_instances_share_the_token_cache_and_a_rotated_refresh_token(gateway_factory, upstream, tmp_path,
+                                                                      redis_server):
+    sub = "rtshared" + uuid.uuid4().hex[:10]
+    upstream.plan(sub, rotate=True)
+    rt = "rt-%s-%s" % (sub, uuid.uuid4().hex)
+    key = "ak-" + uuid.uuid4().hex
+    settings = dict(REDIS_PREFIX="t" + uuid.uuid4().hex[:8], REFRESH_URL=upstream.url + "/_fake/oauth/token")
+    accounts = [{"label": "r", "refresh_token": rt}]
+    one = shared_pool(gateway_factory, tmp_path, redis_server, accounts, key, **settings)
+    two = shared_pool(gateway_factory, tmp_path, redis_server, accounts, key, **settings)
+
+    def grants():
+        return [r["grant"] for r in upstream.log(sub) if r.get("grant")]
+    assert chat(one, key, "via one")[0] == 200 and chat(two, key, "via two")[0] == 200
+    assert len(grants()) == 1  # one exchange for both (they warmed up at once: one waited for the other)
+    upstream.plan(sub, rotate=True, tokens_valid_after=time.time())  # signed out elsewhere
+    assert chat(one, key, "one after 401")[0] == 200
+    assert chat(two, key, "two after 401")[0] == 200  # takes one's new token from Redis
+    assert len(grants()) == 2 and grants()[1]["refresh_token"] != rt
+    assert not [r for r in upstream.log(sub) if r.get("grant") and r["grant"]["refresh_token"] == rt][1:]
