@@ -215,7 +215,8 @@ def all_benched_error(seconds, model):
     seconds = max(1, math.ceil(seconds))
     error = ApiError(429, "every upstream account is resting (benched) for %s; the soonest is back in %d s"
                      % (model or "this model", seconds), "rate_limit_error", "accounts_benched")
-    error.headers = {"Retry-After": str(seconds)}
+    # The openai SDKs retry a 429 at once twice unless told not to: no account is back that soon.
+    error.headers = {"Retry-After": str(seconds), "x-should-retry": "false"}
     return error
 
 

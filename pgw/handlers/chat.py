@@ -22,7 +22,8 @@ class ChatCompletionsHandler(ConversationHandler):
 
         async def prepare(upstream_key):  # files go to the account that answers
             messages = await self.while_connected(gw.attachments.messages(upstream_key, request, route, new_id))
-            return self.payload(messages, route, await self.while_connected(gw.gizmos.gizmo(route)))
+            return self.payload(messages, route, await self.while_connected(gw.gizmos.gizmo(route)),
+                                effort=request.reasoning_effort)
 
         encoder = openai_format.ChunkEncoder("chatcmpl-" + uuid.uuid4().hex[:29], int(time.time()), request.model)
         if request.stream:

@@ -28,8 +28,6 @@ class ConversationHandler(JsonBodyHandler):
     _gone = False
     _pending = None
     _run = None
-    account_label = None   # the pool account that answered (for the access log)
-    queued_s = 0.0         # how long the request waited for it
 
     async def while_connected(self, awaitable):
         """Await preparation work, abandoning it as soon as the client disconnects."""
@@ -45,11 +43,13 @@ class ConversationHandler(JsonBodyHandler):
         finally:
             self._pending = None
 
-    def payload(self, messages, route, gizmo=None, hints=()):
+    def payload(self, messages, route, gizmo=None, hints=(), effort=None):
         """The upstream request body, asking for the stream encoding the settings choose;
         ``gizmo``: a GPT's gizmo object when known (``GizmoStore.gizmo``); ``hints``: the
-        2025-2026 ``system_hints`` (``("picture_v2",)`` asks for the image tool)."""
-        return conversation_payload(messages, route, new_id, self.gateway.settings.upstream_encoding, gizmo, hints)
+        2025-2026 ``system_hints`` (``("picture_v2",)`` asks for the image tool); ``effort``:
+        the client's ``reasoning_effort``."""
+        return conversation_payload(messages, route, new_id, self.gateway.settings.upstream_encoding, gizmo, hints,
+                                    effort)
 
     def downloads(self, key):
         """Fetching for one answer what it shows (images, files), linked at this gateway."""
@@ -142,9 +142,6 @@ class ConversationHandler(JsonBodyHandler):
                 sink.fail(e)
                 return
             raise
-        finally:
-            log.info("%s %s account %s queued %.3f s", self.request.method, self.request.path,
-                     self.account_label or "-", self.queued_s)
 
     async def _lease(self, pool, model, tried, sink):
         """Wait for a lease; a streaming client that waits KEEPALIVE_INTERVAL gets its headers
