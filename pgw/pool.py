@@ -355,9 +355,39 @@ class AccountPool:
     async def refused(self, lease, status, body):
         forbidden_streak = await self.forbidden_streak(lease.label) if status == 403 else 0
         v = verdict(status, body, lease.model, self.settings, forbidden_streak)
+        account = self.accounts.get(lease.label)
+        if v.unhealthy and account is not None and account.kind == "refresh_token":
+            v.bench *= 2  # out until the re-check (at UNHEALTHY_RECHECK) brings it back; tried anyway later
         if v.bench or v.unhealthy or v.why:
             await self.mark(lease.label, v)
+        if v.unhealthy:
+            self.recheck_later(lease.label)
         return v
+
+    def recheck_later(self, label):
+        """The background re-check of an unhealthy account: after UNHEALTHY_RECHECK a
+        refresh-token account exchanges its token again and, if that works, is back at once (an
+        access token cannot mend itself: that account is simply tried again then)."""
+        account = self.accounts.get(label)
+        if account is None or account.kind != "refresh_token":
+            return
+
+        async def recheck():
+            current = self.accounts.get(label)
+            if current is None or not current.same_as(account):
+                return  # reloaded meanwhile
+            try:
+                await self.tokens.access_token(account.token, force=True)
+            except Exception as e:
+                log.warning("re-check of account %s: the token still cannot be refreshed: %s", label, e)
+                return
+            log.info("re-check of account %s: new token, back in the pool", label)
+            await self.clear(label)
+        IOLoop.current().call_later(self.settings.unhealthy_recheck, lambda: IOLoop.current().spawn_callback(recheck))
+
+    async def clear(self, label):
+        """Lift an account's bench and unhealthy mark (its per-model caps stay)."""
+        raise NotImplementedError
 
     async def forbidden_streak(self, label):
         return 0
@@ -580,6 +610,12 @@ class MemoryPool(AccountPool):
     async def forbidden_streak(self, label):
         s = self.state.get(label)
         return s.forbidden_streak if s is not None else 0
+
+    async def clear(self, label):
+        s = self.state.get(label)
+        if s is not None:
+            s.benched_until, s.bench_why, s.unhealthy = 0.0, "", False
+            self._dispatch()
 
     async def succeeded(self, lease):
         s = self.state.get(lease.label)

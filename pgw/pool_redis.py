@@ -479,6 +479,17 @@ class RedisPool(AccountPool):
         except RedisError:
             return 0
 
+    async def clear(self, label):
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(self.prefix + ":bench", label)
+            pipe.hdel(self.prefix + ":unhealthy", label)
+            await pipe.execute()
+        except RedisError as e:
+            log.warning("clearing account %s in Redis failed: %s", label, e)
+            return
+        self._kick()
+
     async def succeeded(self, lease):
         try:
             pipe = self.client.pipeline(transaction=False)

@@ -403,3 +403,35 @@ def test_files_and_team_headers_use_the_leased_account(gateway_factory, upstream
         if r.get("authorization"):
             assert r["authorization"] == "Bearer " + tokens[0] and r["account_id"] == "acc-77"
     assert not upstream.log(gw.access_key)  # the access key itself never reaches the upstream
+
+
+def test_an_unhealthy_refresh_token_account_comes_back_after_its_background_recheck(gateway_factory, upstream,
+                                                                                       tmp_path):
+    sub = "recheck" + uuid.uuid4().hex[:10]
+    subs, tokens = new_accounts(1)
+    rt = "rt-%s-%s" % (sub, uuid.uuid4().hex)
+    gw = start_pool(gateway_factory, tmp_path, [{"label": "ok", "access_token": tokens[0]},
+                                                {"label": "r", "refresh_token": rt}],
+                    REFRESH_URL=upstream.url + "/_fake/oauth/token", DATA_DIR=str(tmp_path / "data"),
+                    UNHEALTHY_RECHECK=1.5)
+    wait_until(lambda: [r for r in upstream.log(sub) if r.get("grant")], what="the start-up exchange")
+    upstream.plan(sub, tokens_valid_after=time.time() + 1)  # even a token refreshed now is refused for 1 s
+    upstream.plan(subs[0], gate=1)
+    threads, results = run_threads([lambda: chat(gw, gw.access_key, "holds ok")])
+    wait_until(lambda: conversations(upstream, subs[0]), what="ok answering")
+    threads2, results2 = run_threads([lambda: chat(gw, gw.access_key, "tries r")])
+
+    def health(label):
+        return {r["label"]: r for r in admin(gw)["accounts"]}[label]["health"]
+    wait_until(lambda: health("r") == "unhealthy", what="r refused twice (401, refreshed, 401)")
+    upstream.release(subs[0])
+    for t in threads + threads2:
+        t.join(20)
+    assert results[0][0] == 200 and results2[0][0] == 200  # "tries r" was answered by ok
+    assert len(conversations(upstream, sub)) == 2
+    wait_until(lambda: health("r") == "ok", what="the background re-check")
+    status, _, body = chat(gw, gw.access_key, "r again")  # r is the least recently used now
+    assert status == 200 and "r again" in answer_text(body)
+    answered_by_r = [r for r in conversations(upstream, sub) if r.get("completed")]
+    assert [r["body"]["messages"][-1]["content"]["parts"][0] for r in answered_by_r] == ["r again"]
+    assert len(conversations(upstream, sub)) == 3  # the re-check's token worked the first time
