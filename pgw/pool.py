@@ -154,7 +154,7 @@ class Lease:
     """One account held by one request: ``key`` is the upstream key to send, ``queued_s`` how
     long the request waited. Give it back with ``await pool.release(lease)`` (idempotent)."""
 
-    __slots__ = ("label", "key", "queued_s", "model", "released", "token_id", "renewer", "freed_at")
+    __slots__ = ("label", "key", "queued_s", "model", "released", "token_id", "freed_at", "since")
 
     def __init__(self, label, key, queued_s, model, token_id=None):
         self.label = label
@@ -163,8 +163,8 @@ class Lease:
         self.model = model
         self.released = False
         self.token_id = token_id   # the Redis back end's slot id
-        self.renewer = None
         self.freed_at = None       # a waiter's lease: when (monotonic) its account became free
+        self.since = time.monotonic()
 
 
 class Verdict:
@@ -577,9 +577,7 @@ class MemoryPool(AccountPool):
         if lease.released:
             return
         lease.released = True
-        s = self.state.get(lease.label)
-        if s is not None and s.last_used:
-            self._hold_ewma = 0.9 * self._hold_ewma + 0.1 * max(0.0, time.monotonic() - s.last_used)
+        self._hold_ewma = 0.9 * self._hold_ewma + 0.1 * (time.monotonic() - lease.since)
         self._put_back(lease.label)
 
     def _wake_at(self, seconds):

@@ -39,6 +39,10 @@ from pgw.tokens import LOCK_TTL_MS
 log = logging.getLogger("gateway.pool")
 
 POLL_INTERVAL = 0.5   # seconds between queue retries without a "freed" message
+# A waiter's heartbeat lives this long: a waiter whose process died leaves the queue within it
+# (renewed every RENEW_EVERY at most, with the slots).
+BEAT_TTL = 3.0
+RENEW_EVERY = 1.0
 SOCKET_TIMEOUT = 2.0  # a Redis that does not answer within this is treated as down
 MAX_CONNECTIONS = 32  # per process; one is the "freed" subscription
 
@@ -250,7 +254,7 @@ class RedisPool(AccountPool):
     # -- life cycle
     def start(self):
         ttl = self.settings.lease_ttl
-        self._timers = [PeriodicCallback(self._renew_all, ttl / 3 * 1000),
+        self._timers = [PeriodicCallback(self._renew_all, min(ttl / 3, RENEW_EVERY) * 1000),
                         PeriodicCallback(self._poll, POLL_INTERVAL * 1000)]
         for t in self._timers:
             t.start()
@@ -306,7 +310,7 @@ class RedisPool(AccountPool):
             return "error"
         call = asyncio.ensure_future(self._acquire(args=[
             self.prefix, waiter.id, waiter.model, waiter.exclude, int(s.lease_ttl * 1000),
-            int(max(3 * POLL_INTERVAL, s.lease_ttl) * 1000), s.queue_max] + self._args(accounts)))
+            int(BEAT_TTL * 1000), s.queue_max] + self._args(accounts)))
         try:
             kind, value, *more = await asyncio.shield(call)
         except asyncio.CancelledError:
@@ -336,8 +340,14 @@ class RedisPool(AccountPool):
         return "wait"
 
     def _undo(self, future, waiter):
-        if not future.cancelled() and future.exception() is None and future.result()[0] == "ok":
+        """The caller left while ACQUIRE ran: a slot it was given goes back, and a place in the
+        queue it was given is left at once (else it would hold up everyone behind it)."""
+        if future.cancelled() or future.exception() is not None:
+            IOLoop.current().spawn_callback(self._forget, waiter.id)
+        elif future.result()[0] == "ok":
             IOLoop.current().spawn_callback(self._release_slot, future.result()[1], waiter.id)
+        else:
+            IOLoop.current().spawn_callback(self._forget, waiter.id)
 
     def _fail(self, waiter, error):
         if not waiter.future.done():
@@ -412,7 +422,7 @@ class RedisPool(AccountPool):
         if not self.held and not waiting:
             return
         s = self.settings
-        args = [self.prefix, int(s.lease_ttl * 1000), int(max(3 * POLL_INTERVAL, s.lease_ttl) * 1000)]
+        args = [self.prefix, int(s.lease_ttl * 1000), int(BEAT_TTL * 1000)]
         for slot_id, label in list(self.held.items()):
             args += [label, slot_id]
         try:

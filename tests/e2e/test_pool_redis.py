@@ -159,3 +159,31 @@ def test_instances_share_the_token_cache_and_a_rotated_refresh_token(gateway_fac
     assert chat(two, key, "two after 401")[0] == 200  # takes one's new token from Redis
     assert len(grants()) == 2 and grants()[1]["refresh_token"] != rt
     assert not [r for r in upstream.log(sub) if r.get("grant") and r["grant"]["refresh_token"] == rt][1:]
+
+
+def test_a_killed_instances_waiters_leave_the_shared_queue(gateway_factory, upstream, tmp_path, redis_server):
+    subs, tokens = new_accounts(1)
+    upstream.plan(subs[0], gate=1)
+    accounts = [{"label": "a", "access_token": tokens[0]}]
+    key = "ak-" + uuid.uuid4().hex
+    prefix = "t" + uuid.uuid4().hex[:8]
+    survivor = shared_pool(gateway_factory, tmp_path, redis_server, accounts, key, REDIS_PREFIX=prefix)
+    doomed = shared_pool(gateway_factory, tmp_path, redis_server, accounts, key, REDIS_PREFIX=prefix)
+    threads, results = run_threads([lambda: chat(survivor, key, "holder")])
+    wait_until(lambda: conversations(upstream, subs[0]), what="the account answering")
+
+    def waits_in_doomed():
+        try:
+            chat(doomed, key, "never")
+        except OSError:
+            pass
+    run_threads([waits_in_doomed])
+    wait_until(lambda: admin(survivor)["queued"] == 1, what="doomed's request in the shared queue")
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.proc.wait(5)
+    upstream.release(subs[0])
+    threads[0].join(10)
+    status, _, body = chat(survivor, key, "not held up")
+    assert status == 200 and "not held up" in answer_text(body)
+    assert "never" not in json.dumps(conversations(upstream, subs[0]))
+    assert admin(survivor)["queued"] == 0
