@@ -59,6 +59,19 @@ class Gateway:
         tokens = Tokens(settings, self.upstream.http, FileStore(settings.data_dir))
         return tokens, account_pool.MemoryPool(settings, accounts, access_keys, tokens)
 
+    async def _fetch_gizmos(self):
+        """GPTs' details, fetched with KEY_FOR_GPTS_INFO; when that is one of the pool's access
+        keys, with the first account's upstream key instead (an access key means nothing upstream)."""
+        key = self.settings.key_for_gpts_info
+        if key and self.pool.is_access_key(key) and self.pool.accounts:
+            account = next(iter(self.pool.accounts.values()))
+            try:
+                self.gizmos.key = await self.pool.key_for(account)
+            except Exception as e:
+                log.warning("GPTs' details: no upstream key from account %s: %s", account.label, e)
+                return
+        await self.gizmos.fetch_all()
+
     async def reload_accounts(self):
         """Re-read the accounts file and keys (SIGHUP, POST /admin/accounts/reload); streams in
         flight keep their leases. Raises ``AccountsError`` and keeps the old ones on a bad file."""
@@ -73,7 +86,7 @@ class Gateway:
         self.pool.start()
         self.access_tokens.start()
         self.access_tokens.warm(self.pool.accounts.values())
-        IOLoop.current().spawn_callback(self.gizmos.fetch_all)  # in the background: start-up stays fast
+        IOLoop.current().spawn_callback(self._fetch_gizmos)  # in the background: start-up stays fast
         max_age = self.settings.images_max_age_hours * 3600
         if max_age:
             # A sweep a tenth of the age apart (at most hourly): files outlive their age by 10% at most.

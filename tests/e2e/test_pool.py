@@ -435,3 +435,18 @@ def test_an_unhealthy_refresh_token_account_comes_back_after_its_background_rech
     answered_by_r = [r for r in conversations(upstream, sub) if r.get("completed")]
     assert [r["body"]["messages"][-1]["content"]["parts"][0] for r in answered_by_r] == ["r again"]
     assert len(conversations(upstream, sub)) == 3  # the re-check's token worked the first time
+
+
+def test_gpt_details_with_an_access_key_are_fetched_with_an_account(gateway_factory, upstream, tmp_path):
+    subs, tokens = new_accounts(1)
+    upstream.plan(subs[0], gizmos={"g-pooled1": {"name": "Pooled GPT"}})
+    gpts = tmp_path / "gpts.json"
+    gpts.write_text(json.dumps({"pooled-gpt": {"id": "g-pooled1"}}))
+    access_key = "ak-" + uuid.uuid4().hex
+    gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}], [access_key],
+                    GPTS_CONFIG=str(gpts), KEY_FOR_GPTS_INFO=access_key)
+    records = upstream.wait_log(subs[0], lambda rs: any("/gizmos/" in r["path"] for r in rs))
+    assert [r["authorization"] for r in records if "/gizmos/" in r["path"]] == ["Bearer " + tokens[0]]
+    assert not upstream.log(access_key)
+    status, _, body = http("GET", gw.url + "/v1/models")
+    assert "Pooled GPT" in body.decode()
