@@ -8,16 +8,55 @@ fake's log for what each account saw: start and end times of every conversation.
 
 from http.client import HTTPConnection
 import json
+import os
+import shutil
+import socket
 import threading
 import time
 import uuid
 
 import pytest
 
+from devkit.procs import ChildProcess
 from fakeupstream.app import mint_jwt
 from tests.helpers import http
 
 ADMIN = "admin-" + uuid.uuid4().hex
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer(ChildProcess):
+    """A redis-server of the test's own on a free loopback port, nothing saved."""
+
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        super().__init__([REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                         pattern=r"Ready to accept connections", prefix="redis-")
+        self.url = "redis://127.0.0.1:%d/0" % self.port
+
+
+@pytest.fixture(scope="module")
+def module_redis():
+    if not os.path.exists(REDIS):
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request):
+    """The pool's settings for each back end: the same behaviour is asked of both."""
+    if request.param == "memory":
+        return {}
+    server = request.getfixturevalue("module_redis")
+    return {"REDIS_URL": server.url, "REDIS_PREFIX": "t" + uuid.uuid4().hex[:8]}
 
 
 def new_accounts(n, prefix="acct"):
@@ -135,9 +174,9 @@ def test_burst_of_40_over_3_accounts_all_succeed_one_at_a_time_in_arrival_order(
     assert all(tok not in json.dumps(rows) for tok in tokens)  # the admin view masks tokens
 
 
-def test_other_keys_are_forwarded_unless_access_keys_are_required(gateway_factory, upstream, tmp_path, key):
+def test_other_keys_are_forwarded_unless_access_keys_are_required(gateway_factory, upstream, tmp_path, key, backend):
     subs, tokens = new_accounts(1)
-    gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}])
+    gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}], **backend)
     status, _, body = chat(gw, key, "direct")
     assert status == 200 and "direct" in answer_text(body)
     assert conversations(upstream, key)[0]["authorization"] == "Bearer " + key
@@ -146,7 +185,7 @@ def test_other_keys_are_forwarded_unless_access_keys_are_required(gateway_factor
     assert conversations(upstream, subs[0])[0]["authorization"] == "Bearer " + tokens[0]
 
     strict = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}],
-                        ACCESS_KEYS_REQUIRED="true")
+                        ACCESS_KEYS_REQUIRED="true", **backend)
     status, _, body = chat(strict, key, "direct")
     assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
     status, _, body = chat(strict, gw.access_key[:-1] + "x", "nearly")
@@ -154,13 +193,13 @@ def test_other_keys_are_forwarded_unless_access_keys_are_required(gateway_factor
     assert "direct" not in json.dumps(conversations(upstream, key)[1:])
 
 
-def test_refusals_before_the_answer_move_the_request_to_another_account(gateway_factory, upstream, tmp_path):
+def test_refusals_before_the_answer_move_the_request_to_another_account(gateway_factory, upstream, tmp_path, backend):
     subs, tokens = new_accounts(4)
     upstream.plan(subs[0], status=502)
     upstream.plan(subs[1], status=403, detail="Unusual activity has been detected from your device. Try again later.")
     upstream.plan(subs[2], caps={"text-davinci-002-render-sha": {"after": 0, "clears_in": 120}})
     gw = start_pool(gateway_factory, tmp_path, [{"label": "a%d" % i, "access_token": t} for i, t in enumerate(tokens)],
-                    RETRY_ATTEMPTS=4)
+                    RETRY_ATTEMPTS=4, **backend)
     status, _, body = chat(gw, gw.access_key, "retried")
     assert status == 200 and "retried" in answer_text(body)
     assert [len(conversations(upstream, s)) for s in subs] == [1, 1, 1, 1]
@@ -174,22 +213,22 @@ def test_refusals_before_the_answer_move_the_request_to_another_account(gateway_
     assert len(conversations(upstream, subs[1])) == 1 and len(conversations(upstream, subs[2])) == 1
 
 
-def test_at_most_retry_attempts_accounts_then_the_last_refusal(gateway_factory, upstream, tmp_path):
+def test_at_most_retry_attempts_accounts_then_the_last_refusal(gateway_factory, upstream, tmp_path, backend):
     subs, tokens = new_accounts(3)
     for sub in subs:
         upstream.plan(sub, status=500)
     gw = start_pool(gateway_factory, tmp_path, [{"label": "a%d" % i, "access_token": t} for i, t in enumerate(tokens)],
-                    RETRY_ATTEMPTS=2)
+                    RETRY_ATTEMPTS=2, **backend)
     status, _, body = chat(gw, gw.access_key, "x")
     assert status == 502 and "HTTP 500" in json.loads(body)["error"]["message"]
     assert sum(len(conversations(upstream, s)) for s in subs) == 2
 
 
-def test_when_every_account_is_benched_429_says_when(gateway_factory, upstream, tmp_path):
+def test_when_every_account_is_benched_429_says_when(gateway_factory, upstream, tmp_path, backend):
     subs, tokens = new_accounts(2)
     for sub in subs:
         upstream.plan(sub, caps={"text-davinci-002-render-sha": {"after": 0, "clears_in": 90}})
-    gw = start_pool(gateway_factory, tmp_path, [{"label": "a%d" % i, "access_token": t} for i, t in enumerate(tokens)])
+    gw = start_pool(gateway_factory, tmp_path, [{"label": "a%d" % i, "access_token": t} for i, t in enumerate(tokens)], **backend)
     status, headers, body = chat(gw, gw.access_key, "x")
     assert status == 429
     error = json.loads(body)["error"]
@@ -203,10 +242,10 @@ def test_when_every_account_is_benched_429_says_when(gateway_factory, upstream, 
     assert status == 200
 
 
-def test_queue_timeout_non_stream_and_stream(gateway_factory, upstream, tmp_path):
+def test_queue_timeout_non_stream_and_stream(gateway_factory, upstream, tmp_path, backend):
     subs, tokens = new_accounts(1)
     upstream.plan(subs[0], gate=1)
-    gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}], QUEUE_TIMEOUT=0.7)
+    gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}], QUEUE_TIMEOUT=0.7, **backend)
     threads, results = run_threads([lambda: chat(gw, gw.access_key, "holder")])
     wait_until(lambda: conversations(upstream, subs[0]), what="the account answering")
     status, headers, body = chat(gw, gw.access_key, "waits")
@@ -230,10 +269,10 @@ def test_queue_timeout_non_stream_and_stream(gateway_factory, upstream, tmp_path
     assert len(conversations(upstream, subs[0])) == 1  # neither waiter reached the account
 
 
-def test_a_client_that_leaves_the_queue_is_out_of_it_at_once(gateway_factory, upstream, tmp_path):
+def test_a_client_that_leaves_the_queue_is_out_of_it_at_once(gateway_factory, upstream, tmp_path, backend):
     subs, tokens = new_accounts(1)
     upstream.plan(subs[0], gate=1)
-    gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}])
+    gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}], **backend)
     threads, results = run_threads([lambda: chat(gw, gw.access_key, "holder")])
     wait_until(lambda: conversations(upstream, subs[0]), what="the account answering")
     host, port = gw.url.split("//")[1].split(":")
@@ -254,10 +293,10 @@ def test_a_client_that_leaves_the_queue_is_out_of_it_at_once(gateway_factory, up
     assert admin(gw)["accounts"][0]["in_flight"] == 0
 
 
-def test_a_client_gone_mid_answer_frees_its_account(gateway_factory, upstream, tmp_path):
+def test_a_client_gone_mid_answer_frees_its_account(gateway_factory, upstream, tmp_path, backend):
     subs, tokens = new_accounts(1)
     upstream.plan(subs[0], gate=1)
-    gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}])
+    gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}], **backend)
     host, port = gw.url.split("//")[1].split(":")
     conn = HTTPConnection(host, int(port), timeout=10)
     conn.request("POST", "/v1/chat/completions", json.dumps({
@@ -300,13 +339,13 @@ def test_refresh_token_accounts_refresh_and_retry_after_401(gateway_factory, ups
     assert len([r for r in upstream.log(sub) if r.get("grant")]) == 2
 
 
-def test_an_account_whose_token_is_refused_is_unhealthy_and_skipped(gateway_factory, upstream, tmp_path):
+def test_an_account_whose_token_is_refused_is_unhealthy_and_skipped(gateway_factory, upstream, tmp_path, backend):
     subs, tokens = new_accounts(3)
     upstream.plan(subs[0], tokens_valid_after=time.time() + 5)  # signed out elsewhere: 401
     expired = mint_jwt(subs[2], int(time.time()) - 10)
     gw = start_pool(gateway_factory, tmp_path, [{"label": "refused", "access_token": tokens[0]},
                                                 {"label": "ok", "access_token": tokens[1]},
-                                                {"label": "old", "access_token": expired}])
+                                                {"label": "old", "access_token": expired}], **backend)
     for text in ("one", "two", "three"):
         status, _, _ = chat(gw, gw.access_key, text)
         assert status == 200
@@ -317,7 +356,7 @@ def test_an_account_whose_token_is_refused_is_unhealthy_and_skipped(gateway_fact
     if conversations(upstream, subs[0]):
         assert rows["refused"]["health"] == "unhealthy" and "401" in rows["refused"]["last_error"]
 
-    only_expired = start_pool(gateway_factory, tmp_path, [{"label": "old", "access_token": expired}])
+    only_expired = start_pool(gateway_factory, tmp_path, [{"label": "old", "access_token": expired}], **backend)
     status, _, body = chat(only_expired, only_expired.access_key, "x")
     assert status == 503 and json.loads(body)["error"]["code"] == "accounts_expired"
 
@@ -334,10 +373,10 @@ def test_client_refresh_tokens_are_exchanged(gateway_factory, upstream, tmp_path
     assert conversations(upstream, sub)[0]["authorization"].startswith("Bearer eyJ")
 
 
-def test_admin_endpoint_needs_the_admin_key_and_reload_keeps_streams(gateway_factory, upstream, tmp_path):
+def test_admin_endpoint_needs_the_admin_key_and_reload_keeps_streams(gateway_factory, upstream, tmp_path, backend):
     subs, tokens = new_accounts(2)
     upstream.plan(subs[0], gate=1)
-    gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}])
+    gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}], **backend)
     assert http("GET", gw.url + "/admin/accounts")[0] == 401
     assert http("GET", gw.url + "/admin/accounts", headers={"Authorization": "Bearer nope"})[0] == 403
     plain = gateway_factory()

