@@ -52,6 +52,8 @@ OPEN, CLOSE, SEP = "\ue200", "\ue201", "\ue202"
 # The longest marker seen in captures is a few hundred characters (a products list); an opener
 # not closed within this many is not a marker and is dropped on its own.
 _REF_MARKER_MAX = 4096
+# What an opener that never closes takes with it: the marker's kind and fields, to the first space.
+_UNCLOSED = re.compile("\ue200[^\\s\ue200\ue201]*")
 # How much prose may wait behind a closed marker whose reference has not arrived. Captures patch
 # the reference in the same list as the marker's last character or the next event; holding for
 # ever would stall the stream on a reference that never comes.
@@ -357,15 +359,15 @@ class Answer:
         """A U+E200 at ``start``: held until the marker closes and its reference is known."""
         close = text.find(CLOSE, start + 1)
         reopen = text.find(OPEN, start + 1, close if close >= 0 else len(text))
-        if reopen >= 0:
-            return start + 1  # an opener that never closed: not a marker
-        if close < 0:
-            if final:
-                return len(text)  # the message ended inside the marker: all of it vanishes
-            if len(text) - start < _REF_MARKER_MAX:
-                self._held, self._held_msg = text[start:], msg
-                return None
-            return start + 1
+        if reopen < 0 and close < 0 and not final and len(text) - start < _REF_MARKER_MAX:
+            self._held, self._held_msg = text[start:], msg
+            return None
+        if reopen >= 0 or close < 0:
+            # An opener that never closed: not a marker. It vanishes with the kind and fields
+            # that follow it up to the first space, so the prose after it stays.
+            self._renderer.links(())
+            unclosed = _UNCLOSED.match(text, start)
+            return unclosed.end() if unclosed is not None else start + 1
         end = close + 1
         marker = text[start:end]
         ref = self._reference(msg, marker, base + start)
