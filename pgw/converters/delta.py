@@ -9,7 +9,8 @@ The one place that knows how v1 frames apply (docs/upstream.md, "The stream: thr
   ``replace``, ``truncate`` (``v`` is the new length), ``remove``, or ``patch`` (a list of
   patches, paths relative to the list's path). A bare ``{"v": [...]}`` continues the last
   top-level patch (usually a ``patch`` list); a bare ``{"v": "..."}`` continues the last plain
-  patch (path and operation), even when a list or a new document came in between.
+  patch (path and operation), even when a list or a new document came in between (right after
+  a new document: the new message's text, when the previous path is not where its text is).
 - A top-level frame is one change: a ``patch`` list applies whole before anything is passed
   on, so text that a list appends and takes back never reaches the client.
 - Frames with neither ``p`` nor ``o`` that carry a ``type`` or no ``v`` (typed frames, errors)
@@ -235,6 +236,7 @@ class DeltaDialect:
         self._msg: Message | None = None  # the Message of the document's message
         self._last: tuple[str, str] | None = None  # path and operation of the last top-level patch
         self._last_plain: tuple[str, str] | None = None  # ... of the last one that was not a list
+        self._fresh = False         # no patch since the last root
         self._hot: str | None = None  # path of the current message's text field (the fast path)
         self._field: tuple[Any, Any] | None = None  # (container, key) of that field
         self._pending: list[str] | None = None  # the field's text, as pieces not yet joined
@@ -282,7 +284,11 @@ class DeltaDialect:
                 self._legacy.payload(obj)
                 return
             last = self._last
-            if type(value) is str and last is not None and last[1] == "patch":
+            if type(value) is str and self._fresh and self._hot is not None:
+                # Right after a root, a bare string can only continue the new message's text: the
+                # previous plain patch may name a field this message does not have (thoughts).
+                last = (self._hot, "append")
+            elif type(value) is str and last is not None and last[1] == "patch":
                 last = self._last_plain
             if last is None:
                 self.warnings.note("skipped a bare value with no patch before it", "bare value")
@@ -292,6 +298,7 @@ class DeltaDialect:
             path = self._last[0] if self._last else ""
         elif op is None:
             op = self._last[1] if self._last else None
+        self._fresh = False
         if type(path) is not str or type(op) is not str:
             self.warnings.note("skipped a patch with path %r and operation %r" % (path, op), "bad patch")
             return
@@ -311,6 +318,7 @@ class DeltaDialect:
     def _new_document(self, doc: dict[str, JSON]) -> None:
         self._flush()
         self._doc = doc
+        self._fresh = True
         # The last patch is kept: a bare {"v": "..."} right after a root continues the previous
         # plain patch (5.1), which is the previous message's text append (paths name the field,
         # not the message).

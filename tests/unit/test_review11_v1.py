@@ -131,3 +131,15 @@ def test_a_summary_that_grows_after_the_content_does_not_repeat_the_reasoning(su
     assert_seen(body, lambda: MarkdownRenderer("think"), "<think>\n%s\n</think>\n\n42" % reasoning)
     assert_seen(body, lambda: BotRenderer(reasoning_output=True), "%s\n\n42" % reasoning)
     assert_seen(body, BotRenderer, "42")
+
+
+def test_bare_text_right_after_a_root_is_the_new_messages_text_when_the_last_path_was_elsewhere():
+    """The previous plain patch was a thought's content; the answer's root then a bare string."""
+    th = message("th", {"content_type": "thoughts", "thoughts": [], "source_analysis_msg_id": "x"},
+                 {"reasoning_status": "is_reasoning"}, channel="analysis")
+    body = (HEAD + delta(root(th, 0, bare=False))
+            + delta({"p": THOUGHTS, "o": "append", "v": [{"summary": "Sum", "content": "", "chunks": [],
+                                                          "finished": False}]})
+            + delta({"p": THOUGHTS + "/0/content", "o": "append", "v": "ming"}) + delta(end())
+            + delta(root(message("ans"), 1)) + delta({"v": "Four"}) + delta({"v": "."}) + delta(end()) + DONE)
+    assert_seen(body, MarkdownRenderer, "Four.", "Sum\n\nming")
