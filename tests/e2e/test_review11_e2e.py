@@ -74,3 +74,25 @@ def test_the_same_answer_non_stream(gateway, upstream, key):
     assert done.choices[0].message.content == CONTENT
     assert getattr(done.choices[0].message, "reasoning_content", None) == REASONING
     assert done.choices[0].finish_reason == "stop"
+
+
+def split_emoji():
+    """An emoji whose two UTF-16 halves come in two appends, as \\uXXXX escapes (JSON allows a
+    lone surrogate escape; an upstream that cuts text by UTF-16 units sends this)."""
+    body = (HEAD + delta(root(message("ans"), 0, bare=False)) + delta({"p": TEXT, "o": "append", "v": "好 "})
+            + b'event: delta\ndata: {"v": "\\ud83d"}\n\n' + b'event: delta\ndata: {"v": "\\ude00 ok"}\n\n'
+            + b'event: delta\ndata: {"v": " \\udc00!"}\n\n' + delta(end()) + DONE)
+    return body.decode()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_emoji_split_between_two_appends_arrives_whole(gateway, upstream, key, stream):
+    upstream.plan(key, raw_sse=split_emoji())
+    client = gateway.client(key)
+    if stream:
+        chunks = list(client.chat.completions.create(model="gpt-4o", messages=ASK, stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert chunks[-1].choices[0].finish_reason == "stop"
+    else:
+        text = client.chat.completions.create(model="gpt-4o", messages=ASK).choices[0].message.content
+    assert text == "好 😀 ok \ufffd!"  # a half that has no other half is a replacement character

@@ -143,3 +143,23 @@ def test_bare_text_right_after_a_root_is_the_new_messages_text_when_the_last_pat
             + delta({"p": THOUGHTS + "/0/content", "o": "append", "v": "ming"}) + delta(end())
             + delta(root(message("ans"), 1)) + delta({"v": "Four"}) + delta({"v": "."}) + delta(end()) + DONE)
     assert_seen(body, MarkdownRenderer, "Four.", "Sum\n\nming")
+
+
+def test_utf16_halves_split_between_appends_reach_the_client_as_one_character():
+    """A client's text must be encodable as UTF-8: halves joined, a lone half U+FFFD, in the
+    answer and in the reasoning, however the bytes are cut."""
+    th = message("th", {"content_type": "thoughts", "thoughts": [], "source_analysis_msg_id": "x"},
+                 {"reasoning_status": "is_reasoning"}, channel="analysis")
+    body = (HEAD + delta(root(th, 0, bare=False))
+            + delta({"p": THOUGHTS, "o": "append", "v": [{"summary": "", "content": "a", "chunks": [],
+                                                          "finished": False}]})
+            + b'event: delta\ndata: {"p": "/message/content/thoughts/0/content", "o": "append", "v": "\\ud83e"}\n\n'
+            + b'event: delta\ndata: {"v": "\\udd14b"}\n\n' + delta(end())
+            + delta(root(message("ans"), 1)) + delta({"p": TEXT, "o": "append", "v": "x"})
+            + b'event: delta\ndata: {"v": "\\ud83d"}\n\n' + b'event: delta\ndata: {"v": "\\ude00 \\udc00"}\n\n'
+            + b'event: delta\ndata: {"v": "\\ud83d"}\n\n' + delta(end()) + DONE)
+    assert_seen(body, MarkdownRenderer, "x😀 \ufffd\ufffd", "a🤔b")
+    assert_seen(body, lambda: MarkdownRenderer("think"), "<think>\na🤔b\n</think>\n\nx😀 \ufffd\ufffd")
+    for pieces in chunkings(body):
+        content, reasoning, _ = seen(body, MarkdownRenderer(), pieces)
+        (content + reasoning).encode("utf-8")
