@@ -31,8 +31,10 @@ pieces and passed on at once, and joined into the document only when something n
 text (the message ends, or a patch touches the field in another way). That keeps the cost of an
 event proportional to what it carries, not to the length of the answer so far (bench S5). So
 while a message streams, ``Message.content`` may lag behind the text passed on; it is whole by
-the time ``answer.end`` is called. Any other patch to the content (content spread over several
-parts, thoughts) takes the general path: the change is applied, then the text is read whole.
+the time ``answer.end`` is called. The field may also be the end of the text (the last thought's
+content, after its summary and a blank line): its appends then go the same way, counted from
+where the field begins. Any other patch to the content (an earlier part, a summary, a new
+thought) takes the general path: the change is applied, then the text is read whole.
 
 Operations or paths this stage cannot apply are skipped and noted once in ``warnings`` (the
 handler logs them): a new kind of patch must not break an answer.
@@ -201,26 +203,42 @@ def _touched(path: str, value: JSON) -> int:
     return _OTHER
 
 
-def _text_field(content: dict[str, JSON]) -> tuple[Any, Any, str] | None:
-    """Where the text of ``content`` is appended to, if one string field is all of it: the
-    ``(container, key, path)`` of the field whose string ``content_text`` returns unchanged, or
-    None. Found by probing each string field, so the fast path follows ``content_text``'s rule
-    wherever it is changed (thoughts, recaps), without a second copy of it."""
+def _text_field(content: dict[str, JSON]) -> tuple[Any, Any, str, int] | None:
+    """Where the text of ``content`` is appended to, if it ends with one string field: the
+    ``(container, key, path, offset)`` of the field whose string ``content_text`` returns at its
+    end (from ``offset`` on, the same for whatever the field holds), or None. Found by probing
+    each string field, so the fast path follows ``content_text``'s rule wherever it is changed
+    (a part; a thought's content after its summary), without a second copy of it."""
     candidates: list[tuple[Any, Any, str]] = []
     parts = content.get("parts")
     if isinstance(parts, list):
         candidates += [(parts, i, "%s/parts/%d" % (_CONTENT, i)) for i, p in enumerate(parts) if isinstance(p, str)]
     candidates += [(content, k, "%s/%s" % (_CONTENT, k)) for k, v in content.items()
                    if isinstance(v, str) and "/" not in k and "~" not in k]
+    thoughts = content.get("thoughts")
+    if isinstance(thoughts, list) and thoughts and isinstance(thoughts[-1], dict):
+        last = thoughts[-1]
+        if isinstance(last.get("content"), str):
+            candidates.append((last, "content", "%s/thoughts/%d/content" % (_CONTENT, len(thoughts) - 1)))
+    text: str | None = None
     for container, key, path in candidates:
         value = container[key]
         container[key] = _PROBE
         try:
-            found = content_text(content) is _PROBE
+            probed = content_text(content)
         finally:
             container[key] = value
-        if found:
-            return container, key, path
+        if probed is _PROBE:
+            return container, key, path, 0
+        if probed.endswith(_PROBE):
+            # The text is what lies before the field and the field: true only if it holds for
+            # the field's own value too (a thought's summary is followed by a blank line only
+            # once its content has begun).
+            offset = len(probed) - len(_PROBE)
+            if text is None:
+                text = content_text(content)
+            if len(text) == offset + len(value) and text.startswith(probed[:offset]) and text.endswith(value):
+                return container, key, path, offset
     return None
 
 
@@ -241,6 +259,7 @@ class DeltaDialect:
         self._field: tuple[Any, Any] | None = None  # (container, key) of that field
         self._pending: list[str] | None = None  # the field's text, as pieces not yet joined
         self._pending_len = 0       # length of the field's text, pieces included
+        self._offset = 0            # where the field's text begins in the message's text
         self._dirty = 0             # what the change being applied touched (_ROOT, _TEXTS...)
         self._grown: list[str] | None = None  # text appended by the fast path inside the change
         self._before: str | None = None  # the text sent so far, when the change touched the content
@@ -442,7 +461,7 @@ class DeltaDialect:
         if msg is not None and not msg.ended and isinstance(content, dict):
             found = _text_field(content)
             if found is not None:
-                container, key, self._hot = found
+                container, key, self._hot, self._offset = found
                 self._field = (container, key)
 
     # text
@@ -462,7 +481,7 @@ class DeltaDialect:
     def _pass_on(self, text: str) -> None:
         """``text`` was just appended to the text field: pass on what lies past what was sent."""
         msg = self._msg
-        after = self._pending_len
+        after = self._offset + self._pending_len
         if msg is None or after <= msg.sent:
             return
         before = after - len(text)
