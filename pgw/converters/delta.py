@@ -4,7 +4,8 @@ The one place that knows how v1 frames apply (docs/upstream.md, "The stream: thr
 
 - A frame that carries ``c`` (or has the empty path, or no path and no ``type``) and whose
   ``v`` holds a ``message`` is a new document ``{"message": ..., "conversation_id": ..., "error": ...}``,
-  with or without ``p``/``o``, whatever the previous frame was.
+  with or without ``p``/``o``, whatever the previous frame was; one whose ``v`` holds an
+  ``error`` and no message is an in-stream error, framed the same ways.
 - Otherwise a frame is a patch: ``add``, ``append`` (string concat, list extend, object merge),
   ``replace``, ``truncate`` (``v`` is the new length), ``remove``, or ``patch`` (a list of
   patches, paths relative to the list's path). A bare ``{"v": [...]}`` continues the last
@@ -296,6 +297,12 @@ class DeltaDialect:
         if (isinstance(value, dict) and isinstance(value.get("message"), dict) and op in (None, "add", "replace")
                 and ("c" in obj or path == "" or (path is None and "type" not in obj))):
             self._new_document(value)
+            return
+        if ("c" in obj and isinstance(value, dict) and value.get("error") and path in (None, "")
+                and op in (None, "add", "replace")):
+            # A root without a message: an in-stream error, however it is framed (5.2).
+            self._flush()
+            self._legacy.payload(value)
             return
         if path is None and op is None:
             if "v" not in obj or "type" in obj:  # a typed frame, an error: patches have no type

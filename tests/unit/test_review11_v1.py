@@ -163,3 +163,25 @@ def test_utf16_halves_split_between_appends_reach_the_client_as_one_character():
     for pieces in chunkings(body):
         content, reasoning, _ = seen(body, MarkdownRenderer(), pieces)
         (content + reasoning).encode("utf-8")
+
+
+# 5.1/5.2: a root carries c and a v holding the document; "in-stream errors: a root object whose
+# error is not null ... error_code usage_limit means the account's cap was hit". Framed as later
+# roots usually are, without p and o (or with o only), it is still that error.
+
+@pytest.mark.parametrize("form", [{}, {"o": "add"}])
+@pytest.mark.parametrize("text", ["", "Hi"])
+def test_an_error_root_without_p_is_the_in_stream_error(form, text):
+    body = HEAD + delta(root(message("ans"), 0, bare=False))
+    if text:
+        body += delta({"p": TEXT, "o": "append", "v": text})
+    error = {"message": None, "conversation_id": "c-r11", "error": "You've reached your usage limit.",
+             "error_code": "usage_limit"}
+    body += delta(dict(form, v=error, c=1)) + DONE
+    for pieces in chunkings(body):
+        content, _, conv = seen(body, MarkdownRenderer(), pieces)
+        assert content == text
+        finish, err = conv.outcome()
+        assert finish is None and err is not None
+        assert (err.status, err.body()["error"]["code"]) == (429, "rate_limit_exceeded")
+        assert err.body()["error"]["message"] == "You've reached your usage limit."
