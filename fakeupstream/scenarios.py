@@ -2,8 +2,8 @@
 
 A demo user picks one with a word in the message (``/code``, ``/code2``, ``/search``,
 ``/browse``, ``/draw``, ``/draw2``, ``/chart``, ``/file``, ``/long``, ``/error``, ``/think``
-and ``/o1`` (a thinking model, 2025-2026 and 2025 forms), ``/cite`` (2025-2026 citations),
-``/blocked``, ``/limit``; a request that mentions DALL·E, as the images endpoint's does, draws); a
+and ``/o1`` (a thinking model, 2025-2026 and 2025 forms), ``/cite`` (2025-2026 citations); a
+request that mentions DALL·E, as the images endpoint's does, draws); a
 test picks one for its key through ``POST /_fake/plan``. Each builds a ``Script`` from the
 request so answers can quote what was asked.
 """
