@@ -56,6 +56,7 @@ _REF_MARKER_MAX = 4096
 # the reference in the same list as the marker's last character or the next event; holding for
 # ever would stall the stream on a reference that never comes.
 _REF_WAIT = 1000
+_ALT_LINK = re.compile(r"\[([^\[\]\n]+)\]\((https?://[^()\s]+)\)")
 _CITATION_TYPES = frozenset(("grouped_webpages", "webpage", "grouped_webpages_model_predicted_fallback"))
 
 _FINISH: dict[Any, str] = {"stop": "stop", "max_tokens": "length", "interrupted": "stop",
@@ -392,6 +393,9 @@ class Answer:
             sources = _sources(ref.get("items"))
             if not sources and isinstance(ref.get("url"), str):
                 sources = _sources([ref])
+            if not sources and isinstance(ref.get("alt"), str):
+                # only the ready rendering: "([OpenAI Help Center](https://help.openai.com/…))"
+                sources = _sources([{"attribution": t, "url": u} for t, u in _ALT_LINK.findall(ref["alt"])])
             renderer.links(sources)
         else:
             renderer.links(())  # hidden, unresolved and kinds without text vanish

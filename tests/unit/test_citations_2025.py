@@ -290,6 +290,13 @@ def test_two_markers_with_the_same_text_resolve_by_place():
     assert run([text], {0: refs}) == "x<%s>y<>" % U0
 
 
+def test_a_citation_with_only_its_ready_rendering_links_to_what_it_names():
+    text = "x" + CITE0
+    refs = [ref(CITE0, "grouped_webpages", text, items=[],
+                alt="([OpenAI Help Center](https://help.openai.com/en/articles/1))")]
+    assert run([text], {0: refs}) == "x<https://help.openai.com/en/articles/1>"
+
+
 def test_footnote_sources_are_passed_on_at_the_end():
     text = "Answer."
     refs = [{"matched_text": " ", "start_idx": 7, "end_idx": 7, "type": "sources_footnote",
