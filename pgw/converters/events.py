@@ -6,7 +6,13 @@ whole-message snapshots; ``delta``: 2024 patches) calls the answer stage's ``sta
 answer stage calls the renderer's ``prose``, ``block_open``, ``block_text``, ``block_close``,
 ``cite``, ``image`` and ``sandbox_file``. What needs more than a string or two travels as one of
 the values here: ``Message``, ``Cite``, ``Image``, ``SandboxFile``. Nothing here does IO.
+
+It is also the one place that knows what the text of a message is (``content_text``), how an
+event is read before a dialect looks at it (``read_event``) and how a stage notes something
+once for the log (``Warnings``).
 """
+
+import ujson
 
 
 class Message:
@@ -99,6 +105,46 @@ def thoughts_text(thoughts):
         elif summary or body:
             texts.append(summary or body)
     return "\n\n".join(texts)
+
+
+class Warnings(list):
+    """What the stages noted for the handler to log: a list of strings, each noted once.
+
+    ``note(text, key)`` appends ``text`` unless ``key`` (default: the text itself) was noted
+    before, so a patch skipped a thousand times is one line in the log."""
+
+    def __init__(self, items=()):
+        super().__init__(items)
+        self._keys = set(items)
+
+    def note(self, text, key=None):
+        key = text if key is None else key
+        if key not in self._keys:
+            self._keys.add(key)
+            self.append(text)
+
+
+class _Done:
+    def __repr__(self):
+        return "DONE"
+
+
+DONE = _Done()  # what read_event gives for ``data: [DONE]``
+
+
+def read_event(ev):
+    """The prologue every dialect shares: None for what carries no meaning (keep-alive pings,
+    data that is not JSON, such as the timestamps PandoraNext pings carry without an event
+    name), ``DONE`` for ``[DONE]``, else the decoded JSON value (the caller checks its type)."""
+    if ev.event == "ping":
+        return None
+    data = ev.data
+    if data == b"[DONE]":
+        return DONE
+    try:
+        return ujson.loads(data)
+    except ValueError:
+        return None
 
 
 # Values the answer stage passes to the renderer
