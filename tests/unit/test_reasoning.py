@@ -31,8 +31,9 @@ def root(mid, c, content, role="assistant", name=None, metadata=None, channel=No
                "metadata": metadata or {}, "recipient": "all"}
     if channel:
         message["channel"] = channel
-    return delta({"p": "", "o": "add", "v": {"message": message, "conversation_id": "c1", "error": None,
-                                            "error_code": None}, "c": c})
+    doc = {"message": message, "conversation_id": "c1", "error": None, "error_code": None}
+    # 2025-2026 (5.1): the first root is an add at "", later ones come without p and o
+    return delta({"p": "", "o": "add", "v": doc, "c": c} if c == 0 else {"v": doc, "c": c})
 
 
 def end(*ops):
