@@ -66,6 +66,8 @@ PROSE, BLOCK, HIDDEN, REASONING = "prose", "block", "hidden", "reasoning"
 
 # The 2025 reasoning tool (o1, o3-mini) has an opaque name; its metadata gives it away.
 _REASONING_TOOL = "a8km123"
+_OTHER_TOOLS = frozenset(("python", "browser", "web", "web.run", "dalle.text2im", "t2uay3k.sj1i4kz", "image_gen",
+                          "file_search", "myfiles_browser", "bio", "canmore"))
 
 
 def _tool_call_kind(recipient):
@@ -90,7 +92,11 @@ def is_reasoning(msg: Message) -> bool:
         return True
     metadata = msg.metadata
     if msg.role == "tool":
-        return msg.name == _REASONING_TOOL or "initial_text" in metadata or "finished_text" in metadata
+        if msg.name == _REASONING_TOOL:
+            return True
+        # Other names of the same tool: its status lines give it away (tools that do other
+        # work keep their role even if they ever carry such lines).
+        return msg.name not in _OTHER_TOOLS and ("initial_text" in metadata or "finished_text" in metadata)
     if msg.role == "assistant" and msg.recipient == "all":
         # A thinking preamble ("I'll look that up first") says what the model is about to do
         # while it thinks: the web client shows it with the thoughts, never as the answer.

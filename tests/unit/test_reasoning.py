@@ -254,3 +254,24 @@ def test_reasoning_that_resumes_after_the_answer_began():
     assert render_calls(BotRenderer(reasoning_output=True), TWICE)[0] == (
         "先搜索。\n\nLet me look.\nFound it.\nThought for 3s\n\n答案。")
     assert render_calls(BotRenderer(), TWICE) == ("Let me look.答案。", "", "")
+
+
+def test_which_messages_are_reasoning():
+    from pgw.converters.answer import is_reasoning
+    from pgw.converters.events import Message
+
+    def msg(role="assistant", name=None, recipient="all", content_type="text", channel=None, **metadata):
+        m = Message("m", role, name, recipient, content_type)
+        m.channel, m.metadata = channel, metadata
+        return m
+    assert is_reasoning(msg(content_type="thoughts"))
+    assert is_reasoning(msg(content_type="reasoning_recap"))
+    assert is_reasoning(msg(channel="commentary"))
+    assert is_reasoning(msg(is_thinking_preamble_message=True))
+    assert is_reasoning(msg("tool", "a8km123"))
+    assert is_reasoning(msg("tool", "a8km456", initial_text="Reasoning"))  # the same tool, renamed
+    assert not is_reasoning(msg("tool", "web.run", initial_text="Searching the web"))
+    assert not is_reasoning(msg("tool", "python"))
+    assert not is_reasoning(msg(channel="final"))
+    assert not is_reasoning(msg())
+    assert not is_reasoning(msg(recipient="python", channel="commentary"))  # a tool call: a block
