@@ -68,6 +68,8 @@ def test_stream_chunks_carry_reasoning_as_the_mode_says(gateways, upstream, key,
         first_content = next(i for i, d in enumerate(deltas) if d.content)
         with_reasoning = [i for i, d in enumerate(deltas) if reasoning_of(d)]
         assert len(with_reasoning) > 1 and max(with_reasoning) < first_content
+        # content stays a string beside reasoning: clients that add up delta.content never meet null
+        assert all(deltas[i].content == "" for i in with_reasoning)
     usage = chunks[-1].usage
     counted = ANSWERS[scenario][0] if mode != "hidden" and mode != "bot" else ""
     assert usage.completion_tokens_details.reasoning_tokens == (count(counted) if counted else 0)
