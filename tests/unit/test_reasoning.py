@@ -275,3 +275,26 @@ def test_which_messages_are_reasoning():
     assert not is_reasoning(msg(channel="final"))
     assert not is_reasoning(msg())
     assert not is_reasoning(msg(recipient="python", channel="commentary"))  # a tool call: a block
+
+
+def test_thoughts_of_any_shape_under_any_chunking_in_every_fake_dialect():
+    from hypothesis import given, settings, strategies as st
+
+    from fakeupstream.app import split
+    from fakeupstream.script import RENDERERS as STREAMS, Msg, Script
+
+    words = st.text(alphabet="ab 中文。\n😊", max_size=12)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(words, words), min_size=1, max_size=4), st.integers(1, 7), st.integers(0, 10 ** 6))
+    def check(thoughts, step, seed):
+        parts = [s + "\n\n" + c if s and c else s or c for s, c in thoughts]
+        reasoning = "\n\n".join(p for p in parts if p)  # written from the format's description
+        for dialect, stream in sorted(STREAMS.items()):
+            script = Script([Msg(thoughts=thoughts, step=step), Msg("Thought for 2s", content_type="reasoning_recap"),
+                             Msg("答案。", channel="final", end_turn=True)], ascii=False)
+            conv = Conversion(MarkdownRenderer())
+            got = contents(feed_all(conv, split(stream(script, "c1", []), "random:%d:17" % seed)))
+            want = reasoning + "\n" + "Thought for 2s" if reasoning else "Thought for 2s"
+            assert got == ("答案。", want, want), dialect
+    check()
