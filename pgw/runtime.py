@@ -243,6 +243,7 @@ class StreamWatch:
         self.keepalive_interval = keepalive_interval
         self.idle_timeout = idle_timeout
         self._relays = {}
+        self.metrics = None  # pgw.metrics.Metrics: told once per sweep, never per event
         # A quarter of the interval: a keep-alive is then at most 25% late, not a whole tick.
         tick = min(keepalive_interval / 4, 1.0) if keepalive_interval > 0 else 1.0
         self._timer = PeriodicCallback(self._sweep, tick * 1000)
@@ -265,6 +266,7 @@ class StreamWatch:
     def _sweep(self):
         now = time.monotonic()
         keepalive = self.keepalive_interval
+        sent = 0
         for relay, transfer in list(self._relays.items()):
             if relay.closed:
                 continue
@@ -274,6 +276,9 @@ class StreamWatch:
             sink = relay.sink
             if keepalive and sink.started and now - sink.last_write >= keepalive:
                 sink.keepalive()
+                sent += 1
+        if self.metrics is not None:
+            self.metrics.swept(len(self._relays), sent)
 
 
 def renderer_for(settings, fetch_images=False):
@@ -374,7 +379,8 @@ class MediaDownloads:
         got = await self.upstream.fetch_url(url)
         data = bytes(got.body)
         if got.status != 200 or not data:
-            log.warning("download of %s failed: HTTP %s%s", what, got.status,
+            log.warning("download of %s failed: %s%s", what,
+                        got.failure if got.status == 599 and got.failure else "HTTP %s" % got.status,
                         " (larger than the download limit)" if got.too_big else "")
             return None
         name = self.media.save_image(data) if t is FetchImage else self.media.save_file(what, data)
@@ -382,6 +388,18 @@ class MediaDownloads:
             log.warning("download of %s did not give an image (%d bytes)", what, len(data))
             return None
         return name, data
+
+
+def no_answer_error(transfer) -> ApiError:
+    """The error for a conversation the upstream never answered: it could not be reached, or
+    it took the request and then sent nothing (StreamWatch's silence limit) or hung up."""
+    if transfer.cancelled:  # by StreamWatch: the upstream kept silent (the client leaving returns earlier)
+        return ApiError(504, "%s after taking the request (UPSTREAM_IDLE_TIMEOUT)" % transfer.failure,
+                        "upstream_error", "upstream_timeout")
+    if transfer.connect_failed:
+        return ApiError(502, "the upstream could not be reached: %s (check BASE_URL)" % transfer.failure,
+                        "upstream_error", "upstream_unreachable")
+    return ApiError(502, "the upstream did not answer: %s" % transfer.failure, "upstream_error", "upstream_no_answer")
 
 
 class ConversationRun:
@@ -432,9 +450,8 @@ class ConversationRun:
                 if relay.closed:
                     return
                 if status is None:
-                    raise ApiError(502, "the upstream could not be reached: %s" % transfer.failure,
-                                   "upstream_error", "upstream_unreachable")
-                raise from_upstream(status, bytes(transfer.error_body))
+                    raise no_answer_error(transfer)
+                raise from_upstream(status, bytes(transfer.error_body), transfer.headers)
             sink.start()
             relay.begin()
             await transfer.done
