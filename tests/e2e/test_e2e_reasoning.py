@@ -10,6 +10,7 @@ import urllib.parse
 import pytest
 
 from fakeupstream import scenarios
+from fakeupstream.script import RENDERERS as ENCODINGS  # every form the fake upstream streams
 
 USER = [{"role": "user", "content": "6×7 等于多少？"}]
 
@@ -52,7 +53,7 @@ def reasoning_of(obj):
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("scenario", ["think", "o1"])
-@pytest.mark.parametrize("encoding", ["legacy", "v1"])
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
 def test_stream_chunks_carry_reasoning_as_the_mode_says(gateways, upstream, key, mode, scenario, encoding):
     upstream.plan(key, scenario=scenario, encoding=encoding, chunking="random:5")
     chunks = list(gateways[mode].client(key).chat.completions.create(
@@ -155,7 +156,7 @@ def bot_refs(gateway_factory):
 
 
 @pytest.mark.parametrize("scenario", ["cite", "cite_same_list", "cite_before"])
-@pytest.mark.parametrize("encoding", ["legacy", "v1"])
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
 def test_citations_in_normal_and_bot_mode(gateways, bot_refs, upstream, key, scenario, encoding, stream):
     for gw, want in ((gateways["reasoning_content"], CITE_MARKDOWN), (gateways["bot"], CITE_BOT),
