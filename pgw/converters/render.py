@@ -320,6 +320,7 @@ class BotRenderer(MarkdownRenderer):
         self._sources: dict = {}   # key -> "[n] title url", in the order first cited
         self._numbers: dict = {}   # url of a 2025-2026 source -> its number
         self._hidden_block = False  # a tool block was left out: what follows starts a new line
+        self._star = ""            # a "*" held back from plain reasoning: maybe half of "**"
 
     def close(self) -> None:
         if self._thinking:
@@ -350,6 +351,24 @@ class BotRenderer(MarkdownRenderer):
             self._vanish()
             return
         self._write("".join("[%d]" % self._number(s) for s in sources))
+
+    def reasoning(self, text: str) -> None:
+        # Reasoning summaries mark their headings in markdown bold ("**Planning the answer**");
+        # a chat app would show the asterisks, so plain reasoning goes without them.
+        if self.reasoning_mode != "plain" or not text:
+            super().reasoning(text)
+            return
+        text = self._star + text
+        self._star = ""
+        if text.endswith("*") and not text.endswith("**"):
+            self._star, text = "*", text[:-1]  # may be half of a "**" the next piece completes
+        super().reasoning(text.replace("**", ""))
+
+    def _end_thinking(self, closing: bool = False) -> None:
+        if self._star:
+            self._star = ""
+            self.out.append(Reasoning("*", True))
+        super()._end_thinking(closing)
 
     def _number(self, source: Source) -> int:
         """The number of a 2025-2026 source in the answer's one source list."""

@@ -124,8 +124,9 @@ def expected(mode, reasoning, answer):
         return answer, reasoning, reasoning
     if mode == "think":
         return "<think>\n%s\n</think>\n\n%s" % (reasoning, answer), "", reasoning
-    if mode == "bot-reasoning":
-        return "%s\n\n%s" % (reasoning, answer), "", reasoning
+    if mode == "bot-reasoning":  # plain text: no markdown bold either
+        plain = reasoning.replace("**", "")
+        return "%s\n\n%s" % (plain, answer), "", plain
     return answer, "", ""  # hidden, and bot mode by default
 
 
@@ -254,6 +255,17 @@ def test_reasoning_that_resumes_after_the_answer_began():
     assert render_calls(BotRenderer(reasoning_output=True), TWICE)[0] == (
         "先搜索。\n\nLet me look.\nFound it.\nThought for 3s\n\n答案。")
     assert render_calls(BotRenderer(), TWICE) == ("Let me look.答案。", "", "")
+
+
+def test_bot_reasoning_drops_markdown_bold_however_it_is_split():
+    for cut in range(len("**Planning** it *really*")):
+        text = "**Planning** it *really*"
+        r = BotRenderer(reasoning_output=True)
+        r.reasoning(text[:cut])
+        r.reasoning(text[cut:])
+        r.prose("Done.")
+        r.close()
+        assert contents(r.take())[0] == "Planning it *really*\n\nDone.", cut
 
 
 def test_which_messages_are_reasoning():
