@@ -38,14 +38,18 @@ _MARKER_MAX = 64
 _CITE_WAIT = 200
 # Where prose needs a closer look: a marker, a link to a file the code interpreter wrote, a
 # private-use character (2025-2026 markers). _ANY is the one-scan test for all of them.
-_ANY = re.compile("[【(\ue000-\uf8ff]")
-_SPECIAL = re.compile("【|\\(sandbox:|[\ue000-\uf8ff]")
+_ANY = re.compile("[【(\\[\ue000-\uf8ff]")
+_SPECIAL = re.compile("【|\\(sandbox:|\\[|[\ue000-\uf8ff]")
 _PUA = re.compile("[\ue000-\uf8ff]")
 _SANDBOX = "(sandbox:"
 # A path may hold balanced brackets, as markdown link targets may: "report (1).csv".
 _SANDBOX_LINK = re.compile(r"\(sandbox:(/mnt/data/(?:[^()\n]|\([^()\n]{0,64}\)){1,255})\)")
 _SANDBOX_PREFIX = re.compile(r"\(sandbox:(?:[^()\n]|\([^()\n]{0,64}\))*(?:\([^()\n]{0,64})?\Z")
 _SANDBOX_MAX = len(_SANDBOX) + 257  # a longer "link" is not one: stop holding it back
+# The label of a markdown link, "[report.csv](sandbox:...)": held until what follows it shows
+# whether it labels a file (bot mode then writes the label and the file's bare URL).
+_LABEL = re.compile(r"\[([^\[\]\n]{0,255})\]")
+_LABEL_OPEN = re.compile(r"\[[^\[\]\n]{0,255}\Z")
 
 # 2025-2026 markers: U+E200 opens, U+E202 separates fields, U+E201 closes.
 OPEN, CLOSE, SEP = "\ue200", "\ue201", "\ue202"
@@ -331,6 +335,8 @@ class Answer:
                 next_pos = self._sandbox_link(msg, text, start, final)
             elif c == "【":
                 next_pos = self._marker(msg, text, start, final)
+            elif c == "[":
+                next_pos = self._labelled_link(msg, text, start, final)
             elif c == OPEN:
                 next_pos = self._reference_marker(msg, text, start, final, base)
             else:
@@ -436,6 +442,31 @@ class Answer:
                 sources = _sources(ref.get("sources"))
                 if sources:
                     self._renderer.footnote(sources)
+
+    def _labelled_link(self, msg: Message, text: str, start: int, final: bool) -> Optional[int]:
+        """A ``[`` at ``start``: ``[label](sandbox:/mnt/data/x)`` is one file with its label;
+        anything else passes through (held while it could still become one)."""
+        m = _LABEL.match(text, start)
+        if m is None:
+            if not final and _LABEL_OPEN.match(text, start):
+                self._held, self._held_msg = text[start:], msg  # the label is still arriving
+                return None
+        else:
+            after = m.end()
+            link = _SANDBOX_LINK.match(text, after)
+            if link:
+                self._renderer.sandbox_file(SandboxFile(link.group(1), msg.id), m.group(1))
+                return link.end()
+            rest = text[after:after + len(_SANDBOX)]
+            if len(rest) < len(_SANDBOX):
+                arriving = _SANDBOX.startswith(rest)
+            else:
+                arriving = len(text) - after < _SANDBOX_MAX and _SANDBOX_PREFIX.match(text, after) is not None
+            if arriving and not final:
+                self._held, self._held_msg = text[start:], msg
+                return None
+        self._renderer.prose("[")
+        return start + 1
 
     def _sandbox_link(self, msg: Message, text: str, start: int, final: bool) -> Optional[int]:
         """``(sandbox:`` at ``start``: the link's target is the file (the renderer writes it)."""
