@@ -455,7 +455,8 @@ class Answer:
             after = m.end()
             link = _SANDBOX_LINK.match(text, after)
             if link:
-                self._renderer.sandbox_file(SandboxFile(link.group(1), msg.id), m.group(1))
+                label = _strip_markers(m.group(1), False)[0]  # no marker inside a label either
+                self._renderer.sandbox_file(SandboxFile(link.group(1), msg.id), label)
                 return link.end()
             rest = text[after:after + len(_SANDBOX)]
             if len(rest) < len(_SANDBOX):

@@ -101,3 +101,8 @@ def test_the_label_of_a_file_link_travels_with_the_file_however_it_is_split():
         [i] = [i for i, x in enumerate(out) if type(x) is SandboxFile]
         assert out[i - 1] == "[报告 (1).csv]", cut  # passed with the file, not as prose before it
         assert texts(out) == "见 [报告 (1).csv]<SandboxFile('/mnt/data/报告 (1).csv')> 与 [a](https://x) [b]。", cut
+
+
+def test_no_private_use_character_in_a_file_link_label():
+    out, _ = prose("[r\ue200cite\ue202turn0search0\ue201\ue206.csv](sandbox:/mnt/data/r.csv)")
+    assert texts(out) == "[r.csv]<SandboxFile('/mnt/data/r.csv')>"
