@@ -20,8 +20,9 @@ backend-api call answers a ``download_url`` on this host (``/_fake/blob/...``), 
 GET without Authorization turns into the bytes (fakeupstream/files.py).
 
 The answer comes in the v1 delta dialect when the request asks for ``"supported_encodings":
-["v1"]``, else whole messages; ``"encoding": "legacy" | "v1"`` in a plan forces one. The log
-says which (``encoding``).
+["v1"]`` (in the form live accounts send in 2025-2026), else whole messages; ``"encoding":
+"legacy" | "v1" | "v1-2024"`` in a plan forces one (``v1-2024``: the early-2024 v1 form). The
+log says which (``encoding``).
 
 Plans are per key, so tests running against one fake upstream do not see each other. Besides
 conversations it answers the file upload (``POST files``, ``PUT upload_url``, ``POST
@@ -139,7 +140,7 @@ class ConversationHandler(FakeHandler):
         encoding = plan.get("encoding") or ("v1" if "v1" in (body.get("supported_encodings") or ()) else "legacy")
         record["encoding"] = encoding
         events = RENDERERS[encoding](script, cid, messages, pings=plan.get("pings", True))
-        if plan.get("future_patches") and encoding == "v1":
+        if plan.get("future_patches") and encoding.startswith("v1"):
             events = with_future_patches(events)
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")

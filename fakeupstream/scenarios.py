@@ -2,8 +2,8 @@
 
 A demo user picks one with a word in the message (``/code``, ``/code2``, ``/search``,
 ``/browse``, ``/draw``, ``/draw2``, ``/chart``, ``/file``, ``/long``, ``/error``, ``/think``
-and ``/o1`` (a thinking model, 2025-2026 and 2025 forms), ``/cite`` (2025-2026 citations); a
-request that mentions DALL·E, as the images endpoint's does, draws); a
+and ``/o1`` (a thinking model, 2025-2026 and 2025 forms), ``/cite`` (2025-2026 citations),
+``/blocked``, ``/limit``; a request that mentions DALL·E, as the images endpoint's does, draws); a
 test picks one for its key through ``POST /_fake/plan``. Each builds a ``Script`` from the
 request so answers can quote what was asked.
 """
@@ -280,19 +280,27 @@ def cite_before(ask, model):
     return cite(ask, model, lag=-40, live=False, step=7)
 
 
+def usage_limit(ask, model):
+    """The account's cap is hit: an in-stream error with error_code usage_limit (5.2)."""
+    return Script([], model, error="You've reached our limit of messages per hour. Please try again later.",
+                  error_code="usage_limit")
+
+
 SCENARIOS = {
     "hello": hello, "long": long, "empty": empty, "stream_error": stream_error, "drop": drop,
     "max_tokens": max_tokens, "blocked": blocked, "code": code, "search": search,
     "code_rounds": code_rounds, "browse": browse, "dalle": dalle, "dalle_two": dalle_two,
     "dalle_missing": dalle_missing, "no_image": no_image, "chart": chart, "sandbox_file": sandbox_file,
     "think": think, "o1": o1, "cite": cite, "cite_same_list": cite_same_list, "cite_before": cite_before,
+    "usage_limit": usage_limit,
 }
 
 # words a demo user can put in a message to pick a scenario (longer words first: "/code2"
 # contains "/code")
 KEYWORDS = {"/code2": "code_rounds", "/code": "code", "/search": "search", "/browse": "browse",
             "/draw2": "dalle_two", "/draw": "dalle", "/chart": "chart", "/file": "sandbox_file",
-            "/long": "long", "/error": "stream_error", "/think": "think", "/o1": "o1", "/cite": "cite"}
+            "/long": "long", "/error": "stream_error", "/think": "think", "/o1": "o1", "/cite": "cite",
+            "/blocked": "blocked", "/limit": "usage_limit"}
 
 
 def pick(ask):

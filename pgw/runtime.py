@@ -170,7 +170,7 @@ class Relay:
         self.perform = perform          # async function: action -> text
         self.closed = False             # the client went away
         self.last_upstream = time.monotonic()
-        self._queue = collections.deque()
+        self._queue: collections.deque = collections.deque()
         self._busy = True               # hold everything until begin(): the sink is not ready
         self._idle = None
 
