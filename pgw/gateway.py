@@ -15,7 +15,7 @@ from pgw.conf import gpts
 from pgw.gizmos import GizmoStore
 from pgw.attachments import Attachments
 from pgw.media import MediaStore
-from pgw.runtime import StreamWatch
+from pgw.runtime import SavedFiles, StreamWatch
 from pgw.upstream import UpstreamClient
 from pgw.usage import TokenCounter
 
@@ -33,6 +33,7 @@ class Gateway:
         self.tokens = TokenCounter()
         self.watch = StreamWatch(settings.keepalive_interval, settings.upstream_idle_timeout)
         self.media = MediaStore(settings.images_dir)
+        self.saved_files = SavedFiles()  # upstream files saved by this process: none saved twice
         self._sweeper = None
 
     def start(self):

@@ -14,7 +14,9 @@ vanish); links to files the code wrote, ``(sandbox:/mnt/data/x.csv)``, go to
 
 import re
 
-from pgw.converters.events import Cite, Image, SandboxFile
+import ujson
+
+from pgw.converters.events import Cite, Image, SandboxFile, content_text
 
 # 【11†source】, 【11†来源】, and the 2024 form 【4:0†source】; the first number is the one
 # metadata.citations[].metadata.extra.cited_message_idx names.
@@ -37,20 +39,41 @@ _FINISH = {"stop": "stop", "max_tokens": "length", "interrupted": "stop", "conte
 PROSE, BLOCK, HIDDEN = "prose", "block", "hidden"
 
 
+# The 2025 image tool (gpt-4o / gpt-image): its call is a prompt, as DALL·E's was.
+IMAGE_TOOLS = frozenset(("t2uay3k.sj1i4kz", "image_gen"))
+# The tool message an account out of image quota gets instead of a picture.
+IMAGE_QUOTA_ERROR = "ChatGPTAgentToolRateLimitException"
+# Where an asset pointer's file lives: scheme -> Image.store.
+_STORES = (("file-service://", "files"), ("sediment://", "sediment"))
+
+
 def _tool_call_kind(recipient):
     if recipient == "python":
         return "code", "python"
     if recipient == "browser":
         return "browser", None
-    if recipient.startswith("dalle"):
+    if recipient.startswith("dalle") or recipient in IMAGE_TOOLS:
         return "dalle_prompt", "json"
     return "tool_call", None
 
 
 def _file_id(asset_pointer):
-    if isinstance(asset_pointer, str) and asset_pointer.startswith("file-service://"):
-        return asset_pointer[len("file-service://"):]
+    """``(store, file id)`` of an asset pointer the gateway can fetch, or None."""
+    if isinstance(asset_pointer, str):
+        for scheme, store in _STORES:
+            if asset_pointer.startswith(scheme) and len(asset_pointer) > len(scheme):
+                return store, asset_pointer[len(scheme):]
     return None
+
+
+def _call_prompt(text):
+    """The prompt of an image tool call (``{"prompt": "...", "size": ...}``), or None."""
+    try:
+        call = ujson.loads(text)
+    except ValueError:
+        return None
+    prompt = call.get("prompt") if isinstance(call, dict) else None
+    return prompt if isinstance(prompt, str) else None
 
 
 class Answer:
@@ -68,6 +91,14 @@ class Answer:
         self._role = {}                # message id -> PROSE / BLOCK / HIDDEN
         self._held = ""                # prose held back: a citation marker still arriving
         self._held_msg = None
+        # What the answer still waits for when its SSE body ends (pgw.runtime follows it):
+        self.upstream_error_code = None  # e.g. usage_limit: a rate limit, not a failure
+        self.image_tasks = {}          # placeholder tool message id -> image task id: no picture yet
+        self.image_prompt = None       # the prompt of the last image tool call
+        self.last_prose_id = None      # the last assistant message of the answer (a continuation's parent)
+        self.conduit_token = None      # resume_conversation_token: resume the turn elsewhere
+        self.handoff_turn = None       # stream_handoff: the answer is not in this SSE body
+        self.handoff_options = ()
 
     # what the dialect stage calls
 
@@ -107,18 +138,31 @@ class Answer:
         role = self._role.get(msg.id)
         if role is PROSE:
             self._flush_held()
+            self.last_prose_id = msg.id
             details = msg.metadata.get("finish_details") or {}
             reason = _FINISH.get(details.get("type"))
             if reason:
                 self.finish_reason = reason
         elif role is BLOCK:
             self._close_block()
+            if msg.recipient in IMAGE_TOOLS:
+                self.image_prompt = _call_prompt(content_text(msg.content)) or self.image_prompt
         if msg.role == "tool":
             self._images(msg)
 
-    def error(self, text):
-        """An error message in the stream."""
+    def error(self, text, code=None):
+        """An error message in the stream; ``code``: the upstream's ``error_code`` (``usage_limit``: a cap)."""
         self.upstream_error = text
+        self.upstream_error_code = code
+
+    def resume_token(self, token):
+        """``resume_conversation_token``: what resuming this turn elsewhere takes."""
+        self.conduit_token = token
+
+    def handoff(self, turn_exchange_id, options):
+        """``stream_handoff``: the rest of the answer is not in this SSE body."""
+        self.handoff_turn = turn_exchange_id or ""
+        self.handoff_options = options or ()
 
     def moderation(self, blocked):
         self.blocked = self.blocked or blocked
@@ -148,19 +192,37 @@ class Answer:
             self._open = None
 
     def _images(self, msg):
-        """Images a tool made: DALL·E parts, and charts the code interpreter displayed."""
-        for part in msg.content.get("parts") or ():
+        """Images a tool made: DALL·E's and the image tool's parts, and charts the code
+        interpreter displayed. The image tool's placeholder (``async_task_type: image_gen``)
+        without a picture yet is noted in ``image_tasks``: the picture comes later, in a poll of
+        the conversation that reads this message again. An account out of image quota gets a
+        ``system_error`` message instead: a rate limit, with the upstream's words."""
+        content = msg.content
+        if content.get("content_type") == "system_error" and content.get("name") == IMAGE_QUOTA_ERROR:
+            self.error(content_text(content) or "the image generation quota is used up", "usage_limit")
+            self.image_tasks.pop(msg.id, None)
+            return
+        shown = 0
+        for part in content.get("parts") or ():
             if isinstance(part, dict):
-                file_id = _file_id(part.get("asset_pointer"))
-                if file_id:
+                asset = _file_id(part.get("asset_pointer"))
+                if asset:
                     dalle = (part.get("metadata") or {}).get("dalle") or {}
-                    self._renderer.image(Image(file_id, dalle.get("prompt"), "dalle"))
-        aggregate = msg.metadata.get("aggregate_result") or {}
+                    source = "dalle" if msg.name and msg.name.startswith("dalle") else "image_gen"
+                    self._renderer.image(Image(asset[1], dalle.get("prompt") or self.image_prompt, source, asset[0]))
+                    shown += 1
+        metadata = msg.metadata
+        if metadata.get("async_task_type") == "image_gen" or metadata.get("image_gen_async"):
+            if shown:
+                self.image_tasks.pop(msg.id, None)
+            else:
+                self.image_tasks[msg.id] = metadata.get("image_gen_task_id")
+        aggregate = metadata.get("aggregate_result") or {}
         for item in aggregate.get("messages") or ():
             if isinstance(item, dict) and item.get("message_type") == "image":
-                file_id = _file_id(item.get("image_url"))
-                if file_id:
-                    self._renderer.image(Image(file_id, None, "python"))
+                asset = _file_id(item.get("image_url"))
+                if asset:
+                    self._renderer.image(Image(asset[1], None, "python", asset[0]))
 
     # prose and citation markers
 

@@ -76,13 +76,16 @@ class Cite:
 
 
 class Image:
-    """An image the upstream holds (``file-service://file-XXXX``), to fetch and show."""
-    __slots__ = ("file_id", "prompt", "source")
+    """An image the upstream holds, to fetch and show: ``store`` says where its ``file_id``
+    lives (``files``: ``file-service://file-XXXX``; ``sediment``: ``sediment://file_…``, the
+    2025 image tool's pictures, fetched through the conversation)."""
+    __slots__ = ("file_id", "prompt", "source", "store")
 
-    def __init__(self, file_id, prompt=None, source="dalle"):
+    def __init__(self, file_id, prompt=None, source="dalle", store="files"):
         self.file_id = file_id
         self.prompt = prompt
         self.source = source
+        self.store = store
 
     def __repr__(self):
         return "Image(%r, %r)" % (self.file_id, self.source)

@@ -54,6 +54,12 @@ class LegacyDialect:
             self._end_current()
             self.answer.done()
             return
+        if kind == "resume_conversation_token":
+            self.answer.resume_token(obj.get("token"))
+            return
+        if kind == "stream_handoff":
+            self.answer.handoff(obj.get("turn_exchange_id"), obj.get("options"))
+            return
         moderation = obj.get("moderation_response")
         if isinstance(moderation, dict):
             if moderation.get("blocked"):

@@ -18,6 +18,7 @@ import ujson
 
 from pgw.converters.answer import Answer
 from pgw.converters.delta import DeltaDialect, is_patch
+from pgw.converters.events import content_text
 from pgw.converters.legacy import LegacyDialect
 from pgw.converters.sse import SSEDecoder
 from pgw.errors import ApiError
@@ -113,6 +114,40 @@ class Conversion:
         self._renderer.close()
         return self._merge(self._renderer.take())
 
+    def follow(self, message=None, reopen=None):
+        """The answer goes on past the SSE body that ended (``pgw.runtime`` follows it there).
+
+        With ``message``, a whole message dict from a polled conversation (``GET
+        conversation/{id}``): it is read as the legacy stage reads a streamed snapshot, so it
+        renders exactly as if it had been streamed. A message the answer has already ended is
+        read again only when it changed (a placeholder that now holds its picture).
+        Without: a new upstream body follows (a resumed or continued turn). Its framing and
+        dialect start afresh and it must complete the answer again; ``reopen`` names the message
+        it goes on with (an answer cut at max_tokens), whose text so far counts as sent, so a
+        continuation that repeats it adds only what is new. Returns what the client should see."""
+        answer = self._answer
+        if message is None:
+            self._events(self._sse.close())
+            self._sse = SSEDecoder()
+            if self.dialect is not None:
+                self._dialect = _Detect(self, self.dialect)
+            answer.complete = False
+            answer.handoff_turn = None
+            msg = self._legacy.message(reopen) if reopen else None
+            if msg is not None:
+                msg.ended = False
+        else:
+            msg = self._legacy.message(message.get("id"))
+            if msg is not None and msg.ended:
+                content = message.get("content") or {}
+                if content == msg.content and message.get("status") == msg.status:
+                    return []
+                msg.ended = False
+                if msg.role == "tool":  # a placeholder's "Processing image" was never shown
+                    msg.sent = min(msg.sent, len(content_text(content)))
+            self._legacy.snapshot(message)
+        return self._merge(self._renderer.take())
+
     def outcome(self, cut=False):
         """After ``close``: ``(finish_reason, None)`` or ``(None, ApiError)``.
 
@@ -121,7 +156,13 @@ class Conversion:
         """
         answer = self._answer
         if answer.upstream_error:
+            if answer.upstream_error_code == "usage_limit":
+                return None, ApiError(429, "upstream rate limit: %s" % answer.upstream_error,
+                                      "rate_limit_error", "usage_limit")
             return None, ApiError(502, "upstream error: %s" % answer.upstream_error, "upstream_error", "upstream_error")
+        if answer.handoff_turn is not None and not self.produced:
+            return None, ApiError(502, "the upstream handed the answer off to another endpoint (stream_handoff) "
+                                  "and it could not be followed", "upstream_error", "upstream_handoff")
         if cut or not answer.complete:
             return None, ApiError(502, "the upstream connection ended before the answer was complete",
                                   "upstream_error", "upstream_incomplete")

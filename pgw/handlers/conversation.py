@@ -45,7 +45,8 @@ class ConversationHandler(JsonBodyHandler):
 
     def downloads(self, key):
         """Fetching for one answer what it shows (images, files), linked at this gateway."""
-        return MediaDownloads(self.gateway.upstream, self.gateway.media, key, self.public_base_url())
+        gw = self.gateway
+        return MediaDownloads(gw.upstream, gw.media, key, self.public_base_url(), gw.saved_files)
 
     async def converse(self, key, payload, sink, downloads, prompt_messages, renderer=None):
         """Run the upstream conversation into ``sink`` (``pgw.runtime.ConversationRun``): an
