@@ -49,6 +49,7 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from fakeupstream import files, scenarios
+from fakeupstream.stored import Stored
 from fakeupstream.script import RENDERERS
 
 
@@ -61,6 +62,7 @@ class State:
         self.gates = {}   # key -> asyncio.Event
         self.upload_tokens = {}  # token in an upload_url -> key that created the file
         self.files = {}   # file id -> {"key", "file_name", "file_size", "use_case", "put": bool}
+        self.conversations = {}  # conversation id -> Stored (GET conversation/{id}, resume, continue)
 
     def gate(self, key):
         if key not in self.gates:
@@ -122,27 +124,52 @@ class ConversationHandler(FakeHandler):
         status = plan.get("status")
         if status:
             return self._error(status, plan)
+        # Like the real upstream: v1 only for clients that ask for it; a plan may force either.
+        encoding = plan.get("encoding") or ("v1" if "v1" in (body.get("supported_encodings") or ()) else "legacy")
+        record["encoding"] = encoding
+        if body.get("action") == "continue":
+            return await self._continue(key, body, plan, encoding)
         messages = body.get("messages") or []
         ask = ""
         for m in messages:
             parts = (m.get("content") or {}).get("parts") or []
             ask = " ".join(p for p in parts if isinstance(p, str)) or ask
-        name = plan.get("scenario") or scenarios.pick(ask)
+        name = plan.get("scenario")
+        if not name:
+            name = "image_gen" if "picture_v2" in (body.get("system_hints") or ()) else scenarios.pick(ask)
         make = scenarios.SCENARIOS[name]
         options = plan.get("options") or {}
         script = make(ask, body.get("model", "gpt-4"), **options)
         script.ascii = not plan.get("raw_utf8")
         cid = str(uuid.uuid4())
-        # Like the real upstream: v1 only for clients that ask for it; a plan may force either.
-        encoding = plan.get("encoding") or ("v1" if "v1" in (body.get("supported_encodings") or ()) else "legacy")
-        record["encoding"] = encoding
-        events = RENDERERS[encoding](script, cid, messages, pings=plan.get("pings", True))
+        stored = self.state.conversations[cid] = Stored(key, cid, body.get("model", "gpt-4"), messages, script,
+                                                        encoding)
+        record["conversation_id"] = cid
+        if stored.handoff is not None:
+            events = stored.handoff_events(messages)
+        else:
+            events = RENDERERS[encoding](script, cid, messages, pings=plan.get("pings", True))
         if plan.get("future_patches") and encoding == "v1":
             events = with_future_patches(events)
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         await self._write_events(events, plan, drop=not script.done, key=key)
         record["completed"] = True
+
+    async def _continue(self, key, body, plan, encoding):
+        """``"action": "continue"``: the next part of the answer cut at max_tokens."""
+        stored = self.state.conversations.get(body.get("conversation_id"))
+        if stored is None or stored.key != key:
+            return self.json(404, {"detail": "Conversation not found"})
+        if plan.get("continue_status"):
+            return self.json(plan["continue_status"], {"detail": "continue refused (planned)"})
+        stored.encoding = encoding
+        events = stored.continue_events(body.get("parent_message_id"), pings=plan.get("pings", True))
+        if events is None:
+            return self.json(400, {"detail": "parent_message_id is not the message to continue"})
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        await self._write_events(events, plan, drop=False, key=key)
+        self._record["completed"] = True
 
     async def _write_events(self, events, plan, drop, key):
         pieces = split(events, plan.get("chunking", "event"))
@@ -242,11 +269,64 @@ def split(events, chunking):
 
 
 class HideHandler(FakeHandler):
+    """``PATCH conversation/{id}`` hides it; ``GET`` answers the whole conversation as it stands
+    now (a picture drawn later, a handed-off answer, appear there in their time)."""
+
     def patch(self, prefix, conversation_id):
         key, record = self.start_record()
         if self.refuse_without_key(key):
             return
         self.json(200, {"success": True})
+
+    def get(self, prefix, conversation_id):
+        key, record = self.start_record()
+        if self.refuse_without_key(key):
+            return
+        stored = self.state.conversations.get(conversation_id)
+        if stored is None or stored.key != key:
+            return self.json(404, {"detail": "Conversation not found"})
+        status = (self.state.plans.get(key) or {}).get("poll_status")
+        if status:
+            return self.json(status, {"detail": "poll refused (planned)"})
+        self.json(200, stored.document())
+
+
+class ResumeHandler(ConversationHandler):
+    """``POST f/conversation/resume`` with ``x-conduit-token``: the rest of a handed-off turn."""
+
+    async def post(self, prefix=None):
+        key, record = self.start_record()
+        self._record = record
+        record["conduit_token"] = self.request.headers.get("x-conduit-token")
+        if self.refuse_without_key(key):
+            return
+        body = record["body"] if isinstance(record["body"], dict) else {}
+        stored = self.state.conversations.get(body.get("conversation_id"))
+        if stored is None or stored.key != key or stored.handoff is None:
+            return self.json(404, {"detail": "Conversation not found"})
+        if record["conduit_token"] != stored.handoff["token"] or body.get("offset") != 0:
+            return self.json(403, {"detail": "invalid conduit token"})
+        if not stored.handoff["resume"]:
+            return self.json(404, {"detail": "resume is not available through this proxy"})
+        plan = dict(self.state.plans.get(key) or {})
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        await self._write_events(stored.resume_events(pings=plan.get("pings", True)), plan, drop=False, key=key)
+        record["completed"] = True
+
+
+class AttachmentDownloadHandler(FakeHandler):
+    """``GET conversation/{cid}/attachment/{file_id}/download``: a ``sediment://`` picture."""
+
+    def get(self, prefix, conversation_id, file_id):
+        key, record = self.start_record()
+        if self.refuse_without_key(key):
+            return
+        stored = self.state.conversations.get(conversation_id)
+        if stored is None or stored.key != key or files.image_bytes(file_id) is None:
+            return self.json(404, {"detail": "File not found"})
+        self.json(200, {"status": "success", "file_name": file_id + ".png", "file_size_bytes": 74,
+                        "download_url": "%s://%s/_fake/blob/file/%s?sig=demo" % (
+                            self.request.protocol, self.request.host, file_id)})
 
 
 class FileDownloadHandler(FakeHandler):
@@ -457,6 +537,9 @@ def make_app(state=None):
     args = {"state": state}
     return tornado.web.Application([
         (r"/(?:(.+)/)?backend-api/conversation", ConversationHandler, args),
+        (r"/(?:(.+)/)?backend-api/f/conversation", ConversationHandler, args),
+        (r"/(?:(.+)/)?backend-api/f/conversation/resume", ResumeHandler, args),
+        (r"/(?:(.+)/)?backend-api/conversation/([^/]+)/attachment/([^/]+)/download", AttachmentDownloadHandler, args),
         (r"/(?:(.+)/)?backend-api/conversation/([^/]+)", HideHandler, args),
         (r"/(?:(.+)/)?backend-api/conversation/([^/]+)/interpreter/download", InterpreterDownloadHandler, args),
         (r"/(?:(.+)/)?backend-api/files/([^/]+)/download", FileDownloadHandler, args),
