@@ -22,7 +22,7 @@ class ConversationHandler(JsonBodyHandler):
 
     _gone = False
     _pending = None
-    _run = None
+    _runs = ()
 
     async def while_connected(self, awaitable):
         """Await preparation work, abandoning it as soon as the client disconnects."""
@@ -53,12 +53,13 @@ class ConversationHandler(JsonBodyHandler):
         upstream refusal raises before anything was sent; ``renderer`` defaults to the settings'."""
         if self._gone:
             raise ClientGone()
-        self._run = ConversationRun(self.gateway, key, payload, sink, downloads, prompt_messages, renderer)
-        await self._run.run()
+        run = ConversationRun(self.gateway, key, payload, sink, downloads, prompt_messages, renderer)
+        self._runs = (*self._runs, run)  # the images endpoint runs several at once
+        await run.run()
 
     def on_connection_close(self):
         self._gone = True
         if self._pending is not None:
             self._pending.cancel()
-        if self._run is not None:
-            self._run.cancel("the client disconnected")
+        for run in self._runs:
+            run.cancel("the client disconnected")

@@ -6,6 +6,7 @@ and passes the picture on through the same conversion: downloaded through the co
 attachment endpoint, saved, served, shown as DALL·E pictures are. Intervals are short settings.
 """
 
+import base64
 import http.client as httplib
 import json
 import re
@@ -209,3 +210,41 @@ def test_the_same_upstream_picture_is_saved_once(gw, upstream, key):
     assert first == second and len(first) == 1
     downloads = [r for r in upstream.log(key) if r["path"].endswith("/download")]
     assert len(downloads) == 1
+
+
+def test_images_generate_with_gpt_image_1_gives_the_fake_pictures_as_b64(gw, upstream, key):
+    upstream.plan(key, scenario="image_gen", options={"delay": 0.3})
+    result = gw.client(key).images.generate(model="gpt-image-1", prompt="an otter", n=2, size="1536x1024",
+                                            response_format="b64_json")
+    downloads = attachment_downloads(upstream, key)
+    assert len(result.data) == 2 == len(downloads)
+    got = sorted(base64.b64decode(d.b64_json) for d in result.data)
+    assert got == sorted(fake_bytes(upstream, p) for p in downloads)
+    assert got[0] != got[1]  # two conversations, two pictures
+    assert [d.revised_prompt for d in result.data] == [scenarios.IMAGE_PROMPT] * 2
+    posts = upstream.conversations(key)
+    assert len(posts) == 2 and len({p["conversation_id"] for p in posts}) == 2
+    for post in posts:
+        assert post["body"]["system_hints"] == ["picture_v2"]
+        assert post["body"]["model"] == "gpt-4o"  # IMAGE_MODEL
+        assert "1536x1024" in post["body"]["messages"][0]["content"]["parts"][0]
+
+
+def test_images_generate_with_gpt_image_2_answers_urls_and_the_reply(gw, upstream, key):
+    upstream.plan(key, scenario="image_gen", options={"delay": 0.2})
+    status, _, body = http("POST", gw.url + "/v1/images/generations",
+                           {"model": "gpt-image-2", "prompt": "an otter"},
+                           {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+    assert status == 200, body
+    answer = json.loads(body)
+    [item] = answer["data"]
+    assert served(item["url"]) == fake_bytes(upstream, attachment_downloads(upstream, key)[0])
+    assert answer["reply"] == PROMPT_BLOCK + "![image](%s)\n[download](%s)\n%s" % (
+        item["url"], item["url"], scenarios.IMAGE_DONE_TEXT)
+
+
+def test_images_generate_out_of_quota_is_a_429(gw, upstream, key):
+    upstream.plan(key, scenario="image_quota")
+    with pytest.raises(openai.RateLimitError) as err:
+        gw.client(key).images.generate(model="gpt-image-1", prompt="an otter")
+    assert scenarios.IMAGE_QUOTA_TEXT in err.value.body["message"]
