@@ -135,9 +135,7 @@ class ConversationHandler(FakeHandler):
         for m in messages:
             parts = (m.get("content") or {}).get("parts") or []
             ask = " ".join(p for p in parts if isinstance(p, str)) or ask
-        name = plan.get("scenario")
-        if not name:
-            name = "image_gen" if "picture_v2" in (body.get("system_hints") or ()) else scenarios.pick(ask)
+        name = plan.get("scenario") or scenarios.pick(ask, body.get("system_hints") or ())
         make = scenarios.SCENARIOS[name]
         options = plan.get("options") or {}
         script = make(ask, body.get("model", "gpt-4"), **options)

@@ -319,10 +319,12 @@ KEYWORDS = {"/code2": "code_rounds", "/code": "code", "/search": "search", "/bro
             "/cut": "cut"}
 
 
-def pick(ask):
+def pick(ask, hints=()):
     for word, name in KEYWORDS.items():
         if word in ask:
             return name
     if "dall" in ask.lower():
         return "dalle"  # asked to draw (the images endpoint says DALL·E in its prompt)
+    if "picture_v2" in hints:
+        return "image_gen"  # the image tool asked for (gpt-image-* at the images endpoint)
     return "hello"

@@ -112,8 +112,8 @@ class ImageGenerationsHandler(ConversationHandler):
         prompt = "%s\n\nImage size: %s." % (request.prompt, request.size)
 
         async def one():
-            payload = self.payload([("user", prompt)], route)
-            payload["system_hints"] = ["picture_v2"]
+            payload = self.payload([("user", prompt)], route, hints=("picture_v2",))
+            payload.setdefault("system_hints", ["picture_v2"])  # even in a late-2023 body: this asks for the tool
             downloads = self.downloads(key)
             sink = ImageGather(self)
             try:
