@@ -23,6 +23,14 @@ The answer comes in the v1 delta dialect when the request asks for ``"supported_
 ["v1"]``, else whole messages; ``"encoding": "legacy" | "v1"`` in a plan forces one. The log
 says which (``encoding``).
 
+Answers that finish elsewhere (fakeupstream/stored.py): every conversation is kept, and ``GET
+backend-api/conversation/{id}`` answers it as it stands now (a picture the image tool draws
+appears only after its delay); ``POST f/conversation/resume`` (``x-conduit-token``) streams a
+handed-off turn; ``"action": "continue"`` streams the next part of an answer cut at max_tokens;
+``GET conversation/{id}/attachment/{file}/download`` serves ``sediment://`` pictures. Plan keys:
+``continue_status`` (refuse continues with that status), ``poll_status`` (refuse the GET). The
+log records every poll, so tests can see when polling stopped.
+
 Plans are per key, so tests running against one fake upstream do not see each other. Besides
 conversations it answers the file upload (``POST files``, ``PUT upload_url``, ``POST
 files/{id}/uploaded``) and ``GET gizmos/{id}``; plan keys for those:
