@@ -648,7 +648,10 @@ class ConversationRun:
                             self.relay.follow(message)
                         return None
                 elif status != 599 and status < 500 and status != 429:
-                    return from_upstream(status, raw)
+                    # The answer has begun: a refused poll is the upstream failing it, not a bad request.
+                    error = from_upstream(status, raw)
+                    return ApiError(502, "following the answer in conversation %s failed: %s" % (cid, error.message),
+                                    "upstream_error", "upstream_poll_failed")
                 else:
                     log.info("polling conversation %s for key %s: HTTP %s", cid, mask(self.key), status)
                 if time.monotonic() >= deadline:

@@ -11,6 +11,7 @@ import http.client as httplib
 import json
 import re
 import socket
+import threading
 import time
 import urllib.parse
 
@@ -248,3 +249,26 @@ def test_images_generate_out_of_quota_is_a_429(gw, upstream, key):
     with pytest.raises(openai.RateLimitError) as err:
         gw.client(key).images.generate(model="gpt-image-1", prompt="an otter")
     assert scenarios.IMAGE_QUOTA_TEXT in err.value.body["message"]
+
+
+def test_a_refused_poll_fails_the_answer_at_once(gw, upstream, key):
+    upstream.plan(key, scenario="image_gen", options={"delay": 60}, poll_status=404)
+    with pytest.raises(openai.APIStatusError) as err:
+        gw.client(key).chat.completions.create(model="gpt-4-s", messages=USER)
+    assert err.value.status_code == 502 and err.value.body["code"] == "upstream_poll_failed"
+    assert "Conversation not found" in err.value.body["message"] or "poll refused" in err.value.body["message"]
+    assert len(polls(upstream, key)) == 1
+
+
+def test_polls_that_fail_for_a_while_are_retried(gw, upstream, key):
+    """A 5xx poll is tried again at the next interval: the picture still arrives."""
+    upstream.plan(key, scenario="image_gen", options={"delay": 0.4}, poll_status=502)
+
+    def heal():  # the plan changes while the answer waits
+        upstream.wait_log(key, lambda records: len(polls(upstream, key)) >= 2)
+        upstream.plan(key, scenario="image_gen", options={"delay": 0.4})
+    t = threading.Thread(target=heal)
+    t.start()
+    text = ask(gw.client(key), False)
+    t.join()
+    assert len(IMAGE_LINK.findall(text)) == 1
