@@ -3,6 +3,7 @@
 answer, or, when resume is refused, polls the conversation until the answer has finished."""
 
 import re
+import uuid
 
 import openai
 import pytest
@@ -69,3 +70,12 @@ def test_a_handed_off_answer_that_never_finishes_is_a_504(impatient_gw, upstream
         impatient_gw.client(key).chat.completions.create(model="gpt-4-s", messages=USER)
     assert err.value.status_code == 504
     assert err.value.body["code"] == "handoff_timeout" and "HANDOFF_WAIT_TIMEOUT" in err.value.body["message"]
+
+
+def test_a_team_key_resumes_and_polls_with_its_account(gw, upstream):
+    token, account = "fk-team-" + uuid.uuid4().hex, "acct-" + uuid.uuid4().hex
+    upstream.plan(token, scenario="handoff_refused", options={"delay": 0.3})
+    assert ask(gw.client("%s,%s" % (token, account)), False) == scenarios.HANDOFF_TEXT
+    calls = [r for r in upstream.log(token) if "/backend-api/" in r["path"]]
+    assert resumes(upstream, token) and polls(upstream, token)
+    assert {(r["authorization"], r["account_id"]) for r in calls} == {("Bearer " + token, account)}

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import urllib.parse
+import uuid
 
 import openai
 import pytest
@@ -272,3 +273,14 @@ def test_polls_that_fail_for_a_while_are_retried(gw, upstream, key):
     text = ask(gw.client(key), False)
     t.join()
     assert len(IMAGE_LINK.findall(text)) == 1
+
+
+def test_a_team_key_reaches_every_poll_and_download_with_its_account(gw, upstream):
+    token, account = "fk-team-" + uuid.uuid4().hex, "acct-" + uuid.uuid4().hex
+    upstream.plan(token, scenario="image_gen", options={"delay": 0.3})
+    text = ask(gw.client("%s,%s" % (token, account)), True)
+    assert len(IMAGE_LINK.findall(text)) == 1
+    calls = [r for r in upstream.log(token) if "/backend-api/" in r["path"]]
+    assert polls(upstream, token) and attachment_downloads(upstream, token)
+    assert {(r["authorization"], r["account_id"]) for r in calls} == {("Bearer " + token, account)}
+    assert token not in gw.log_text()
