@@ -26,6 +26,13 @@ def _text(name, raw):
     return raw.strip()
 
 
+def _required_text(name, raw):
+    value = _text(name, raw)
+    if not value:
+        raise SettingsError("%s must not be empty" % name)
+    return value
+
+
 def _prefix_text(name, raw):
     """Text put before something else: kept as written (a trailing space matters)."""
     if not isinstance(raw, str):
@@ -187,7 +194,7 @@ SPEC = {
     "BOT_MODE_ENABLED_MARKDOWN_IMAGE_OUTPUT": (_boolean, ()),
     "BOT_MODE_ENABLED_PLAIN_IMAGE_URL_OUTPUT": (_boolean, ()),
     "DALLE_PROMPT_PREFIX": (_prefix_text, ()),
-    "IMAGE_MODEL": (_text, ()),
+    "IMAGE_MODEL": (_required_text, ()),
     "IMAGE_POLL_INTERVAL": (_number(0.01, 600), ()),
     "IMAGE_WAIT_TIMEOUT": (_number(0.1, 86400), ()),
     "HANDOFF_WAIT_TIMEOUT": (_number(0.1, 86400), ()),
