@@ -570,22 +570,29 @@ class ConversationRun:
             return ApiError(502, "the upstream handed the answer off without naming the conversation",
                             "upstream_error", "upstream_handoff")
         self.relay.follow()  # a new body of the same answer (this also clears the hand-off)
+        limit = settings.handoff_wait_timeout
+        deadline = time.monotonic() + limit
         if token:
             transfer = self.gateway.upstream.resume_conversation(self.key, token, cid, self.relay.on_chunk)
             self._read(transfer)
-            status = await transfer.accepted
-            if status == 200:
+            # the whole hand-off, resumed stream included, is bounded (silence alone is UPSTREAM_IDLE_TIMEOUT)
+            timer = IOLoop.current().call_later(
+                limit, transfer.cancel, "the handed-off answer took longer than %g s (HANDOFF_WAIT_TIMEOUT)" % limit)
+            try:
+                status = await transfer.accepted
                 await transfer.done
+            finally:
+                IOLoop.current().remove_timeout(timer)
+            if status == 200 or transfer.cancelled:
                 return None
-            await transfer.done
             if self.relay.closed:
                 return None
             why = ("unreachable: %s" % transfer.failure if status is None
                    else "refused: HTTP %s %s" % (status, bytes(transfer.error_body[:200]).decode("utf-8", "replace")))
             log.info("resuming conversation %s for key %s %s; polling it instead", cid, mask(self.key), why)
-        error = await self._poll(followup.turn_ready, settings.handoff_wait_timeout, ApiError(
+        error = await self._poll(followup.turn_ready, max(deadline - time.monotonic(), 0), ApiError(
             504, "the answer was handed off (stream_handoff) and had not finished after %g s (HANDOFF_WAIT_TIMEOUT)"
-            % settings.handoff_wait_timeout, "upstream_error", "handoff_timeout"))
+            % limit, "upstream_error", "handoff_timeout"))
         if error is None and not self.relay.closed and self.transfer.failure is None:
             answer.done()  # the polled turn has ended: that is this answer's completion
         return error

@@ -79,3 +79,13 @@ def test_a_team_key_resumes_and_polls_with_its_account(gw, upstream):
     calls = [r for r in upstream.log(token) if "/backend-api/" in r["path"]]
     assert resumes(upstream, token) and polls(upstream, token)
     assert {(r["authorization"], r["account_id"]) for r in calls} == {("Bearer " + token, account)}
+
+
+def test_a_resumed_stream_is_bounded_by_the_total_limit(impatient_gw, upstream, key):
+    upstream.plan(key, scenario="handoff", pace_ms=60)  # the resumed answer takes over a second
+    text = []
+    with pytest.raises(openai.APIError) as err:
+        for chunk in impatient_gw.client(key).chat.completions.create(model="gpt-4-s", messages=USER, stream=True):
+            text.append(chunk.choices[0].delta.content or "")
+    assert "HANDOFF_WAIT_TIMEOUT" in err.value.message
+    assert scenarios.HANDOFF_TEXT.startswith("".join(text)) and "".join(text) != scenarios.HANDOFF_TEXT
