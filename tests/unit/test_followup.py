@@ -5,12 +5,13 @@ texts are written out by hand."""
 
 import asyncio
 import os
+import random
 import tempfile
 
 import pytest
 
 from fakeupstream import scenarios
-from fakeupstream.script import RENDERERS
+from fakeupstream.script import RENDERERS, Script
 from fakeupstream.stored import Stored
 from pgw.converters import followup
 from pgw.converters.pipeline import Conversion
@@ -267,3 +268,42 @@ def test_saved_files_fetches_again_after_a_failure_or_a_sweep():
         assert len(known._entries) == 2
 
     asyncio.run(main())
+
+
+def chunks(data, seed):
+    rng = random.Random(seed)
+    i = 0
+    while i < len(data):
+        n = rng.randint(1, 64)
+        yield data[i:i + n]
+        i += n
+
+
+@pytest.mark.parametrize("renderer", [MarkdownRenderer, BotRenderer, lambda: BotRenderer(plugin_output=True,
+                                                                                         plain_image_url=True)])
+@pytest.mark.parametrize("encoding", ["v1", "legacy"])
+@pytest.mark.parametrize("seed", range(5))
+def test_polled_content_renders_exactly_as_the_same_content_streamed(encoding, seed, renderer):
+    """No second code path: the stream up to the placeholder plus the polled messages give what
+    one stream carrying the finished messages gives, action for action."""
+    script = scenarios.image_gen("", "gpt-4o", delay=0)
+    call, placeholder = script.messages
+    done, words = script.later["messages"]
+    whole = Script([call, done, words], "gpt-4o")
+
+    streamed = Conversion(renderer(), echo_ids=["u1"])
+    a = [i for piece in chunks(stream(whole, encoding), seed) for i in streamed.feed(piece)] + streamed.close()
+
+    polled = Conversion(renderer(), echo_ids=["u1"])
+    b = [i for piece in chunks(stream(script, encoding), seed) for i in polled.feed(piece)]
+    stored = Stored("k", "c1", "gpt-4o", USER, script, encoding, now=0)
+    for m in followup.images_ready(followup.path(stored.document(now=1)), polled._answer.image_tasks):
+        b += polled.follow(m)
+    b += polled.close()
+
+    def shown(items):
+        return [i if isinstance(i, str) else (i.image.file_id, i.image.store, i.image.prompt, i.render("U"))
+                for i in items]
+    assert "".join(text_of(a)) == "".join(text_of(b))
+    assert [x for x in shown(a) if not isinstance(x, str)] == [x for x in shown(b) if not isinstance(x, str)]
+    assert streamed.outcome() == polled.outcome() == ("stop", None)
