@@ -16,14 +16,14 @@ import logging
 import time
 import urllib.parse
 import uuid
-from typing import Any
+from typing import Any, Optional
 
 from tornado.concurrent import Future, future_set_result_unless_cancelled
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from pgw.converters import followup, openai_format
 from pgw.converters.pipeline import Conversion
-from pgw.converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer
+from pgw.converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer, Reasoning
 from pgw.errors import ApiError, from_upstream
 from pgw.logs import mask
 
@@ -44,7 +44,9 @@ class StreamSink:
         self.encoder = encoder
         self.include_usage = include_usage
         self.tokens = tokens
-        self.texts = [] if include_usage else None
+        self.texts: Optional[list[str]] = [] if include_usage else None
+        self.reasonings: Optional[list[str]] = [] if include_usage else None
+        self.reasoning_inline = False
         self.last_write = time.monotonic()
         self.started = False
         self.ended = False
@@ -70,6 +72,21 @@ class StreamSink:
             self._flush_due = True
             self._loop.add_callback(self._flush)
 
+    def reasoning(self, text, inline=False):
+        """Reasoning text: a ``reasoning_content`` chunk, or (``inline``) content that counts as
+        reasoning. Either way the stream is not quiet, so keep-alives wait."""
+        if self.reasonings is not None:
+            self.reasonings.append(text)
+            self.reasoning_inline = inline
+        if inline:
+            self.text(text)
+            return
+        self.last_write = time.monotonic()
+        self.handler.write(self.encoder.reasoning(text))
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.add_callback(self._flush)
+
     def _flush(self):
         self._flush_due = False
         if not self.ended:
@@ -82,7 +99,8 @@ class StreamSink:
         self.ended = True
         tail = self.encoder.finish(reason)
         if self.include_usage:
-            tail += self.encoder.usage(self.tokens.usage(prompt_messages, "".join(self.texts)))
+            tail += self.encoder.usage(self.tokens.usage(prompt_messages, "".join(self.texts or ()),
+                                                         "".join(self.reasonings or ()), self.reasoning_inline))
         self.handler.finish(tail + openai_format.DONE)
 
     def fail(self, error):
@@ -104,12 +122,20 @@ class GatherSink:
     def __init__(self, handler):
         self.handler = handler
         self.texts = []
+        self.reasonings = []          # the reasoning text (also in ``texts`` when inline)
+        self.reasoning_inline = False
 
     def start(self):
         pass
 
     def text(self, text):
         self.texts.append(text)
+
+    def reasoning(self, text, inline=False):
+        self.reasonings.append(text)
+        self.reasoning_inline = inline
+        if inline:
+            self.texts.append(text)
 
     def keepalive(self):
         pass  # a status line sent early could not honestly report a later failure
@@ -129,8 +155,10 @@ class CollectSink(GatherSink):
     def finish(self, reason, prompt_messages):
         e = self.encoder
         text = "".join(self.texts)
+        reasoning = "".join(self.reasonings)
         body = openai_format.completion(e.completion_id, e.created, e.model, text, reason,
-                                        self.tokens.usage(prompt_messages, text))
+                                        self.tokens.usage(prompt_messages, text, reasoning, self.reasoning_inline),
+                                        None if self.reasoning_inline else reasoning)
         self.handler.write_json(body)
 
 
@@ -180,8 +208,11 @@ class Relay:
             self._queue.extend(items)
             return
         for i, item in enumerate(items):
-            if type(item) is str:
+            t = type(item)
+            if t is str:
                 self.sink.text(item)
+            elif t is Reasoning:
+                self.sink.reasoning(item.text, item.inline)
             else:
                 self._queue.extend(items[i:])
                 self._busy = True
@@ -192,6 +223,9 @@ class Relay:
         try:
             while self._queue and not self.closed:
                 item = self._queue.popleft()
+                if type(item) is Reasoning:
+                    self.sink.reasoning(item.text, item.inline)
+                    continue
                 text = item if type(item) is str else await self.perform(item)
                 if text and not self.closed:
                     self.sink.text(text)
@@ -218,6 +252,7 @@ class StreamWatch:
         self.keepalive_interval = keepalive_interval
         self.idle_timeout = idle_timeout
         self._relays = {}
+        self.metrics = None  # pgw.metrics.Metrics: told once per sweep, never per event
         # A quarter of the interval: a keep-alive is then at most 25% late, not a whole tick.
         tick = min(keepalive_interval / 4, 1.0) if keepalive_interval > 0 else 1.0
         self._timer = PeriodicCallback(self._sweep, tick * 1000)
@@ -240,6 +275,7 @@ class StreamWatch:
     def _sweep(self):
         now = time.monotonic()
         keepalive = self.keepalive_interval
+        sent = 0
         for relay, transfer in list(self._relays.items()):
             if relay.closed:
                 continue
@@ -249,16 +285,22 @@ class StreamWatch:
             sink = relay.sink
             if keepalive and sink.started and now - sink.last_write >= keepalive:
                 sink.keepalive()
+                sent += 1
+        if self.metrics is not None:
+            self.metrics.swept(len(self._relays), sent)
 
 
-def renderer_for(settings):
-    """A fresh renderer for one answer: for bots (BOT_MODE) or for web UIs."""
+def renderer_for(settings, fetch_images=False):
+    """A fresh renderer for one answer: for bots (BOT_MODE) or for web UIs. ``fetch_images``:
+    fetch every image even where the text does not show it (the images endpoint)."""
     if settings.bot_mode:
         return BotRenderer(plugin_output=settings.bot_mode_enabled_plugin_output,
                            reference_output=settings.bot_mode_enabled_bing_reference_output,
                            markdown_image=settings.bot_mode_enabled_markdown_image_output,
-                           plain_image_url=settings.bot_mode_enabled_plain_image_url_output)
-    return MarkdownRenderer()
+                           plain_image_url=settings.bot_mode_enabled_plain_image_url_output,
+                           reasoning_output=settings.bot_mode_enabled_reasoning_output,
+                           fetch_images=fetch_images)
+    return MarkdownRenderer(settings.reasoning_output, fetch_images=fetch_images)
 
 
 class MediaDownloads:
@@ -279,9 +321,25 @@ class MediaDownloads:
         self.conversion = None   # set by ConversationRun: sandbox files and sediment:// need the conversation id
         self.saved = []
         self.failed = []
+        self._fetched = {}       # upstream file -> (saved name, bytes), for this answer
+
+    @staticmethod
+    def _what(action):
+        """Which upstream file an action fetches (None: not one this knows)."""
+        if type(action) is FetchImage:
+            return ("file", action.image.file_id)
+        if type(action) is FetchSandboxFile:
+            return ("sandbox", action.file.message_id, action.file.path)
+        return None
 
     async def perform(self, action):
+        what = self._what(action)
+        saved = self._fetched.get(what) if what is not None else None
+        if saved is not None:  # the same upstream file shown again: fetched and saved once
+            return action.render(self.public_url(saved[0]))
         saved = await self.fetch(action)
+        if saved is not None and what is not None:
+            self._fetched[what] = saved
         if saved is None:
             self.failed.append(action)
             return action.render(None)
@@ -361,7 +419,8 @@ class MediaDownloads:
         got = await self.upstream.fetch_url(url)
         data = bytes(got.body)
         if got.status != 200 or not data:
-            log.warning("download of %s failed: HTTP %s%s", what, got.status,
+            log.warning("download of %s failed: %s%s", what,
+                        got.failure if got.status == 599 and got.failure else "HTTP %s" % got.status,
                         " (larger than the download limit)" if got.too_big else "")
             return None
         name = self.media.save_image(data) if t is FetchImage else self.media.save_file(what, data)
@@ -434,6 +493,18 @@ class _Waiting:
             await asyncio.wait([self._wake], timeout=seconds)
 
 
+def no_answer_error(transfer) -> ApiError:
+    """The error for a conversation the upstream never answered: it could not be reached, or
+    it took the request and then sent nothing (StreamWatch's silence limit) or hung up."""
+    if transfer.cancelled:  # by StreamWatch: the upstream kept silent (the client leaving returns earlier)
+        return ApiError(504, "%s after taking the request (UPSTREAM_IDLE_TIMEOUT)" % transfer.failure,
+                        "upstream_error", "upstream_timeout")
+    if transfer.connect_failed:
+        return ApiError(502, "the upstream could not be reached: %s (check BASE_URL)" % transfer.failure,
+                        "upstream_error", "upstream_unreachable")
+    return ApiError(502, "the upstream did not answer: %s" % transfer.failure, "upstream_error", "upstream_no_answer")
+
+
 class ConversationRun:
     """One upstream conversation, from the POST to the sink's last byte.
 
@@ -456,7 +527,9 @@ class ConversationRun:
                                      gateway.settings.upstream_encoding, echo_ids)
         downloads.conversion = self.conversion
         self.relay = Relay(self.conversion, sink, downloads.perform)
-        self.transfer: Any = None  # a Transfer, or _Waiting while the conversation is polled
+        self.transfer: Any = None  # the conversation's POST (its status is the answer's upstream status)
+        self.reading: Any = None   # what the answer is read from now: that Transfer, a resumed or
+        #                            continued one, or _Waiting while the conversation is polled
         self.polls = 0            # GET conversation/{id} calls made while the answer finished elsewhere
         self._continued = True    # False once the upstream refused to continue a cut answer
 
@@ -469,13 +542,13 @@ class ConversationRun:
         relay = self.relay
         if not relay.closed:
             relay.closed = True
-            if self.transfer is not None:
-                self.transfer.cancel(reason)
+            if self.reading is not None:
+                self.reading.cancel(reason)
 
     async def run(self):
         gw = self.gateway
         relay, sink, key = self.relay, self.sink, self.key
-        transfer = self.transfer = gw.upstream.start_conversation(key, self.payload, relay.on_chunk)
+        transfer = self.transfer = self.reading = gw.upstream.start_conversation(key, self.payload, relay.on_chunk)
         gw.watch.add(relay, transfer)
         try:
             status = await transfer.accepted
@@ -484,9 +557,8 @@ class ConversationRun:
                 if relay.closed:
                     return
                 if status is None:
-                    raise ApiError(502, "the upstream could not be reached: %s" % transfer.failure,
-                                   "upstream_error", "upstream_unreachable")
-                raise from_upstream(status, bytes(transfer.error_body))
+                    raise no_answer_error(transfer)
+                raise from_upstream(status, bytes(transfer.error_body), transfer.headers)
             sink.start()
             relay.begin()
             await transfer.done
@@ -497,7 +569,7 @@ class ConversationRun:
                 return
             relay.finish_input()
             await relay.drained()
-            transfer = self.transfer  # the last body read (a resumed or continued turn, or the polls)
+            transfer = self.reading  # the last body read (a resumed or continued turn, or the polls)
             if error is None:
                 reason, error = self.conversion.outcome(cut=transfer.failure is not None)
             if error is not None:
@@ -532,9 +604,9 @@ class ConversationRun:
         continues = 0
         for _ in range(self.MAX_FOLLOWUPS):
             await self.relay.drained()
-            if self.relay.closed or answer.upstream_error or self.transfer.failure is not None:
+            if self.relay.closed or answer.upstream_error or self.reading.failure is not None:
                 return None
-            if answer.handoff_turn is not None:
+            if answer.handoff_to is not None:
                 error = await self._follow_handoff(answer)
             elif set(answer.image_tasks) - handled_images:
                 pending = set(answer.image_tasks) - handled_images
@@ -557,14 +629,14 @@ class ConversationRun:
 
     def _read(self, transfer):
         """Read ``transfer`` (a new upstream body of this answer) instead of the last one."""
-        self.transfer = transfer
+        self.reading = transfer
         self.gateway.watch.add(self.relay, transfer)
 
     async def _follow_handoff(self, answer):
         """``stream_handoff``: stream the rest from ``f/conversation/resume``; if that is
         refused or unreachable, poll the conversation until its last answer has finished."""
         cid = self.conversion.conversation_id
-        token = answer.conduit_token
+        token = answer.resume_conversation_token
         settings = self.gateway.settings
         if not cid:
             return ApiError(502, "the upstream handed the answer off without naming the conversation",
@@ -593,7 +665,7 @@ class ConversationRun:
         error = await self._poll(followup.turn_ready, max(deadline - time.monotonic(), 0), ApiError(
             504, "the answer was handed off (stream_handoff) and had not finished after %g s (HANDOFF_WAIT_TIMEOUT)"
             % limit, "upstream_error", "handoff_timeout"))
-        if error is None and not self.relay.closed and self.transfer.failure is None:
+        if error is None and not self.relay.closed and self.reading.failure is None:
             answer.done()  # the polled turn has ended: that is this answer's completion
         return error
 

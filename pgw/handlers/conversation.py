@@ -22,6 +22,7 @@ class ConversationHandler(JsonBodyHandler):
 
     _gone = False
     _pending = None
+    _run = None       # the conversation (the first, when several run: the images endpoint)
     _runs = ()
 
     async def while_connected(self, awaitable):
@@ -56,6 +57,8 @@ class ConversationHandler(JsonBodyHandler):
             raise ClientGone()
         run = ConversationRun(self.gateway, key, payload, sink, downloads, prompt_messages, renderer)
         self._runs = (*self._runs, run)  # the images endpoint runs several at once
+        if self._run is None:
+            self._run = run
         await run.run()
 
     def on_connection_close(self):

@@ -15,11 +15,11 @@ import time
 
 from pgw.conf.models import Route
 from pgw.converters.payload import image_prompt, parse_image_request
-from pgw.converters.render import FetchImage, MarkdownRenderer
+from pgw.converters.render import FetchImage
 from pgw.errors import ApiError
 from pgw.handlers.base import ApiHandler
 from pgw.handlers.conversation import ConversationHandler
-from pgw.runtime import GatherSink
+from pgw.runtime import GatherSink, renderer_for
 from pgw.media import MediaStore
 
 # OpenAI's names for the image tool's model: one conversation with IMAGE_MODEL per picture.
@@ -99,8 +99,10 @@ class ImageGenerationsHandler(ConversationHandler):
                                hints=("picture_v2",))
         downloads = self.downloads(key)
         sink = ImageSink(self, request, downloads)
-        # The reply is for a program, whatever BOT_MODE says: the markdown renderer shows every image.
-        await self.converse(key, payload, sink, downloads, [("user", prompt)], MarkdownRenderer())
+        # The reply follows the settings (BOT_MODE: plain text); the pictures are fetched whatever
+        # the image switches say, since they are the answer.
+        await self.converse(key, payload, sink, downloads, [("user", prompt)],
+                            renderer_for(gw.settings, fetch_images=True))
 
     async def draw_with_image_tool(self, key, request):
         """``gpt-image-*``: ``n`` conversations with IMAGE_MODEL at once (``n`` is at most 4), one
@@ -117,7 +119,8 @@ class ImageGenerationsHandler(ConversationHandler):
             downloads = self.downloads(key)
             sink = ImageGather(self)
             try:
-                await self.converse(key, payload, sink, downloads, [("user", prompt)], MarkdownRenderer())
+                await self.converse(key, payload, sink, downloads, [("user", prompt)],
+                                    renderer_for(gw.settings, fetch_images=True))
             except ApiError as e:
                 sink.error = e
             return sink, downloads

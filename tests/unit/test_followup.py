@@ -119,7 +119,7 @@ def test_a_handoff_is_noted_and_shows_nothing(encoding):
     out = conv.feed(b"".join(stored.handoff_events(USER)))
     assert out == []
     answer = conv._answer
-    assert answer.conduit_token == stored.handoff["token"] and answer.handoff_turn == stored.handoff["turn"]
+    assert answer.resume_conversation_token == stored.handoff["token"] and answer.handoff_to[0] == stored.handoff["turn"]
     assert conv.conversation_id == "c1"
     # not followed: an honest error, never an empty success
     assert conv.outcome()[1].code == "upstream_handoff"
@@ -214,7 +214,7 @@ def test_path_follows_current_node_and_survives_loops_and_garbage():
 
 def test_the_image_tool_call_renders_like_the_dalle_prompt():
     for renderer, expected in ((MarkdownRenderer(), "```json\n%s\n```\n" % CALL), (BotRenderer(), ""),
-                               (BotRenderer(plugin_output=True), "```json\n%s\n```\n" % CALL)):
+                               (BotRenderer(plugin_output=True), CALL + "\n")):  # bot mode: plain text
         conv = Conversion(renderer, echo_ids=["u1"])
         script = scenarios.image_gen("", "gpt-4o")
         assert text_of(conv.feed(stream(script, "v1")) + conv.close()) == expected
