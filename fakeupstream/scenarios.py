@@ -317,13 +317,14 @@ def _placeholder(task):
                metadata={"image_gen_async": True, "image_gen_task_id": task, "async_task_type": "image_gen"})
 
 
-def image_gen(ask, model, delay=5.0, text_after=True, pictures=1):
+def image_gen(ask, model, delay=5.0, text_after=True, pictures=1, dropped=False):
     """The image tool, as live accounts answer: the SSE ends at the placeholder; the picture
     shows up in ``GET conversation/{id}`` ``delay`` seconds later as an update of the placeholder
-    (``script.later``), followed by the assistant's words when ``text_after``."""
+    (``script.later``), followed by the assistant's words when ``text_after``. ``dropped``: the
+    connection drops before the stream's end."""
     task = "task_" + uuid.uuid4().hex[:12]
     placeholder = _placeholder(task)
-    script = Script([_image_call(), placeholder], model)
+    script = Script([_image_call(), placeholder], model, done=not dropped)
     done = Msg("", role="tool", name=IMAGE_TOOL, content_type="multimodal_text",
                final_parts=[_sediment_part("file_0000%s" % uuid.uuid4().hex[:24]) for _ in range(pictures)],
                metadata={"image_gen_async": True, "image_gen_task_id": task, "async_task_type": "image_gen",

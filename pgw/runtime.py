@@ -604,8 +604,8 @@ class ConversationRun:
         continues = 0
         for _ in range(self.MAX_FOLLOWUPS):
             await self.relay.drained()
-            if self.relay.closed or answer.upstream_error or self.reading.failure is not None:
-                return None
+            if self.relay.closed or answer.upstream_error or self.reading.failure is not None or not answer.complete:
+                return None  # nothing to follow: the client left, or this body already failed the answer
             if answer.handoff_to is not None:
                 error = await self._follow_handoff(answer)
             elif set(answer.image_tasks) - handled_images:

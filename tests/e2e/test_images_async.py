@@ -284,3 +284,11 @@ def test_a_team_key_reaches_every_poll_and_download_with_its_account(gw, upstrea
     assert polls(upstream, token) and attachment_downloads(upstream, token)
     assert {(r["authorization"], r["account_id"]) for r in calls} == {("Bearer " + token, account)}
     assert token not in gw.log_text()
+
+
+def test_a_stream_that_drops_before_its_end_is_not_followed(gw, upstream, key):
+    upstream.plan(key, scenario="image_gen", options={"delay": 0.2, "dropped": True})
+    with pytest.raises(openai.APIStatusError) as err:
+        gw.client(key).chat.completions.create(model="gpt-4-s", messages=USER)
+    assert err.value.status_code == 502 and err.value.body["code"] == "upstream_incomplete"
+    assert polls(upstream, key) == []
