@@ -5,9 +5,12 @@ sans-IO ``Conversion`` and hands what comes out to a sink, in order, performing 
 image to fetch) in between without blocking other streams; ``StreamSink`` writes OpenAI chunks
 as they come, ``CollectSink`` gathers them into one ``chat.completion`` (non-stream is the stream
 collected); ``StreamWatch`` sends keep-alives and enforces upstream silence for all streams with
-one timer. ``MediaDownloads`` fetches and saves what one answer shows; ``ConversationRun`` is
-one upstream conversation from the POST to the sink's last byte. Handlers (chat, images) build
-these; nothing here knows HTTP routes.
+one timer. ``MediaDownloads`` fetches and saves what one answer shows (``SavedFiles``: one
+upstream file saved once per process); ``ConversationRun`` is one upstream conversation from the
+POST to the sink's last byte, following the answer past the SSE body when it goes on elsewhere
+(a picture drawn later: polls of the conversation; a hand-off: the resume endpoint, else polls;
+an answer cut at max_tokens: continue), all of it fed to the same ``Conversion``. Handlers
+(chat, images) build these; nothing here knows HTTP routes.
 """
 
 import asyncio
