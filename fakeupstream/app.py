@@ -46,6 +46,7 @@ answers 302, ``GET /_fake/bytes?n=N`` N bytes, for tests of fetching files by UR
 """
 
 import asyncio
+import collections
 import hashlib
 import logging
 import os
@@ -62,6 +63,9 @@ from fakeupstream.stored import Stored
 from fakeupstream.script import RENDERERS
 
 
+MAX_CONVERSATIONS = 2000
+
+
 class State:
     """Plans and request log, per API key."""
 
@@ -71,12 +75,20 @@ class State:
         self.gates = {}   # key -> asyncio.Event
         self.upload_tokens = {}  # token in an upload_url -> key that created the file
         self.files = {}   # file id -> {"key", "file_name", "file_size", "use_case", "put": bool}
-        self.conversations = {}  # conversation id -> Stored (GET conversation/{id}, resume, continue)
+        # conversation id -> Stored (GET conversation/{id}, resume, continue); the oldest are
+        # forgotten past MAX_CONVERSATIONS, so a demo that runs for days stays small
+        self.conversations = collections.OrderedDict()
 
     def gate(self, key):
         if key not in self.gates:
             self.gates[key] = asyncio.Event()
         return self.gates[key]
+
+    def remember(self, stored):
+        self.conversations[stored.cid] = stored
+        while len(self.conversations) > MAX_CONVERSATIONS:
+            self.conversations.popitem(last=False)
+        return stored
 
     def record(self, key, record):
         self.log.setdefault(key, []).append(record)
@@ -150,8 +162,7 @@ class ConversationHandler(FakeHandler):
         script = make(ask, body.get("model", "gpt-4"), **options)
         script.ascii = not plan.get("raw_utf8")
         cid = str(uuid.uuid4())
-        stored = self.state.conversations[cid] = Stored(key, cid, body.get("model", "gpt-4"), messages, script,
-                                                        encoding)
+        stored = self.state.remember(Stored(key, cid, body.get("model", "gpt-4"), messages, script, encoding))
         record["conversation_id"] = cid
         if stored.handoff is not None:
             events = stored.handoff_events(messages)

@@ -87,7 +87,7 @@ class ImageGenerationsHandler(ConversationHandler):
         gw = self.gateway
         key = self.api_key()
         request = parse_image_request(self.json_body(), gw.models.first_drawing_model())
-        if request.model in IMAGE_TOOL_MODELS and gw.models.resolve(request.model) is None:
+        if request.model in IMAGE_TOOL_MODELS and all(r.name != request.model for r in gw.models.routes()):
             return await self.draw_with_image_tool(key, request)
         route = gw.models.drawing_route(request.model)
         if route is None or not route.can_draw:

@@ -292,3 +292,12 @@ def test_a_stream_that_drops_before_its_end_is_not_followed(gw, upstream, key):
         gw.client(key).chat.completions.create(model="gpt-4-s", messages=USER)
     assert err.value.status_code == 502 and err.value.body["code"] == "upstream_incomplete"
     assert polls(upstream, key) == []
+
+
+def test_gpt_image_draws_with_the_image_tool_also_when_unknown_names_pass_through(gateway_factory, upstream, key):
+    gw = gateway_factory(PASS_THROUGH_MODELS="true", **FAST)
+    upstream.plan(key, scenario="image_gen", options={"delay": 0.2})
+    result = gw.client(key).images.generate(model="gpt-image-1", prompt="an otter")
+    assert served(result.data[0].url) == fake_bytes(upstream, attachment_downloads(upstream, key)[0])
+    [post] = upstream.conversations(key)
+    assert post["body"]["model"] == "gpt-4o"
