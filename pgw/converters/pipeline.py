@@ -139,7 +139,10 @@ class Conversion:
             msg = self._legacy.message(message.get("id"))
             if msg is not None and msg.ended:
                 content = message.get("content") or {}
-                if content == msg.content and message.get("status") == msg.status:
+                # A placeholder still waiting is read again whatever it looks like: the delta
+                # stage may have patched its dicts in place after it ended.
+                if (msg.id not in answer.image_tasks and content == msg.content
+                        and message.get("status") == msg.status):
                     return []
                 msg.ended = False
                 if msg.role == "tool":  # a placeholder's "Processing image" was never shown

@@ -4,6 +4,7 @@ if they had been streamed. Transcripts come from the fake upstream's renderers; 
 texts are written out by hand."""
 
 import asyncio
+import json
 import os
 import random
 import tempfile
@@ -307,3 +308,26 @@ def test_polled_content_renders_exactly_as_the_same_content_streamed(encoding, s
     assert "".join(text_of(a)) == "".join(text_of(b))
     assert [x for x in shown(a) if not isinstance(x, str)] == [x for x in shown(b) if not isinstance(x, str)]
     assert streamed.outcome() == polled.outcome() == ("stop", None)
+
+
+def test_a_picture_patched_into_a_placeholder_after_it_ended_still_arrives():
+    """The placeholder ends, then the same SSE patches its picture in: the stage ignores a
+    finished message, so the picture comes from the poll, which must read it although the
+    message's dicts already hold the patch."""
+    part = scenarios._sediment_part("file_0000late")
+    placeholder = {"id": "p1", "author": {"role": "tool", "name": scenarios.IMAGE_TOOL}, "recipient": "all",
+                   "content": {"content_type": "multimodal_text", "parts": []}, "status": "finished_successfully",
+                   "metadata": {"async_task_type": "image_gen", "image_gen_task_id": "t1"}}
+    sse = (b'event: delta_encoding\ndata: "v1"\n\n'
+           + b'event: delta\ndata: ' + json.dumps({"p": "", "o": "add", "c": 0, "v": {
+               "message": placeholder, "conversation_id": "c1", "error": None}}).encode() + b'\n\n'
+           + b'event: delta\ndata: ' + json.dumps({"p": "/message/content/parts", "o": "append",
+                                                   "v": [part]}).encode() + b'\n\n'
+           + b'data: [DONE]\n\n')
+    conv = Conversion(MarkdownRenderer())
+    out = conv.feed(sse)
+    assert conv._answer.image_tasks == {"p1": "t1"}
+    polled = dict(placeholder, content={"content_type": "multimodal_text", "parts": [part]})
+    out += conv.follow(polled) + conv.close()
+    assert text_of(out) == "![image](URL)\n[download](URL)\n"
+    assert conv._answer.image_tasks == {}
