@@ -682,6 +682,7 @@ class ConversationRun:
             return None
         body = followup.continue_payload(self.payload, cid, parent)
         self.relay.follow(reopen=parent)
+        previous = self.reading
         transfer = self.gateway.upstream.start_conversation(self.key, body, self.relay.on_chunk)
         self._read(transfer)
         status = await transfer.accepted
@@ -689,7 +690,7 @@ class ConversationRun:
         if status != 200 and not self.relay.closed:
             log.warning("continuing the cut answer in %s for key %s failed: %s", cid, mask(self.key),
                         transfer.failure or "HTTP %s" % status)
-            transfer.failure = None  # nothing of it was read: the answer stays as it was, cut
+            self.reading = previous  # nothing of it was read: the answer stays as it was, cut
             answer.done()
             answer.finish_reason = "length"
             self._continued = False
