@@ -10,6 +10,8 @@ import random
 import tempfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fakeupstream import scenarios
 from fakeupstream.script import RENDERERS, Script
@@ -331,3 +333,28 @@ def test_a_picture_patched_into_a_placeholder_after_it_ended_still_arrives():
     out += conv.follow(polled) + conv.close()
     assert text_of(out) == "![image](URL)\n[download](URL)\n"
     assert conv._answer.image_tasks == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(alphabet="ab 中文😊\n【】()", min_size=2, max_size=60), data=st.data(),
+       encoding=st.sampled_from(["v1", "legacy"]), same_id=st.booleans())
+def test_any_cut_answer_continued_in_any_chunking_is_the_whole_text_once(text, data, encoding, same_id):
+    """Property: however the answer is cut into parts and the bodies into pieces, the client
+    reads the whole text exactly once (the plain-text reference is the parts joined)."""
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(text) - 1), max_size=3)))
+    parts = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    script = scenarios.cut("", "gpt-4o", same_id=same_id, parts=parts)
+    stored = Stored("k", "c1", "gpt-4o", USER, script, encoding, now=0)
+    conv = Conversion(BotRenderer(), echo_ids=["u1"])
+    size = data.draw(st.integers(1, 40))
+
+    def feed(body):
+        return [i for k in range(0, len(body), size) for i in conv.feed(body[k:k + size])]
+    out = feed(stream(script, encoding))
+    for _ in parts[1:]:
+        parent = conv._answer.last_prose_id
+        out += conv.follow(reopen=parent)
+        out += feed(b"".join(stored.continue_events(parent)))
+    out += conv.close()
+    assert text_of(out) == "".join(parts)
+    assert conv.outcome() == ("stop", None)
