@@ -682,6 +682,7 @@ class ConversationRun:
             return None
         body = followup.continue_payload(self.payload, cid, parent)
         self.relay.follow(reopen=parent)
+        answer.finish_reason = None  # the continuation says how the answer ends now
         previous = self.reading
         transfer = self.gateway.upstream.start_conversation(self.key, body, self.relay.on_chunk)
         self._read(transfer)

@@ -358,3 +358,25 @@ def test_any_cut_answer_continued_in_any_chunking_is_the_whole_text_once(text, d
     out += conv.close()
     assert text_of(out) == "".join(parts)
     assert conv.outcome() == ("stop", None)
+
+
+def test_a_continuation_that_restarts_the_same_message_from_empty_adds_only_its_new_text():
+    """A v1 continuation may re-add the cut message with empty text and append only what is new."""
+    script = scenarios.cut("", "gpt-4o", parts=("前半，", "后半。"))
+    conv = Conversion(MarkdownRenderer(), echo_ids=["u1"])
+    out = conv.feed(stream(script, "v1"))
+    cut = script.messages[0]
+    out += conv.follow(reopen=cut.id)
+    conv._answer.finish_reason = None  # as ConversationRun._continue does
+    doc = {"message": {"id": cut.id, "author": {"role": "assistant"}, "recipient": "all", "status": "in_progress",
+                       "content": {"content_type": "text", "parts": [""]}, "metadata": {}},
+           "conversation_id": "c1", "error": None}
+    body = (b'event: delta_encoding\ndata: "v1"\n\n'
+            + b"event: delta\ndata: " + json.dumps({"p": "", "o": "add", "c": 0, "v": doc}).encode() + b"\n\n"
+            + b"event: delta\ndata: " + json.dumps({"p": "/message/content/parts/0", "o": "append",
+                                                    "v": "后半。"}).encode() + b"\n\n"
+            + b'event: delta\ndata: {"p": "/message/status", "o": "replace", "v": "finished_successfully"}\n\n'
+            + b"data: [DONE]\n\n")
+    out += conv.feed(body) + conv.close()
+    assert text_of(out) == "前半，后半。"
+    assert conv.outcome() == ("stop", None)
