@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import ujson
 
-from pgw.converters.events import Cite, Image, Message, SandboxFile
+from pgw.converters.events import Cite, Image, Message, SandboxFile, content_text
 from pgw.converters.render import Source
 
 # 【11†source】, 【11†来源】, and the 2024 form 【4:0†source】; the first number is the one
@@ -74,20 +74,41 @@ _OTHER_TOOLS = frozenset(("python", "browser", "web", "web.run", "dalle.text2im"
                           "file_search", "myfiles_browser", "bio", "canmore"))
 
 
+# The 2025 image tool (gpt-4o / gpt-image): its call is a prompt, as DALL·E's was.
+IMAGE_TOOLS = frozenset(("t2uay3k.sj1i4kz", "image_gen"))
+# The tool message an account out of image quota gets instead of a picture.
+IMAGE_QUOTA_ERROR = "ChatGPTAgentToolRateLimitException"
+# Where an asset pointer's file lives: scheme -> Image.store.
+_STORES = (("file-service://", "files"), ("sediment://", "sediment"))
+
+
 def _tool_call_kind(recipient):
     if recipient == "python":
         return "code", "python"
     if recipient == "browser":
         return "browser", None
-    if recipient.startswith("dalle"):
+    if recipient.startswith("dalle") or recipient in IMAGE_TOOLS:
         return "dalle_prompt", "json"
     return "tool_call", None
 
 
-def _file_id(asset_pointer):
-    if isinstance(asset_pointer, str) and asset_pointer.startswith("file-service://"):
-        return asset_pointer[len("file-service://"):]
+def _file_id(asset_pointer: Any) -> Optional[tuple[str, str]]:
+    """``(store, file id)`` of an asset pointer the gateway can fetch, or None."""
+    if isinstance(asset_pointer, str):
+        for scheme, store in _STORES:
+            if asset_pointer.startswith(scheme) and len(asset_pointer) > len(scheme):
+                return store, asset_pointer[len(scheme):]
     return None
+
+
+def _call_prompt(text: str) -> Optional[str]:
+    """The prompt of an image tool call (``{"prompt": "...", "size": ...}``), or None."""
+    try:
+        call = ujson.loads(text)
+    except ValueError:
+        return None
+    prompt = call.get("prompt") if isinstance(call, dict) else None
+    return prompt if isinstance(prompt, str) else None
 
 
 def is_reasoning(msg: Message) -> bool:
@@ -169,6 +190,10 @@ class Answer:
         self.resume_conversation_token: Optional[str] = None  # a token for resuming this turn elsewhere
         self.handoff_to: Optional[tuple] = None  # (turn_exchange_id, options): the answer goes on elsewhere
         self.complete = False          # the upstream said the answer is complete
+        # What the answer still waits for when its SSE body ends (pgw.runtime follows it):
+        self.image_tasks: dict = {}    # placeholder tool message id -> image task id: no picture yet
+        self.image_prompt: Optional[str] = None  # the prompt of the last image tool call
+        self.last_prose_id: Optional[str] = None  # the last assistant message (a continuation's parent)
         self.blocked = False           # moderation blocked the answer
         self._open: Optional[str] = None  # kind of the block being written, if any
         self._role: dict = {}          # message id -> PROSE / BLOCK / HIDDEN / REASONING
@@ -224,6 +249,7 @@ class Answer:
         role = self._role.get(msg.id)
         if role is PROSE:
             self._flush_held()
+            self.last_prose_id = msg.id
             details = msg.metadata.get("finish_details") or {}
             reason = _FINISH.get(details.get("type"))
             if reason:
@@ -231,6 +257,8 @@ class Answer:
             self._footnotes(msg)
         elif role is BLOCK:
             self._close_block()
+            if msg.recipient in IMAGE_TOOLS:
+                self.image_prompt = _call_prompt(content_text(msg.content)) or self.image_prompt
         elif role is REASONING and msg.role == "tool":
             finished = msg.metadata.get("finished_text")
             if isinstance(finished, str) and finished:
@@ -291,20 +319,38 @@ class Answer:
             self._renderer.block_close(self._open)
             self._open = None
 
-    def _images(self, msg):
-        """Images a tool made: DALL·E parts, and charts the code interpreter displayed."""
-        for part in msg.content.get("parts") or ():
+    def _images(self, msg: Message) -> None:
+        """Images a tool made: DALL·E's and the image tool's parts, and charts the code
+        interpreter displayed. The image tool's placeholder (``async_task_type: image_gen``)
+        without a picture yet is noted in ``image_tasks``: the picture comes later, in a poll of
+        the conversation that reads this message again. An account out of image quota gets a
+        ``system_error`` message instead: a rate limit, with the upstream's words."""
+        content = msg.content
+        if content.get("content_type") == "system_error" and content.get("name") == IMAGE_QUOTA_ERROR:
+            self.error(content_text(content) or "the image generation quota is used up", "usage_limit")
+            self.image_tasks.pop(msg.id, None)
+            return
+        shown = 0
+        for part in content.get("parts") or ():
             if isinstance(part, dict):
-                file_id = _file_id(part.get("asset_pointer"))
-                if file_id:
+                asset = _file_id(part.get("asset_pointer"))
+                if asset:
                     dalle = (part.get("metadata") or {}).get("dalle") or {}
-                    self._renderer.image(Image(file_id, dalle.get("prompt"), "dalle"))
-        aggregate = msg.metadata.get("aggregate_result") or {}
+                    source = "dalle" if msg.name and msg.name.startswith("dalle") else "image_gen"
+                    self._renderer.image(Image(asset[1], dalle.get("prompt") or self.image_prompt, source, asset[0]))
+                    shown += 1
+        metadata = msg.metadata
+        if metadata.get("async_task_type") == "image_gen" or metadata.get("image_gen_async"):
+            if shown:
+                self.image_tasks.pop(msg.id, None)
+            else:
+                self.image_tasks[msg.id] = metadata.get("image_gen_task_id")
+        aggregate = metadata.get("aggregate_result") or {}
         for item in aggregate.get("messages") or ():
             if isinstance(item, dict) and item.get("message_type") == "image":
-                file_id = _file_id(item.get("image_url"))
-                if file_id:
-                    self._renderer.image(Image(file_id, None, "python"))
+                asset = _file_id(item.get("image_url"))
+                if asset:
+                    self._renderer.image(Image(asset[1], None, "python", asset[0]))
 
     # prose and citation markers
 
