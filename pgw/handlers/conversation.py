@@ -8,6 +8,8 @@ as it comes; ``while_connected`` abandons preparation work when the client leave
 import asyncio
 import logging
 
+from tornado.ioloop import IOLoop
+
 from pgw.converters.payload import conversation_payload
 from pgw.errors import ApiError
 from pgw.handlers.base import ClientGone, JsonBodyHandler
@@ -118,8 +120,8 @@ class ConversationHandler(JsonBodyHandler):
                                 raise
                             last = e
                         else:
-                            if self._run.refused is None:
-                                await pool.succeeded(lease)
+                            if self._run.refused is None:  # clears the account's trouble, off the answer's path
+                                IOLoop.current().spawn_callback(pool.succeeded, lease)
                             return
                         if self._gone:
                             raise ClientGone()
