@@ -107,12 +107,14 @@ class ConversationHandler(JsonBodyHandler):
                 try:
                     refreshed = False
                     while True:
+                        if self._gone:  # left in the instant its account was handed over
+                            raise ClientGone()
+                        pool.note_handoff(lease)  # (what the queue cost; file uploads are not its cost)
+                        lease.freed_at = None
                         downloads.key = lease.key
                         body = payload if isinstance(payload, dict) else await payload(lease.key)
                         self._run = ConversationRun(self.gateway, lease.key, body, sink, downloads,
                                                     prompt_messages, renderer)
-                        pool.note_handoff(lease)
-                        lease.freed_at = None
                         try:
                             await self._run.run()
                         except ApiError as e:
