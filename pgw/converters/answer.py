@@ -241,7 +241,12 @@ class Answer:
             self._reason(msg, text)
 
     def update(self, msg: Message) -> None:
-        """``msg``'s citations or references changed: a marker held for them may resolve now."""
+        """``msg``'s citations or references changed: a marker held for them may resolve now.
+        After its end: why it ended may have come in a patch after its status."""
+        if msg.ended:
+            if self._role.get(msg.id) is PROSE:
+                self._finish_reason(msg)
+            return
         if self._held and self._held_msg is msg:
             held, self._held = self._held, ""
             self._prose(msg, held)
@@ -252,10 +257,7 @@ class Answer:
         if role is PROSE:
             self._flush_held()
             self.last_prose_id = msg.id
-            details = msg.metadata.get("finish_details") or {}
-            reason = _FINISH.get(details.get("type"))
-            if reason:
-                self.finish_reason = reason
+            self._finish_reason(msg)
             self._footnotes(msg)
         elif role is BLOCK:
             self._close_block()
@@ -268,6 +270,12 @@ class Answer:
                 self._renderer.reasoning(_clean(finished))
         if msg.role == "tool":
             self._images(msg)
+
+    def _finish_reason(self, msg: Message) -> None:
+        details = msg.metadata.get("finish_details")
+        reason = _FINISH.get(details.get("type")) if isinstance(details, dict) else None
+        if reason:
+            self.finish_reason = reason
 
     def error(self, text: str, code: Optional[str] = None) -> None:
         """An error message in the stream (``code``: the upstream's ``error_code``)."""

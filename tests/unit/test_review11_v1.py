@@ -185,3 +185,19 @@ def test_an_error_root_without_p_is_the_in_stream_error(form, text):
         assert finish is None and err is not None
         assert (err.status, err.body()["error"]["code"]) == (429, "rate_limit_exceeded")
         assert err.body()["error"]["message"] == "You've reached your usage limit."
+
+
+# 5.1: finish_details.type max_tokens means the answer was cut for length. A status-only patch may
+# come before the metadata patch that says why (the end list's own order, sent as two frames).
+
+@pytest.mark.parametrize("status_first", [True, False])
+def test_a_finish_reason_that_comes_after_the_status_still_counts(status_first):
+    status = delta({"p": "/message/status", "o": "replace", "v": "finished_successfully"})
+    why = delta({"p": "/message/metadata", "o": "append", "v": {"finish_details": {"type": "max_tokens"},
+                                                                 "is_complete": True}})
+    body = (HEAD + delta(root(message("ans"), 0, bare=False)) + delta({"p": TEXT, "o": "append", "v": "Long"})
+            + (status + why if status_first else why + status)
+            + frame({"type": "message_stream_complete", "conversation_id": "c-r11"}) + DONE)
+    for pieces in chunkings(body):
+        content, _, conv = seen(body, MarkdownRenderer(), pieces)
+        assert (content, conv.outcome()) == ("Long", ("length", None))
