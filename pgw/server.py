@@ -15,7 +15,6 @@ import resource
 import signal
 import sys
 
-import tornado.httpserver
 import tornado.ioloop
 import tornado.netutil
 import tornado.process
@@ -26,6 +25,7 @@ from pgw import logs
 from pgw.balance import BalancedHTTPServer, ConnectionCounts
 from pgw.conf import settings as conf_settings
 from pgw.gateway import Gateway
+from pgw.listener import GatewayHTTPServer
 from pgw.handlers.base import NotFoundHandler
 from pgw.handlers.chat import ChatCompletionsHandler
 from pgw.handlers.health import HealthHandler
@@ -135,7 +135,7 @@ def main(argv=None):
     except conf_settings.SettingsError as e:
         print("settings: %s" % e, file=sys.stderr)
         return 2
-    raise_fd_limit()
+    descriptors = raise_fd_limit()
     sockets = tornado.netutil.bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
     port = sockets[0].getsockname()[1]
     counts = None
@@ -151,9 +151,13 @@ def main(argv=None):
         print("settings: %s" % e, file=sys.stderr)
         return 2
     # A lone worker keeps Tornado's server; several balance their connections (balance.py).
-    server_class = BalancedHTTPServer if counts is not None else tornado.httpserver.HTTPServer
+    server_class = BalancedHTTPServer if counts is not None else GatewayHTTPServer
+    # Connection limits and trusted proxies: pgw/listener.py. X-Forwarded-* only from TRUSTED_PROXIES.
     server = server_class(
-        make_app(gateway), max_body_size=max(settings.max_request_body * 4, 64 << 20), xheaders=True)
+        make_app(gateway), max_body_size=max(settings.max_request_body * 4, 64 << 20),
+        max_header_size=settings.max_header_bytes, body_timeout=settings.body_timeout)
+    max_connections = server.limit(settings, descriptors)
+    log.info("serving at most %d connections (descriptor limit %d)", max_connections, descriptors)
     if counts is not None:
         server.balance(counts, tornado.process.task_id())
     server.add_sockets(sockets)
