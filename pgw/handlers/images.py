@@ -9,7 +9,7 @@ the assistant's words. No image means the model declined: an error carrying its 
 import base64
 import time
 
-from pgw.converters.payload import image_prompt, parse_image_request
+from pgw.converters.payload import RequestLimits, image_prompt, parse_image_request
 from pgw.converters.render import FetchImage, MarkdownRenderer
 from pgw.errors import ApiError
 from pgw.handlers.base import ApiHandler
@@ -52,7 +52,7 @@ class ImageGenerationsHandler(ConversationHandler):
     async def post(self):
         gw = self.gateway
         key = self.api_key()
-        request = parse_image_request(self.json_body(), gw.models.first_drawing_model())
+        request = parse_image_request(self.json_body(), gw.models.first_drawing_model(), RequestLimits.of(gw.settings))
         route = gw.models.drawing_route(request.model)
         if route is None or not route.can_draw:
             raise ApiError(400 if route else 404, "The model `%s` cannot draw; use one of: %s" % (
