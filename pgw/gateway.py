@@ -17,6 +17,7 @@ from pgw.attachments import Attachments
 from pgw.media import MediaStore
 from pgw.runtime import StreamWatch
 from pgw.upstream import UpstreamClient
+from pgw.urlguard import download_guard
 from pgw.usage import TokenCounter
 
 log = logging.getLogger("gateway")
@@ -27,6 +28,7 @@ class Gateway:
         self.settings = settings
         self.models = models or gpts.build_models(settings)
         self.upstream = UpstreamClient(settings)
+        self.upstream.guard_downloads(download_guard(settings, self.upstream))  # pgw/urlguard.py
         self.attachments = Attachments(settings, self.upstream)
         self.gizmos = GizmoStore(self.upstream, self.models, settings.key_for_gpts_info,
                                       settings.gpts_fetch_timeout)
