@@ -99,3 +99,20 @@ def test_files_over_the_request_budget_are_refused(tight, upstream, key):
     assert upstream.conversations(key) == []
     status, _, body = _chat(tight, key + "-one", _body(urls[:1]))
     assert status == 200, body
+
+
+def test_saved_files_are_streamed_whole_and_symlinks_are_not_followed(gateway, tmp_path):
+    import os
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    name = "report_20240101000000_0123abcd.bin"
+    with open(os.path.join(gateway.images_dir, name), "wb") as f:
+        f.write(data)
+    status, headers, body = http("GET", gateway.url + "/images/" + name)
+    assert status == 200 and body == data and headers["Content-Length"] == str(len(data))
+    assert headers["Content-Disposition"].startswith("attachment")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside the images directory")
+    link = "image_20240101000000_0123abcd.png"
+    os.symlink(secret, os.path.join(gateway.images_dir, link))
+    status, _, body = http("GET", gateway.url + "/images/" + link)
+    assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
