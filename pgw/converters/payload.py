@@ -90,7 +90,7 @@ class RequestLimits:
     MAX_FILES_PER_REQUEST); ``of(settings)`` reads them."""
     __slots__ = ("messages", "parts", "chars", "files")
 
-    def __init__(self, messages: int = 2048, parts: int = 512, chars: int = 2_000_000, files: int = 16) -> None:
+    def __init__(self, messages: int = 2048, parts: int = 512, chars: int = 1_000_000, files: int = 16) -> None:
         self.messages = messages
         self.parts = parts
         self.chars = chars
