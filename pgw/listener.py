@@ -186,6 +186,16 @@ class TrustedProxies:
         return any(ip in net for net in self.networks)
 
 
+@functools.lru_cache(maxsize=8)
+def _trusted(items):
+    return TrustedProxies(items)
+
+
+def trusted_proxies(items):
+    """The ``TrustedProxies`` for the TRUSTED_PROXIES setting ``items`` (built once)."""
+    return _trusted(tuple(items))
+
+
 def _is_network(item):
     try:
         ipaddress.ip_network(item, strict=False)

@@ -1,8 +1,18 @@
-"""Logging set-up and the one function that keeps keys out of logs."""
+"""Logging set-up and the one place that keeps keys out of logs.
 
+``mask`` is for code that names a key on purpose. ``KeyRedactor``, a filter on every handler
+``setup`` installs, is the net under everything else: a key the upstream echoes in an error
+detail, a key in a query string, an exception message quoting a header. It masks every key
+this process has seen (``remember``, called for each request's Authorization) and every word
+shaped like one (``fk-``/``sk-``/``pk-`` keys, JWT access tokens), in the message, its
+arguments and any traceback, at every level.
+"""
+
+import collections
 import logging
 import logging.handlers
 import os
+import re
 
 log = logging.getLogger("gateway")
 
@@ -19,6 +29,53 @@ def mask(secret):
     return "%s…%s" % (secret[:4], secret[-4:])
 
 
+# Shapes of keys and tokens whoever sent them: PandoraNext fk-/pk- share tokens, OpenAI-style
+# sk- keys, JWT access tokens (eyJ...), refresh tokens.
+_SHAPED = re.compile(r"\b(?:fk|sk|pk|rt)-[A-Za-z0-9_\-]{8,}|\beyJ[A-Za-z0-9_\-]{10,}(?:\.[A-Za-z0-9_\-]*){0,2}")
+_SEEN = collections.OrderedDict()
+SEEN_LIMIT = 4096   # keys remembered per process; older ones are still caught by their shape
+
+
+def remember(secret):
+    """Mask ``secret`` (and each part of a ``token,account`` key) in every later log line."""
+    if not secret:
+        return
+    for part in [secret] + secret.split(","):
+        part = part.strip()
+        if len(part) >= 8:
+            _SEEN[part] = True
+            _SEEN.move_to_end(part)
+    while len(_SEEN) > SEEN_LIMIT:
+        _SEEN.popitem(last=False)
+
+
+def redact(text):
+    """``text`` with every remembered or key-shaped word masked."""
+    if not text:
+        return text
+    for part in sorted((k for k in _SEEN if k in text), key=len, reverse=True):
+        text = text.replace(part, mask(part))
+    text = _SHAPED.sub(lambda m: mask(m.group(0)), text)
+    return text
+
+
+class KeyRedactor(logging.Filter):
+    """Rewrites each record with its keys masked (see the module docstring)."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
 def setup(level, to_file, directory="log"):
     """Console logging, plus daily rotated files under ``log/`` when asked for."""
     handlers = [logging.StreamHandler()]
@@ -32,6 +89,7 @@ def setup(level, to_file, directory="log"):
         root.removeHandler(h)
     for h in handlers:
         h.setFormatter(fmt)
+        h.addFilter(KeyRedactor())
         root.addHandler(h)
     root.setLevel(level)
     # Tornado's access log line per request is noise at INFO with thousands of streams.
@@ -39,3 +97,20 @@ def setup(level, to_file, directory="log"):
     # At DEBUG, Tornado turns on curl's verbose output, which logs every request header, the
     # client's Authorization among them: never, whatever LOG_LEVEL says.
     logging.getLogger("tornado.curl_httpclient").setLevel(max(logging.getLevelName(level), logging.INFO))
+
+
+access_log = logging.getLogger("tornado.access")
+
+
+def log_request(handler):
+    """Tornado's access log line without the query string (where some clients put their key)."""
+    status = handler.get_status()
+    if status < 400:
+        write = access_log.info
+    elif status < 500:
+        write = access_log.warning
+    else:
+        write = access_log.error
+    request = handler.request
+    write("%d %s %s (%s) %.2fms", status, request.method, request.path, request.remote_ip,
+          1000.0 * request.request_time())

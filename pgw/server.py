@@ -97,7 +97,7 @@ def routes(settings):
 
 def make_app(gateway):
     app = tornado.web.Application(routes(gateway.settings), default_handler_class=NotFoundHandler,
-                                  compress_response=False)
+                                  compress_response=False, log_function=logs.log_request)
     app.gateway = gateway
     return app
 

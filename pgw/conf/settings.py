@@ -145,6 +145,20 @@ def _hosts_and_networks(name, raw):
     return items
 
 
+def _networks(name, raw):
+    """Comma-separated IP addresses and networks, e.g. ``127.0.0.1,10.0.0.0/8`` (no host names:
+    a peer is known by its address)."""
+    if isinstance(raw, list):
+        raw = ",".join(str(x) for x in raw)
+    items = [x.strip() for x in _text(name, raw).split(",") if x.strip()]
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SettingsError("%s: %r is not an IP address or network such as 10.0.0.0/8" % (name, item)) from None
+    return items
+
+
 def _log_level(name, raw):
     value = _text(name, raw).upper()
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -199,7 +213,7 @@ SPEC = {
     "BODY_TIMEOUT": (_number(0.1, 86400), ()),
     "IDLE_CONNECTION_TIMEOUT": (_number(0.1, 86400), ()),
     "MAX_HEADER_BYTES": (_integer(1024, 1 << 24), ()),
-    "TRUSTED_PROXIES": (_hosts_and_networks, ()),
+    "TRUSTED_PROXIES": (_networks, ()),
     "MAX_JSON_DEPTH": (_integer(2, 1000), ()),
     "MAX_JSON_CONTAINERS": (_integer(16, 1 << 30), ()),
     "MAX_MESSAGES": (_integer(1, 1 << 24), ()),

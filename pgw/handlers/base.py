@@ -6,8 +6,10 @@ import re
 import ujson
 from tornado.web import RequestHandler, stream_request_body
 
+from pgw import logs
 from pgw.converters import openai_format
 from pgw.errors import ApiError, bad_request
+from pgw.listener import peer_address, trusted_proxies
 
 log = logging.getLogger("gateway.http")
 
@@ -74,6 +76,10 @@ def check_depth_and_repair(body, max_depth, repair):
     return body
 
 
+# A Host (or X-Forwarded-Host) fit for a link: a name or address and an optional port.
+_HOST = re.compile(r"\A(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z")
+
+
 # What browser clients send: the openai SDK's x-stainless-* headers among them.
 CORS_HEADERS = ", ".join((
     "Authorization", "Content-Type", "Accept", "OpenAI-Organization", "OpenAI-Project", "X-Requested-With",
@@ -110,6 +116,7 @@ class ApiHandler(RequestHandler):
         auth = self.request.headers.get("Authorization", "")
         scheme, _, key = auth.partition(" ")
         key = key.strip()
+        logs.remember(key or scheme)  # masked in every log line from now on, even for a 401
         if scheme.lower() != "bearer" or not key:
             raise ApiError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' "
                                 "(your PandoraNext fk/share token or access token).",
@@ -117,9 +124,22 @@ class ApiHandler(RequestHandler):
         return key
 
     def public_base_url(self):
-        """Where clients reach this gateway, for links to saved images: UPLOAD_BASE_URL, or
-        else the scheme and Host the request came with (X-Forwarded-Proto is honoured)."""
-        return self.gateway.settings.upload_base_url or "%s://%s" % (self.request.protocol, self.request.host)
+        """Where clients reach this gateway, for links to saved images: UPLOAD_BASE_URL when set
+        (no header can change it); else the scheme and host the client used: the Host header, or
+        from a proxy in TRUSTED_PROXIES its X-Forwarded-Host and X-Forwarded-Proto. Such a link
+        goes back only to the client that sent the header; one that is not a plain host[:port]
+        is replaced by the address the connection came in on."""
+        configured = self.gateway.settings.upload_base_url
+        if configured:
+            return configured
+        host = self.request.host
+        if trusted_proxies(self.gateway.settings.trusted_proxies).trusts(peer_address(self.request)):
+            forwarded = self.request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+            host = forwarded or host
+        if not _HOST.match(host or ""):
+            sockname = self.request.connection.stream.socket.getsockname()
+            host = "%s:%d" % (sockname[0], sockname[1]) if ":" not in sockname[0] else "[%s]:%d" % sockname[:2]
+        return "%s://%s" % (self.request.protocol, host)
 
     def write_json(self, obj):
         """Finish with a JSON body, UTF-8 as is and ``/`` unescaped, as OpenAI's API writes it."""

@@ -140,3 +140,37 @@ def test_any_chat_body_parses_or_gives_a_4xx(body):
 @given(IMAGE | JSON)
 def test_any_image_body_parses_or_gives_a_4xx(body):
     _parses_or_4xx(parse_image_request, body, "dall-e-3", RequestLimits(chars=30))
+
+
+def test_trusted_proxies_take_addresses_and_networks_only():
+    from pgw.conf import settings as conf_settings
+    from pgw.listener import TrustedProxies
+    s = conf_settings.load(environ={"TRUSTED_PROXIES": "127.0.0.1, 10.9.0.0/16,::1"})
+    trusted = TrustedProxies(s.trusted_proxies)
+    assert trusted.trusts("127.0.0.1") and trusted.trusts("10.9.3.4") and trusted.trusts("::1")
+    assert trusted.trusts("::ffff:10.9.0.1") and not trusted.trusts("10.8.0.1") and not trusted.trusts("")
+    assert not TrustedProxies(()).trusts("127.0.0.1")
+    with pytest.raises(conf_settings.SettingsError, match="TRUSTED_PROXIES"):
+        conf_settings.load(environ={"TRUSTED_PROXIES": "proxy.lan"})
+
+
+def test_log_lines_never_hold_a_remembered_or_key_shaped_secret():
+    import logging
+
+    from pgw import logs
+    opaque = "Zq9" + "x1y2" * 10
+    logs.remember(opaque + ",acct-123456789")
+    record = logging.LogRecord("t", logging.WARNING, __file__, 1, "upstream said %s; fk-%s; %s", (
+        "bad token " + opaque, "abcdefghijkl0123", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig"), None)
+    assert logs.KeyRedactor().filter(record)
+    line = record.getMessage()
+    assert opaque not in line and "abcdefghijkl0123" not in line and "eyJzdWIiOiIxIn0" not in line
+    assert "acct-123456789" not in line
+    assert logs.mask(opaque) in line
+    try:
+        raise ValueError("header was Bearer " + opaque)
+    except ValueError:
+        import sys
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    logs.KeyRedactor().filter(record)
+    assert opaque not in record.exc_text and "ValueError" in record.exc_text
