@@ -31,6 +31,7 @@ from pgw.handlers.chat import ChatCompletionsHandler
 from pgw.handlers.health import HealthHandler
 from pgw.handlers.images import ImageGenerationsHandler, SavedFileHandler
 from pgw.handlers.models import ModelHandler, ModelsHandler
+from pgw.handlers.openapi import OpenApiHandler
 
 log = logging.getLogger("gateway")
 
@@ -92,6 +93,7 @@ def routes(settings):
         (prefix + r"/v1/images/generations", ImageGenerationsHandler),
         (r"/images/(.*)", SavedFileHandler),
         (r"/healthz", HealthHandler),
+        (r"/openapi.json", OpenApiHandler),
     ]
 
 

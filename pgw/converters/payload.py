@@ -162,7 +162,7 @@ def parse_chat_request(body, limits=None):
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
             raise bad_request("messages[%d] must be an object" % i, "messages.%d" % i)
-        role = ROLES.get(m.get("role"))
+        role = ROLES.get(m.get("role")) if isinstance(m.get("role"), str) else None  # {} is unhashable
         if role is None:
             raise bad_request("messages[%d].role must be one of system, user, assistant; got %r"
                               % (i, m.get("role")), "messages.%d.role" % i)

@@ -149,7 +149,15 @@ class ApiHandler(RequestHandler):
     def send_error_json(self, error):
         self.clear()
         self.set_status(error.status)
+        if error.status == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))  # RFC 9110 wants it with a 405
         self.write_json(error.body())
+
+    def allowed_methods(self):
+        """The methods this endpoint answers: those its class implements, and OPTIONS (CORS)."""
+        own = [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+               if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
+        return own + ["OPTIONS"]
 
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]

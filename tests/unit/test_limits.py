@@ -106,7 +106,7 @@ JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
     max_leaves=30)
-ROLE = st.sampled_from(["user", "system", "assistant", "developer", "tool", "function", "", None, 3])
+ROLE = st.sampled_from(["user", "system", "assistant", "developer", "tool", "function", "", None, 3]) | JSON
 PART = st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "file", "input_audio", None])},
                              optional={"text": JSON, "image_url": JSON | st.fixed_dictionaries({"url": JSON}),
                                        "file": JSON})
