@@ -106,6 +106,25 @@ def test_idle_keep_alive_connection_is_closed_after_idle_timeout(gateway_factory
     conn.close()
 
 
+def test_a_body_that_trickles_in_is_cut_off_after_body_timeout(gateway_factory):
+    gw = gateway_factory(BODY_TIMEOUT="1")
+    sock = _connect(gw)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer fk-x\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\"")
+    started = time.monotonic()
+    closed = False
+    while not closed and time.monotonic() - started < 4:
+        try:
+            sock.sendall(b" ")
+        except OSError:
+            closed = True
+            break
+        closed = _closed_by_server(sock, time.monotonic() + 0.2)
+    sock.close()
+    assert closed, "a body still arriving after BODY_TIMEOUT kept its connection"
+    assert _models(gw)[0] == 200
+
+
 def test_oversized_headers_get_431_naming_the_setting(gateway_factory):
     gw = gateway_factory(MAX_HEADER_BYTES="4096")
     sock = _connect(gw)

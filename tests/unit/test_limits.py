@@ -116,6 +116,10 @@ CHAT = st.fixed_dictionaries({}, optional={
     "model": JSON | st.sampled_from(["gpt-4", "gpt-3.5-turbo"]), "messages": JSON | st.lists(MESSAGE | JSON, max_size=5),
     "stream": JSON, "stream_options": JSON | st.fixed_dictionaries({}, optional={"include_usage": JSON}),
     "n": JSON, "tools": JSON, "temperature": JSON})
+# Bodies that get past the first checks, so the per-message ones meet odd values too.
+CHAT_VALIDISH = st.fixed_dictionaries(
+    {"model": st.sampled_from(["gpt-4", "gpt-3.5-turbo"]), "messages": st.lists(MESSAGE, min_size=1, max_size=4)},
+    optional={"stream": st.booleans() | JSON, "n": st.just(1) | JSON, "stream_options": JSON})
 IMAGE = st.fixed_dictionaries({}, optional={
     "prompt": JSON, "model": JSON, "n": JSON, "size": JSON | st.sampled_from(["1024x1024", "1x1"]),
     "response_format": JSON | st.sampled_from(["url", "b64_json"])})
@@ -130,7 +134,7 @@ def _parses_or_4xx(fn, *args):
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(CHAT | JSON)
+@given(CHAT_VALIDISH | CHAT | JSON)
 def test_any_chat_body_parses_or_gives_a_4xx(body):
     _parses_or_4xx(parse_chat_request, body, RequestLimits(messages=3, parts=3, chars=50, files=2))
     _parses_or_4xx(parse_chat_request, body)
