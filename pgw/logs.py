@@ -1,4 +1,4 @@
-"""Logging set-up and the one place that keeps keys out of logs.
+"""Logging set-up, the access log line, and the one place that keeps keys out of logs.
 
 ``mask`` is for code that names a key on purpose. ``KeyRedactor``, a filter on every handler
 ``setup`` installs, is the net under everything else: a key the upstream echoes in an error
@@ -15,6 +15,10 @@ import os
 import re
 
 log = logging.getLogger("gateway")
+access_log = logging.getLogger("gateway.access")
+
+# Probes (Docker's healthcheck, Prometheus) every few seconds would drown the requests: DEBUG.
+QUIET_HANDLERS = frozenset({"HealthHandler", "ReadyHandler", "MetricsHandler"})
 
 
 def mask(secret):
@@ -99,18 +103,31 @@ def setup(level, to_file, directory="log"):
     logging.getLogger("tornado.curl_httpclient").setLevel(max(logging.getLevelName(level), logging.INFO))
 
 
-access_log = logging.getLogger("tornado.access")
+def _seconds(value):
+    return "-" if value is None else "%.3f" % value
 
 
-def log_request(handler):
-    """Tornado's access log line without the query string (where some clients put their key)."""
-    status = handler.get_status()
-    if status < 400:
-        write = access_log.info
-    elif status < 500:
-        write = access_log.warning
-    else:
-        write = access_log.error
-    request = handler.request
-    write("%d %s %s (%s) %.2fms", status, request.method, request.path, request.remote_ip,
-          1000.0 * request.request_time())
+def access(quiet, method, path, status, model=None, stream=None, ttfb=None, total=None, bytes=0, key=None,
+           account=None, queued=None, upstream=None, client_gone=False):
+    """One line per request at INFO (probes at DEBUG), fields as ``name=value``, ``-`` when unknown:
+
+    ``POST /v1/chat/completions 200 model=gpt-4-s stream=true ttfb=0.012 total=1.840 bytes=5321
+    key=fk-a…9xQz upstream=200`` (+ ``account=… queued=…`` with an account pool, ``client_gone``).
+    ``key`` is already masked; the path is cut at 200 characters, unprintable ones escaped.
+    """
+    level = logging.DEBUG if quiet else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
+    parts = ["%s %s %d" % (method, path[:200].encode("unicode_escape").decode("ascii"), status),
+             "model=%s" % ("-" if not model else model.encode("unicode_escape").decode("ascii").replace(" ", "_")),
+             "stream=%s" % ("-" if stream is None else "true" if stream else "false"),
+             "ttfb=%s" % _seconds(ttfb), "total=%s" % _seconds(total), "bytes=%d" % bytes,
+             "key=%s" % (key or "-")]
+    if account is not None:
+        parts.append("account=%s" % account)
+    if queued is not None:
+        parts.append("queued=%s" % _seconds(queued))
+    parts.append("upstream=%s" % ("-" if upstream is None else upstream))
+    if client_gone:
+        parts.append("client_gone")
+    access_log.log(level, " ".join(parts))

@@ -8,12 +8,16 @@ BASE_URL at it, so every endpoint can be tried without an account.
 
 import argparse
 import ctypes
+import errno
 import gc
+import ipaddress
 import logging
 import os
 import resource
 import signal
+import socket
 import sys
+import tempfile
 
 import tornado.ioloop
 import tornado.netutil
@@ -22,13 +26,15 @@ import tornado.web
 
 from pgw.conf import gpts
 from pgw import logs
+from pgw import metrics as pgw_metrics
 from pgw.balance import BalancedHTTPServer, ConnectionCounts
 from pgw.conf import settings as conf_settings
 from pgw.gateway import Gateway
 from pgw.listener import GatewayHTTPServer
 from pgw.handlers.base import NotFoundHandler
 from pgw.handlers.chat import ChatCompletionsHandler
-from pgw.handlers.health import HealthHandler
+from pgw.handlers.health import HealthHandler, ReadyHandler
+from pgw.handlers.metrics import MetricsHandler
 from pgw.handlers.images import ImageGenerationsHandler, SavedFileHandler
 from pgw.handlers.models import ModelHandler, ModelsHandler
 from pgw.handlers.openapi import OpenApiHandler
@@ -93,15 +99,112 @@ def routes(settings):
         (prefix + r"/v1/images/generations", ImageGenerationsHandler),
         (r"/images/(.*)", SavedFileHandler),
         (r"/healthz", HealthHandler),
+        (r"/readyz", ReadyHandler),
+        (r"/metrics", MetricsHandler),
         (r"/openapi.json", OpenApiHandler),
     ]
 
 
+def _no_tornado_access_line(handler):
+    """Tornado's own access line is replaced by the gateway's (``ApiHandler.log_request``)."""
+
+
 def make_app(gateway):
+    """The Application. X-Forwarded-* headers count only from TRUSTED_PROXIES: the listener
+    applies them (pgw/listener.py) and ``ApiHandler.public_host`` reads X-Forwarded-Host."""
     app = tornado.web.Application(routes(gateway.settings), default_handler_class=NotFoundHandler,
-                                  compress_response=False, log_function=logs.log_request)
+                                  compress_response=False, log_function=_no_tornado_access_line)
     app.gateway = gateway
     return app
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message is the one line the operator reads."""
+
+
+def listen_sockets(settings):
+    """Bind the listening sockets, or a ``StartupError`` naming the port and the setting."""
+    try:
+        return tornado.netutil.bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
+    except OSError as e:
+        where = "%s:%d" % (settings.host, settings.port)
+        if e.errno == errno.EADDRINUSE:
+            raise StartupError("cannot listen on %s: port %d is already in use (is another gateway running?); "
+                               "stop it or set PORT to a free port" % (where, settings.port)) from None
+        if e.errno == errno.EACCES:
+            raise StartupError("cannot listen on %s: not allowed to use port %d (ports below 1024 need root); "
+                               "set PORT to 1024 or above" % (where, settings.port)) from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise StartupError("cannot listen on %s: %s is not an address of this machine; set HOST "
+                               "(0.0.0.0 for every address)" % (where, settings.host)) from None
+        if isinstance(e, socket.gaierror):
+            raise StartupError("cannot listen on %s: HOST %r is not an address or a known host name (%s)"
+                               % (where, settings.host, e.strerror or e)) from None
+        raise StartupError("cannot listen on %s (HOST, PORT): %s" % (where, e.strerror or e)) from None
+
+
+def check_writable(directory, setting):
+    """Make ``directory`` if needed and write a file in it, or a ``StartupError`` naming ``setting``:
+    found now, not at the first image a client waits for."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise StartupError("%s %s cannot be written: %s (user %s); fix its permissions or point %s elsewhere"
+                           % (setting, directory, e.strerror or e, _user(), setting)) from None
+
+
+def _user():
+    try:
+        import pwd
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.getuid())
+
+
+def _is_loopback(host):
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def startup_warnings(settings):
+    """What will bite later, one line each (the start-up log shows them as warnings)."""
+    warnings = []
+    if not settings.upload_base_url and (settings.bot_mode or not _is_loopback(settings.host)):
+        warnings.append(
+            "UPLOAD_BASE_URL is empty: links to saved images use the address each request came to, which a bot "
+            "on this host or a container calls with an address its users cannot open; set UPLOAD_BASE_URL to the "
+            "gateway's public address, e.g. http://<public IP>:%d" % settings.port)
+    if settings.images_max_age_hours == 0:
+        warnings.append("IMAGES_MAX_AGE_HOURS=0: saved images and files in %s are kept for ever and the directory "
+                        "only grows; set IMAGES_MAX_AGE_HOURS (e.g. 168 for a week) to have them deleted"
+                        % settings.images_dir)
+    return warnings
+
+
+async def probe_base_url(gateway):
+    """Start-up's check that BASE_URL answers, in the background: the server listens meanwhile."""
+    answers, status, failure = await gateway.upstream_health.check()
+    if not answers:
+        settings = gateway.settings
+        why = failure or "HTTP %s" % status
+        log.warning("BASE_URL %s does not answer (%s): every request will fail until it does; check BASE_URL "
+                    "and PROXY_API_PREFIX (GET /readyz tells when it answers)", settings.base_url, why)
+
+
+def setup_metrics(settings):
+    """Before forking: with several workers, or PROMETHEUS_MULTIPROC_DIR set, the metrics go to
+    shared files in a directory emptied now (pgw.metrics). Returns the directory or None."""
+    given = os.environ.get(pgw_metrics.ENV)
+    if not settings.metrics_enabled or (settings.process_workers == 1 and not given):
+        return None
+    return pgw_metrics.prepare_multiprocess(given)
 
 
 def parse_args(argv):
@@ -112,12 +215,26 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    """Run the gateway; start-up failures are one line on stderr (exit 2), Ctrl-C ends quietly."""
+    try:
+        return serve(argv)
+    except StartupError as e:
+        print(e, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        log.info("stopped (Ctrl-C)")
+        return 130
+
+
+def serve(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         settings = conf_settings.load(args.config)
     except conf_settings.SettingsError as e:
         print("settings: %s" % e, file=sys.stderr)
         return 2
+    if settings.need_log_to_file:
+        check_writable(os.path.abspath("log"), "the log directory (NEED_LOG_TO_FILE)")
     logs.setup(settings.log_level, settings.need_log_to_file)
 
     if args.demo:
@@ -137,9 +254,13 @@ def main(argv=None):
     except conf_settings.SettingsError as e:
         print("settings: %s" % e, file=sys.stderr)
         return 2
+    check_writable(settings.images_dir, "IMAGES_DIR")
+    for warning in startup_warnings(settings):
+        log.warning("%s", warning)
     descriptors = raise_fd_limit()
-    sockets = tornado.netutil.bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
+    sockets = listen_sockets(settings)
     port = sockets[0].getsockname()[1]
+    setup_metrics(settings)
     counts = None
     if settings.process_workers > 1:
         counts = ConnectionCounts(settings.process_workers)  # before forking: shared memory
@@ -165,6 +286,8 @@ def main(argv=None):
     server.add_sockets(sockets)
     gateway.start()
     log.info("listening on http://%s:%d (pid %d)", settings.host, port, tornado.process.task_id() or 0)
+    if not args.demo and not tornado.process.task_id():  # one probe, not one per worker
+        tornado.ioloop.IOLoop.current().spawn_callback(probe_base_url, gateway)
     tune_gc()
     tornado.ioloop.IOLoop.current().start()
     return 0

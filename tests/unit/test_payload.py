@@ -81,8 +81,9 @@ def test_bad_requests_say_what_is_wrong(body, param, words):
     (429, b'{"detail": {"code": "model_cap_exceeded", "message": "You\'ve reached the current usage cap"}}',
      429, "model_cap_exceeded", "usage cap"),
     (429, b'{"detail": "Only one message at a time."}', 429, "rate_limit_exceeded", "Only one message"),
-    (500, b"Internal Server Error", 502, "upstream_error", "Internal Server Error"),
-    (502, b"", 502, "upstream_error", "no details"),
+    (500, b"Internal Server Error", 502, "upstream_not_backend_api", "Internal Server Error"),
+    (502, b"", 502, "upstream_not_backend_api", "an empty body"),
+    (502, b'{"detail": "Bad gateway"}', 502, "upstream_error", "Bad gateway"),
 ])
 def test_upstream_errors_map_to_openai_errors(status, body, ours, code, words):
     error = from_upstream(status, body)
