@@ -181,10 +181,10 @@ def startup_warnings(settings):
             "UPLOAD_BASE_URL is empty: links to saved images use the address each request came to, which a bot "
             "on this host or a container calls with an address its users cannot open; set UPLOAD_BASE_URL to the "
             "gateway's public address, e.g. http://<public IP>:%d" % settings.port)
-    if settings.images_max_age_hours == 0:
-        warnings.append("IMAGES_MAX_AGE_HOURS=0: saved images and files in %s are kept for ever and the directory "
-                        "only grows; set IMAGES_MAX_AGE_HOURS (e.g. 168 for a week) to have them deleted"
-                        % settings.images_dir)
+    if settings.images_max_age_hours == 0 and settings.images_max_total_mb == 0:
+        warnings.append("IMAGES_MAX_AGE_HOURS=0 and IMAGES_MAX_TOTAL_MB=0: saved images and files in %s are kept "
+                        "for ever and the directory only grows; set IMAGES_MAX_AGE_HOURS (e.g. 168 for a week) or "
+                        "IMAGES_MAX_TOTAL_MB to have them deleted" % settings.images_dir)
     return warnings
 
 
@@ -280,12 +280,12 @@ def serve(argv=None):
         make_app(gateway), max_body_size=max(settings.max_request_body * 4, 64 << 20),
         max_header_size=settings.max_header_bytes, body_timeout=settings.body_timeout)
     max_connections = server.limit(settings, descriptors)
-    log.info("serving at most %d connections (descriptor limit %d)", max_connections, descriptors)
     if counts is not None:
         server.balance(counts, tornado.process.task_id())
     server.add_sockets(sockets)
     gateway.start()
-    log.info("listening on http://%s:%d (pid %d)", settings.host, port, tornado.process.task_id() or 0)
+    log.info("listening on http://%s:%d (pid %d, at most %d connections of %d descriptors)", settings.host, port,
+             tornado.process.task_id() or 0, max_connections, descriptors)
     if not args.demo and not tornado.process.task_id():  # one probe, not one per worker
         tornado.ioloop.IOLoop.current().spawn_callback(probe_base_url, gateway)
     tune_gc()
