@@ -36,7 +36,7 @@ def mask(secret):
 # Shapes of keys and tokens whoever sent them: PandoraNext fk-/pk- share tokens, OpenAI-style
 # sk- keys, JWT access tokens (eyJ...), refresh tokens.
 _SHAPED = re.compile(r"\b(?:fk|sk|pk|rt)-[A-Za-z0-9_\-]{8,}|\beyJ[A-Za-z0-9_\-]{10,}(?:\.[A-Za-z0-9_\-]*){0,2}")
-_SEEN = collections.OrderedDict()
+_SEEN: "collections.OrderedDict[str, bool]" = collections.OrderedDict()
 SEEN_LIMIT = 4096   # keys remembered per process; older ones are still caught by their shape
 
 

@@ -13,6 +13,7 @@ import gc
 import ipaddress
 import logging
 import os
+import re
 import resource
 import signal
 import socket
@@ -90,13 +91,23 @@ def tune_gc():
     gc.set_threshold(10000, 10, 10)
 
 
+def _api(prefix, *parts):
+    """The route pattern of an API path: any run of slashes where one belongs, and a trailing
+    one, so a base URL typed with a trailing slash (``…/v1/`` + ``/chat/completions``) works.
+    ``parts``: literal path segments, or a regex group (starting with ``(``) for one segment."""
+    segments = [re.escape(p) for p in prefix.split("/") if p]
+    for part in parts:
+        segments += [part] if part.startswith("(") else [re.escape(p) for p in part.split("/") if p]
+    return "".join("/+" + segment for segment in segments) + "/*"
+
+
 def routes(settings):
-    prefix = "/" + settings.api_prefix if settings.api_prefix else ""
+    prefix = settings.api_prefix
     return [
-        (prefix + r"/v1/chat/completions", ChatCompletionsHandler),
-        (prefix + r"/v1/models", ModelsHandler),
-        (prefix + r"/v1/models/([^/]+)", ModelHandler),
-        (prefix + r"/v1/images/generations", ImageGenerationsHandler),
+        (_api(prefix, "v1/chat/completions"), ChatCompletionsHandler),
+        (_api(prefix, "v1/models"), ModelsHandler),
+        (_api(prefix, "v1/models", "([^/]+)"), ModelHandler),
+        (_api(prefix, "v1/images/generations"), ImageGenerationsHandler),
         (r"/images/(.*)", SavedFileHandler),
         (r"/healthz", HealthHandler),
         (r"/readyz", ReadyHandler),
