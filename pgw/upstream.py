@@ -81,8 +81,15 @@ class CancellableCurlClient(CurlAsyncHTTPClient):
         Cancelling the awaiting task ends the transfer too (Tornado's future would otherwise be
         dropped while libcurl goes on fetching or uploading)."""
         try:
-            return await self.fetch(request, raise_error=False)
+            future = self.fetch(request, raise_error=False)
+        except Exception as e:
+            return HTTPResponse(request, 599, error=e)
+        try:
+            # Shielded: a cancelled Tornado future would make the abort below log an ERROR
+            # ("Exception after Future was cancelled") each time a client leaves mid-fetch.
+            return await asyncio.shield(future)
         except asyncio.CancelledError:
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
             self.cancel(request)
             raise
         except Exception as e:

@@ -73,6 +73,7 @@ def test_stalled_file_urls_leave_other_chats_fast_and_free_their_handles_when_cl
     status, _, body = _chat(tight, key + "-after", _body([ok]), timeout=10)
     upstream.release(gate)
     assert status == 200, body
+    assert "Traceback" not in tight.log_text()  # abandoned fetches end quietly
 
 
 def test_a_failing_file_cancels_its_stalled_siblings(tight, upstream, key):
@@ -88,6 +89,7 @@ def test_a_failing_file_cancels_its_stalled_siblings(tight, upstream, key):
     assert elapsed < 5, "the stalled sibling was waited for"
     assert len(upstream.log(gate)) == 1  # the other stalled ones never started
     assert upstream.conversations(key) == []
+    assert "Traceback" not in tight.log_text()
 
 
 def test_files_over_the_request_budget_are_refused(tight, upstream, key):
@@ -116,3 +118,41 @@ def test_saved_files_are_streamed_whole_and_symlinks_are_not_followed(gateway, t
     os.symlink(secret, os.path.join(gateway.images_dir, link))
     status, _, body = http("GET", gateway.url + "/images/" + link)
     assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+
+
+def test_cancelling_a_fetch_aborts_its_curl_transfer(upstream, key, caplog):
+    """What ``while_connected`` and a failing sibling rely on: cancelling the task awaiting
+    ``fetch_any`` ends the libcurl transfer and frees its handle (one handle here: the next fetch
+    could not start otherwise), quietly (no ERROR logged for the abandoned future)."""
+    import asyncio
+
+    from tornado.httpclient import HTTPRequest
+
+    from pgw.upstream import CancellableCurlClient
+
+    gate = key + "-cancel"
+
+    async def run():
+        client = CancellableCurlClient(force_instance=True, max_clients=1)
+        try:
+            for i in range(2):
+                stalled = asyncio.ensure_future(client.fetch_any(HTTPRequest(
+                    _stalling(upstream, gate, i), request_timeout=60)))
+                for _ in range(200):
+                    if client._free_list == [] and len(client._curls) == 1:
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.3)
+                stalled.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await stalled
+                got = await asyncio.wait_for(client.fetch_any(HTTPRequest(
+                    upstream.url + "/_fake/bytes?n=10", request_timeout=10)), 5)
+                assert got.code == 200 and got.body == b"x" * 10
+        finally:
+            client.close()
+
+    asyncio.run(run())
+    upstream.release(gate)
+    assert len(upstream.log(gate)) == 2
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
