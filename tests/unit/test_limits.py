@@ -178,3 +178,13 @@ def test_log_lines_never_hold_a_remembered_or_key_shaped_secret():
         record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     logs.KeyRedactor().filter(record)
     assert opaque not in record.exc_text and "ValueError" in record.exc_text
+
+
+def test_remembered_keys_are_masked_inside_urls_sentences_and_with_odd_characters():
+    from pgw import logs
+    plain, odd = "Zq9plain" + "k" * 20, "Zq9+odd/" + "k" * 20 + "=="
+    logs.remember(plain)
+    logs.remember(odd)
+    line = logs.redact("GET /x?api_key=%s&y=1 said (%s). then %s, and %s" % (plain, plain, plain + ".", odd))
+    assert plain not in line and odd not in line and line.count("…") == 4
+    assert logs.redact("nothing secret here at all") == "nothing secret here at all"
