@@ -67,8 +67,9 @@ def _error_of(response):
     return head.split(b"\r\n")[0], json.loads(body)["error"]
 
 
-def test_slowloris_sockets_are_closed_after_header_timeout_while_others_are_served(gateway_factory):
-    gw = gateway_factory(HEADER_TIMEOUT="1")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_slowloris_sockets_are_closed_after_header_timeout_while_others_are_served(gateway_factory, workers):
+    gw = gateway_factory(HEADER_TIMEOUT="1", PROCESS_WORKERS=workers)
     slow = [_connect(gw) for _ in range(30)]
     for s in slow:
         s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")
