@@ -156,3 +156,16 @@ def test_cancelling_a_fetch_aborts_its_curl_transfer(upstream, key, caplog):
     upstream.release(gate)
     assert len(upstream.log(gate)) == 2
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+def test_the_gateway_keeps_saved_files_within_images_max_total_mb(gateway_factory, tmp_path):
+    import os
+    old, new = "a_20240101000000_00000001.bin", "b_20240101000000_00000002.bin"
+    for i, name in enumerate((old, new)):
+        (tmp_path / name).write_bytes(b"x" * 800)
+        os.utime(tmp_path / name, (1_000_000 + i, 1_000_000 + i))
+    gateway_factory(IMAGES_DIR=str(tmp_path), IMAGES_MAX_TOTAL_MB="0.001", IMAGES_MAX_AGE_HOURS="0")  # 1,048 bytes
+    deadline = time.monotonic() + 10
+    while (tmp_path / old).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(os.listdir(tmp_path)) == [new]
