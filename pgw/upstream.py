@@ -20,7 +20,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders
 
 from pgw.errors import ApiError, from_upstream
-from pgw.logs import mask
+from pgw.logs import mask, remember
 
 log = logging.getLogger("gateway.upstream")
 
@@ -230,6 +230,7 @@ class UpstreamClient:
         ``<token>,<account id>`` (a Team/Business account, the convention among gateways) is sent
         as the token plus ``ChatGPT-Account-Id``; keys stay plain strings everywhere else."""
         token, account = split_key(key)
+        remember(key)  # a pool account's token, refreshed or not, is masked in every log line too
         headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json",
                    "Accept": accept, "Oai-Language": "en-US", "User-Agent": USER_AGENT}
         if account:
