@@ -496,7 +496,11 @@ class MemoryPool(AccountPool):
         if len(self.waiters) >= self.settings.queue_max:
             raise queue_full_error(self.settings.queue_max)
         waiter = _Waiter(model, exclude, now)
-        self.waiters.append(waiter)
+        if exclude:  # a request moved to another account arrived before everyone who queued since
+            at = next((i for i, w in enumerate(self.waiters) if not w.exclude), len(self.waiters))
+            self.waiters.insert(at, waiter)
+        else:
+            self.waiters.append(waiter)
         self._dispatch()
         timeout = self.settings.queue_timeout
         try:

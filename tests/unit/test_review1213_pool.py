@@ -28,3 +28,27 @@ def test_account_removed_and_added_back_while_answering_gets_no_second_message()
         await pool.release(third)
         assert pool.state["a1"].in_flight == 0
     asyncio.run(go())
+
+
+def test_a_request_moved_to_another_account_keeps_its_place_in_the_queue():
+    """R1 arrived first; its account refused before the answer (busy elsewhere) and it asks for
+    another. Requests that arrived after it must not be served before it."""
+    async def go():
+        pool = MemoryPool(settings(), [Account("a0", "access_token", "t0"), Account("a1", "access_token", "t1")],
+                          ["ak"], NoTokens())
+        r1 = await pool.acquire("m")
+        r2 = await pool.acquire("m")
+        later = [asyncio.ensure_future(pool.acquire("m")) for _ in range(2)]  # R3, R4 wait
+        await asyncio.sleep(0)
+        await pool.release(r1)              # R1's account refused it: given back (R3 takes it) ...
+        retry = asyncio.ensure_future(pool.acquire("m", frozenset({r1.label})))  # ... and R1 asks again
+        await asyncio.sleep(0)
+        await pool.release(r2)              # the next account to free up is R1's, not R4's
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert retry.done() and retry.result().label == r2.label
+        assert later[0].done() and not later[1].done()
+        for f in (retry, later[0]):
+            await pool.release(f.result())
+        await pool.release(await later[1])
+    asyncio.run(go())
