@@ -52,3 +52,49 @@ def test_a_request_moved_to_another_account_keeps_its_place_in_the_queue():
             await pool.release(f.result())
         await pool.release(await later[1])
     asyncio.run(go())
+
+
+def test_redis_pool_a_moved_request_keeps_its_place_too(tmp_path):
+    """The same rule with the Redis back end (its own redis-server on a free port)."""
+    import os
+    import uuid
+
+    import pytest
+
+    from tests.e2e.test_pool import REDIS, RedisServer
+    if not os.path.exists(REDIS):
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    from pgw.pool_redis import RedisPool, connect
+
+    server = RedisServer()
+    try:
+        s = settings(redis_url=server.url, redis_prefix="r" + uuid.uuid4().hex[:8])
+
+        async def go():
+            client = connect(s)
+            pool = RedisPool(s, [Account("a0", "access_token", "t0"), Account("a1", "access_token", "t1")],
+                             ["ak"], NoTokens(), client)
+            pool.start()
+            try:
+                r1 = await pool.acquire("m")
+                r2 = await pool.acquire("m")
+                later = [asyncio.ensure_future(pool.acquire("m")) for _ in range(2)]
+                while len(pool.waiters) < 2:  # both queued (each a round trip to Redis)
+                    await asyncio.sleep(0.01)
+                await pool.release(r1)
+                await asyncio.wait_for(asyncio.shield(later[0]), 5)   # R3 takes R1's first account
+                retry = asyncio.ensure_future(pool.acquire("m", frozenset({r1.label})))
+                while len(pool.waiters) < 2:
+                    await asyncio.sleep(0.01)
+                await pool.release(r2)
+                got = await asyncio.wait_for(asyncio.wait((retry, later[1]), return_when=asyncio.FIRST_COMPLETED), 5)
+                assert retry in got[0] and later[1] not in got[0], "a later arrival was served first"
+                for f in (retry, later[0]):
+                    await pool.release(f.result())
+                await pool.release(await asyncio.wait_for(later[1], 5))
+            finally:
+                pool.close()
+                await client.aclose()
+        asyncio.run(go())
+    finally:
+        server.stop()
