@@ -60,3 +60,14 @@ def test_client_gone_while_its_picture_is_drawn_frees_the_account_and_stops_poll
     before = len(polls(upstream, subs[0]))
     time.sleep(0.5)  # five poll intervals
     assert len(polls(upstream, subs[0])) == before
+
+
+def test_gpt_image_n2_with_the_clients_own_account_token_gives_two_pictures(gateway_factory, upstream, key):
+    """A forwarded key is one account, and an account answers one message at a time (the fake
+    refuses a second at once, as ChatGPT does): n=2 must still give two pictures."""
+    upstream.plan(key, scenario="image_gen", options={"delay": 0.2}, exclusive=True, pace_ms=30)
+    gw = gateway_factory(**FAST)
+    result = gw.client(key).images.generate(model="gpt-image-1", prompt="an otter", n=2, response_format="b64_json")
+    assert len(result.data) == 2
+    posts = upstream.conversations(key)
+    assert not [r for r in posts if r.get("refused") == "busy"]
