@@ -71,3 +71,24 @@ def test_gpt_image_n2_with_the_clients_own_account_token_gives_two_pictures(gate
     assert len(result.data) == 2
     posts = upstream.conversations(key)
     assert not [r for r in posts if r.get("refused") == "busy"]
+
+
+def test_client_gone_from_a_pooled_gpt_image_n3_leaves_no_lease_and_no_waiter(gateway_factory, upstream, tmp_path):
+    """One account, n=3 through an access key: one picture being drawn, two requests queued for
+    the account. The client leaves: the account comes back and nothing stays queued or polling."""
+    subs, tokens = new_accounts(1, "imgq")
+    upstream.plan(subs[0], scenario="image_gen", options={"delay": 60})
+    gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}], **FAST)
+    host, port = gw.url.split("//")[1].split(":")
+    conn = HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", "/v1/images/generations", json.dumps({"model": "gpt-image-1", "prompt": "otter", "n": 3}),
+                 {"Authorization": "Bearer " + gw.access_key, "Content-Type": "application/json"})
+    wait_until(lambda: len(polls(upstream, subs[0])) >= 2 and admin(gw)["queued"] == 2, what="one drawing, two queued")
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    wait_until(lambda: admin(gw)["accounts"][0]["in_flight"] == 0 and admin(gw)["queued"] == 0,
+               what="the account back, the queue empty")
+    before = len(polls(upstream, subs[0]))
+    time.sleep(0.5)
+    assert len(polls(upstream, subs[0])) == before
+    assert len(upstream.conversations(subs[0])) == 1  # the queued two never reached the upstream
