@@ -1,5 +1,6 @@
 """Review of issue 13 (account pool): what an operator's reload may not do to answers in flight."""
 
+import pytest
 import asyncio
 
 from pgw.pool import Account, MemoryPool
@@ -54,6 +55,7 @@ def test_a_request_moved_to_another_account_keeps_its_place_in_the_queue():
     asyncio.run(go())
 
 
+@pytest.mark.e2e  # starts its own redis-server: a process, not the pure tier
 def test_redis_pool_a_moved_request_keeps_its_place_too(tmp_path):
     """The same rule with the Redis back end (its own redis-server on a free port)."""
     import os
@@ -63,7 +65,7 @@ def test_redis_pool_a_moved_request_keeps_its_place_too(tmp_path):
 
     from tests.e2e.test_pool import REDIS, RedisServer
     if not os.path.exists(REDIS):
-        pytest.skip("redis-server is not installed (.ci/run installs it)")
+        pytest.fail("redis-server is not installed: run .ci/run (it installs the Debian package redis-server)")
     from pgw.pool_redis import RedisPool, connect
 
     server = RedisServer()
