@@ -1,7 +1,8 @@
 """Review of issue 13 (account pool): what an operator's reload may not do to answers in flight."""
 
-import pytest
 import asyncio
+
+import pytest
 
 from pgw.pool import Account, MemoryPool
 
