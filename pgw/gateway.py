@@ -31,7 +31,8 @@ class Gateway:
         self.gizmos = GizmoStore(self.upstream, self.models, settings.key_for_gpts_info,
                                       settings.gpts_fetch_timeout)
         self.tokens = TokenCounter()
-        self.watch = StreamWatch(settings.keepalive_interval, settings.upstream_idle_timeout)
+        self.watch = StreamWatch(settings.keepalive_interval, settings.upstream_idle_timeout,
+                                  settings.write_timeout)
         self.media = MediaStore(settings.images_dir)
         self._sweeper = None
 

@@ -71,10 +71,12 @@ class _Detect:
 
 
 class Conversion:
-    def __init__(self, renderer, encoding="auto", echo_ids=()):
+    def __init__(self, renderer, encoding="auto", echo_ids=(), max_event_bytes=None):
         """``encoding``: what the request asked the upstream for (the UPSTREAM_ENCODING setting);
-        ``echo_ids``: ids of the upstream messages the request carried (never part of the answer)."""
-        self._sse = SSEDecoder()
+        ``echo_ids``: ids of the upstream messages the request carried (never part of the answer);
+        ``max_event_bytes``: the SSE decoder's bound on one event (``feed`` raises
+        ``sse.EventTooLarge`` past it)."""
+        self._sse = SSEDecoder(max_event_bytes)
         self.warnings = []
         self._renderer = renderer
         self._answer = Answer(renderer, echo_ids)
