@@ -23,6 +23,8 @@ log = logging.getLogger("gateway")
 
 
 class Gateway:
+    stopping = False  # set by pgw.workers.graceful_stop: /healthz then says so
+
     def __init__(self, settings, models=None):
         self.settings = settings
         self.models = models or gpts.build_models(settings)

@@ -15,6 +15,7 @@ so a stream holds a bounded amount whatever its client does. A client that takes
 WRITE_TIMEOUT seconds is disconnected (and its transfer aborted).
 """
 
+import asyncio
 import collections
 import logging
 import time
@@ -316,6 +317,7 @@ class StreamWatch:
         self.write_timeout = write_timeout
         self._runs = set()
         self._draining = set()
+        self._tasks = set()     # work that follows answers (hiding conversations)
         # A quarter of the interval: a keep-alive is then at most 25% late, not a whole tick.
         tick = min(keepalive_interval / 4, 1.0) if keepalive_interval > 0 else 1.0
         if write_timeout:
@@ -340,6 +342,22 @@ class StreamWatch:
     def runs(self):
         """The conversations open now (a copy)."""
         return list(self._runs)
+
+    def spawn(self, work, *args):
+        """Run the coroutine function ``work(*args)`` in the background, watched by ``idle``."""
+        task = asyncio.ensure_future(work(*args))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task):
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed", exc_info=task.exception())
+
+    def idle(self):
+        """No answer open, none still reaching its client, no follow-up work running."""
+        self._draining = {sink for sink in self._draining if sink.backlog()}
+        return not (self._runs or self._draining or self._tasks)
 
     def __len__(self):
         return len(self._runs)
@@ -559,4 +577,4 @@ class ConversationRun:
                 log.warning("upstream stream for key %s: %s", mask(key), warning)
             cid = self.conversion.conversation_id
             if cid and gw.settings.need_delete_conversation_after_response:
-                IOLoop.current().add_callback(gw.upstream.hide_conversation, key, cid)
+                gw.watch.spawn(gw.upstream.hide_conversation, key, cid)

@@ -7,12 +7,9 @@ BASE_URL at it, so every endpoint can be tried without an account.
 """
 
 import argparse
-import ctypes
 import gc
 import logging
-import os
 import resource
-import signal
 import sys
 
 import tornado.httpserver
@@ -31,6 +28,7 @@ from pgw.handlers.chat import ChatCompletionsHandler
 from pgw.handlers.health import HealthHandler
 from pgw.handlers.images import ImageGenerationsHandler, SavedFileHandler
 from pgw.handlers.models import ModelHandler, ModelsHandler
+from pgw.workers import stop_on_signals, supervise
 
 log = logging.getLogger("gateway")
 
@@ -50,23 +48,6 @@ def raise_fd_limit():
         except (ValueError, OSError):
             pass  # some systems refuse an unlimited soft limit: keep what we have
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def die_with_parent(parent_pid):
-    """In a forked worker: end when the parent process ends (Linux; elsewhere a no-op).
-
-    ``fork_processes`` leaves the workers running when the parent is stopped with a plain
-    ``kill``: orphans that keep the port open and answer with the old settings.
-    """
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent_pid:  # the parent was gone before prctl took effect
-        sys.exit(0)
 
 
 def tune_gc():
@@ -139,11 +120,13 @@ def main(argv=None):
     sockets = tornado.netutil.bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
     port = sockets[0].getsockname()[1]
     counts = None
+    worker = None
     if settings.process_workers > 1:
         counts = ConnectionCounts(settings.process_workers)  # before forking: shared memory
-        parent = os.getpid()
-        tornado.process.fork_processes(settings.process_workers)
-        die_with_parent(parent)
+        # Forks the workers and keeps them running (pgw/workers.py); returns in each worker.
+        worker = supervise(settings.process_workers, sockets, settings.shutdown_grace)
+        if worker is None:
+            return 0  # the parent, once every worker has stopped
 
     try:
         gateway = Gateway(settings, models)
@@ -155,10 +138,13 @@ def main(argv=None):
     server = server_class(
         make_app(gateway), max_body_size=max(settings.max_request_body * 4, 64 << 20), xheaders=True)
     if counts is not None:
-        server.balance(counts, tornado.process.task_id())
+        server.balance(counts, worker)
     server.add_sockets(sockets)
     gateway.start()
-    log.info("listening on http://%s:%d (pid %d)", settings.host, port, tornado.process.task_id() or 0)
+    server_app = server.request_callback
+    server_app.open_connections = lambda: len(server._connections)  # for /healthz (Tornado's TCPServer)
+    stop_on_signals(server, gateway)
+    log.info("listening on http://%s:%d (pid %d)", settings.host, port, worker or 0)
     tune_gc()
     tornado.ioloop.IOLoop.current().start()
     return 0

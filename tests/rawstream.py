@@ -105,10 +105,30 @@ def connect(url, rcvbuf=None, timeout=10):
     return sock
 
 
-def read_answer(sock, timeout=30):
-    """Read until the response is complete, the server closes, or ``timeout`` passes."""
+def read_until(sock, marker, timeout=10):
+    """Read until ``marker`` has arrived (or the server closes, or ``timeout``): the bytes so far."""
     deadline = time.monotonic() + timeout
     data = bytearray()
+    while marker not in data and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            got = sock.recv(65536)
+        except (socket.timeout, ConnectionError):
+            break
+        if not got:
+            break
+        data += got
+    return bytes(data)
+
+
+CONTENT = b'"delta":{"content":'  # how the gateway's content chunks begin
+
+
+def read_answer(sock, timeout=30, data=b""):
+    """Read until the response is complete, the server closes, or ``timeout`` passes; ``data``:
+    what was read before (``read_until``)."""
+    deadline = time.monotonic() + timeout
+    data = bytearray(data)
     while not _ended(data):
         left = deadline - time.monotonic()
         if left <= 0:
