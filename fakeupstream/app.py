@@ -1,6 +1,6 @@
 """A faithful fake of the PandoraNext backend-api, for tests and for ``./run.sh --demo``.
 
-It answers ``POST /backend-api/conversation`` like the real upstream (docs/upstream-protocol.md),
+It answers ``POST /backend-api/conversation`` like the real upstream (docs/upstream.md),
 with any proxy prefix in front of ``backend-api``. What it answers is a scenario picked by a
 word in the last user message, or planned for an API key by a test:
 
@@ -108,7 +108,8 @@ class FakeHandler(tornado.web.RequestHandler):
                 body = self.request.body.decode("utf-8", "replace")
         return key, self.state.record(key, {
             "method": self.request.method, "path": self.request.path, "query": self.request.query,
-            "authorization": self.request.headers.get("Authorization"), "body": body,
+            "authorization": self.request.headers.get("Authorization"),
+            "account_id": self.request.headers.get("ChatGPT-Account-Id"), "body": body,
             "time": time.time(), "aborted": False, "completed": False})
 
     def refuse_without_key(self, key):

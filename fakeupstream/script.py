@@ -2,8 +2,8 @@
 
 A scenario says *what* the upstream answers (a list of ``Msg``); this module says *how* the
 upstream streams it: the late-2023 dialect repeats the whole message in every event
-(``legacy_events``, docs/upstream-protocol.md section 1); the 2024 dialect sends each message
-once and then patches to it (``v1_events``, section 4). Rendering both dialects from one script
+(``legacy_events``, docs/upstream.md "The stream: three forms", 1); the 2024 dialect sends each message
+once and then patches to it (``v1_events``, form 2). Rendering both dialects from one script
 keeps their transcripts of one scenario from drifting apart.
 """
 

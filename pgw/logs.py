@@ -12,6 +12,8 @@ def mask(secret):
     if not secret:
         return ""
     secret = str(secret)
+    if "," in secret:  # a Team account's "<token>,<account id>": each part masked on its own
+        return ",".join(mask(part.strip()) for part in secret.split(","))
     if len(secret) <= 12:
         return "*" * len(secret)
     return "%s…%s" % (secret[:4], secret[-4:])

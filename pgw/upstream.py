@@ -257,6 +257,12 @@ class Transfer:
                 self._accept(response.code)
 
 
+def split_key(key):
+    """``(token, account id or "")`` of a client key ``<token>[,<account id>]``."""
+    token, _, account = key.partition(",")
+    return token.strip(), account.strip()
+
+
 class UpstreamClient:
     def __init__(self, settings):
         self.settings = settings
@@ -269,8 +275,15 @@ class UpstreamClient:
         return "%s/backend-api/%s" % (self.root, path)
 
     def _headers(self, key, accept="application/json"):
-        return {"Authorization": "Bearer " + key, "Content-Type": "application/json",
-                "Accept": accept, "Oai-Language": "en-US", "User-Agent": USER_AGENT}
+        """The headers of every call below ``backend-api``. The one place a key is split:
+        ``<token>,<account id>`` (a Team/Business account, the convention among gateways) is sent
+        as the token plus ``ChatGPT-Account-Id``; keys stay plain strings everywhere else."""
+        token, account = split_key(key)
+        headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json",
+                   "Accept": accept, "Oai-Language": "en-US", "User-Agent": USER_AGENT}
+        if account:
+            headers["ChatGPT-Account-Id"] = account
+        return headers
 
     def start_conversation(self, key, payload, on_chunk):
         """POST the conversation; return a ``Transfer`` streaming its answer into ``on_chunk``."""

@@ -111,6 +111,24 @@ def _names(name, raw):
     return names
 
 
+def _model_map(name, raw):
+    """``name=slug,name2=slug2``: more model names and the upstream slug each is sent as."""
+    if isinstance(raw, dict):
+        raw = ",".join("%s=%s" % item for item in raw.items())
+    mapping = {}
+    for item in _text(name, raw).split(","):
+        if not item.strip():
+            continue
+        model, eq, slug = (x.strip() for x in item.partition("="))
+        if not eq or not model or not slug or any(c.isspace() for c in model + slug):
+            raise SettingsError("%s must look like my-name=gpt-4o,other=gpt-5-2 (name=upstream slug), got %r"
+                                % (name, item.strip()))
+        if model in mapping:
+            raise SettingsError("%s names %r twice" % (name, model))
+        mapping[model] = slug
+    return mapping
+
+
 def _hosts_and_networks(name, raw):
     """Comma-separated host names, addresses and IP networks, e.g. ``files.lan,10.0.0.0/8``."""
     if isinstance(raw, list):
@@ -160,6 +178,9 @@ SPEC = {
     "GPT_4_S_NEW_NAME": (_names, ("GPT_4_S_New_Name",)),
     "GPT_4_MOBILE_NEW_NAME": (_names, ("GPT_4_MOBILE_New_Name",)),
     "GPT_3_5_NEW_NAME": (_names, ("GPT_3_5_New_Name",)),
+    "MODELS_CONFIG": (_text, ()),
+    "MODEL_MAP": (_model_map, ()),
+    "PASS_THROUGH_MODELS": (_boolean, ()),
     "BOT_MODE": (_boolean, ("BOT_MODE_ENABLED",)),
     "BOT_MODE_ENABLED_PLUGIN_OUTPUT": (_boolean, ()),
     "BOT_MODE_ENABLED_BING_REFERENCE_OUTPUT": (_boolean, ()),
@@ -187,6 +208,9 @@ SPEC = {
     "UPLOAD_HOST_OVERRIDE": (_url, ()),
     "GPTS_FETCH_TIMEOUT": (_number(0.1, 600), ()),
 }
+
+# The settings that name the late-2023 models (their slugs and facts are in models.json)
+ALIAS_SETTINGS = ("GPT_4_S_NEW_NAME", "GPT_4_MOBILE_NEW_NAME", "GPT_3_5_NEW_NAME")
 
 _SECRET_WORDS = ("KEY", "TOKEN", "SECRET")
 
@@ -267,7 +291,7 @@ def load(config_path=None, environ=None):
 
 def _check_model_names(values):
     seen = {}
-    for name in ("GPT_4_S_NEW_NAME", "GPT_4_MOBILE_NEW_NAME", "GPT_3_5_NEW_NAME"):
+    for name in ALIAS_SETTINGS + ("MODEL_MAP",):
         for model in values[name]:
             if model in seen:
                 raise SettingsError("model name %r is used by both %s and %s" % (model, seen[model], name))

@@ -199,7 +199,7 @@ def inspect_file(data, claimed, name, where):
 
 
 def image_part(file_id, info):
-    """An image in a ``multimodal_text`` message, as upstream-protocol.md section 1 shows it."""
+    """An image in a ``multimodal_text`` message, as docs/upstream.md ("The request body") describes it."""
     return {"asset_pointer": "file-service://" + file_id, "size_bytes": info.size,
             "width": info.width, "height": info.height}
 

@@ -130,18 +130,29 @@ def upstream_message(message_id, role, text):
 # takes whatever comes (the pipeline detects the dialect per stream); ``legacy`` asks for nothing,
 # which is what the late-2023 web client sent.
 SUPPORTED_ENCODINGS = {"auto": ["v1"], "v1": ["v1"], "legacy": None}
+# What 2025-2026 web clients add to the body (upstream-protocol §5.7). Each is a field the
+# late-2023 body did not have: the backend then, like every JSON API the web client talks to,
+# ignored fields it did not know (the web client itself shipped new fields before the backend
+# used them), so ``auto`` sends them to every upstream.
+MODERN_FIELDS = {"supports_buffering": True, "paragen_cot_summary_display_override": "allow"}
+# The one 2025-2026 change that is not an added field: a new conversation's parent is the fixed
+# word "client-created-root" instead of a fresh uuid4. A late-2023 backend took the parent as a
+# message id (a uuid), so only ``v1`` (the operator says the upstream is today's) sends the word;
+# ``auto`` keeps the uuid4 that RefreshToV1Api sent and that today's backend still takes.
+NEW_CONVERSATION_ROOT = "client-created-root"
 
 
-def conversation_payload(messages, route, new_id, encoding="legacy", gizmo=None):
+def conversation_payload(messages, route, new_id, encoding="legacy", gizmo=None, hints=()):
     """The upstream body. ``messages``: [(role, text)] or prepared upstream message dicts;
     ``new_id``: a function returning a fresh uuid4 string (passed in: no randomness here);
-    ``encoding``: the UPSTREAM_ENCODING setting; ``gizmo``: for a GPT, the object
-    ``GET gizmos/{id}`` returned, when known."""
+    ``encoding``: the UPSTREAM_ENCODING setting (``legacy`` gives exactly the late-2023 body);
+    ``gizmo``: for a GPT, the object ``GET gizmos/{id}`` returned, when known; ``hints``: the
+    ``system_hints`` of a 2025-2026 body, e.g. ``("picture_v2",)`` to ask for the image tool."""
     up = [m if isinstance(m, dict) else upstream_message(new_id(), m[0], m[1]) for m in messages]
     payload = {
         "action": "next",
         "messages": up,
-        "parent_message_id": new_id(),
+        "parent_message_id": NEW_CONVERSATION_ROOT if encoding == "v1" else new_id(),
         "model": route.slug,
         "timezone_offset_min": -480,
         "history_and_training_disabled": False,
@@ -157,6 +168,9 @@ def conversation_payload(messages, route, new_id, encoding="legacy", gizmo=None)
     encodings = SUPPORTED_ENCODINGS[encoding]
     if encodings:
         payload["supported_encodings"] = list(encodings)
+        payload.update(MODERN_FIELDS)
+        if hints:
+            payload["system_hints"] = list(hints)
     return payload
 
 

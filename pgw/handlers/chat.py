@@ -9,7 +9,6 @@ import uuid
 
 from pgw.converters import openai_format
 from pgw.converters.payload import parse_chat_request
-from pgw.errors import ApiError
 from pgw.handlers.conversation import ConversationHandler
 from pgw.runtime import CollectSink, StreamSink, new_id
 
@@ -19,10 +18,7 @@ class ChatCompletionsHandler(ConversationHandler):
         gw = self.gateway
         key = self.api_key()
         request = parse_chat_request(self.json_body())
-        route = gw.models.resolve(request.model)
-        if route is None:
-            raise ApiError(404, "The model `%s` does not exist. GET /v1/models lists the models here." % request.model,
-                           "invalid_request_error", "model_not_found", "model")
+        route = gw.models.require(request.model)
         messages = await self.while_connected(gw.attachments.messages(key, request, route, new_id))
         payload = self.payload(messages, route, await self.while_connected(gw.gizmos.gizmo(route)))
 

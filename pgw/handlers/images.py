@@ -59,7 +59,8 @@ class ImageGenerationsHandler(ConversationHandler):
                 request.model, ", ".join(r.name for r in gw.models.routes() if r.can_draw)),
                 "invalid_request_error", "model_not_found" if route is None else "model_cannot_draw", "model")
         prompt = image_prompt(gw.settings.dalle_prompt_prefix, request)
-        payload = self.payload([("user", prompt)], route, await self.while_connected(gw.gizmos.gizmo(route)))
+        payload = self.payload([("user", prompt)], route, await self.while_connected(gw.gizmos.gizmo(route)),
+                               hints=("picture_v2",))
         downloads = self.downloads(key)
         sink = ImageSink(self, request, downloads)
         # The reply is for a program, whatever BOT_MODE says: the markdown renderer shows every image.

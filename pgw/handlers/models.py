@@ -1,6 +1,5 @@
 """``GET /v1/models``: every name the model table answers to, in OpenAI's list shape."""
 
-from pgw.errors import ApiError
 from pgw.handlers.base import ApiHandler
 
 CREATED = 1700000000  # a fixed date: these models do not change between requests
@@ -23,8 +22,4 @@ class ModelsHandler(ApiHandler):
 
 class ModelHandler(ApiHandler):
     def get(self, name):
-        route = self.gateway.models.resolve(name)
-        if route is None:
-            raise ApiError(404, "The model `%s` does not exist" % name, "invalid_request_error", "model_not_found",
-                           "model")
-        self.write_json(_model(route))
+        self.write_json(_model(self.gateway.models.require(name)))

@@ -89,3 +89,37 @@ def test_upstream_errors_map_to_openai_errors(status, body, ours, code, words):
     assert (error.status, error.code) == (ours, code)
     assert words in error.message
     assert set(error.body()["error"]) == {"message", "type", "param", "code"}
+
+
+LATE_2023_FIELDS = {"action", "messages", "parent_message_id", "model", "timezone_offset_min",
+                    "history_and_training_disabled", "conversation_mode", "force_paragen", "force_rate_limit"}
+
+
+def test_legacy_sends_exactly_the_late_2023_body():
+    payload = conversation_payload([("user", "hi")], Route("gpt-4-s", "gpt-4"), ids(), "legacy",
+                                   hints=("picture_v2",))
+    assert set(payload) == LATE_2023_FIELDS
+    assert payload["parent_message_id"] == "id-2"
+
+
+def test_auto_adds_the_2025_fields_but_keeps_a_uuid_parent():
+    payload = conversation_payload([("user", "hi")], Route("gpt-5.2", "gpt-5-2"), ids(), "auto")
+    assert set(payload) - LATE_2023_FIELDS == {"supported_encodings", "supports_buffering",
+                                               "paragen_cot_summary_display_override"}
+    assert payload["supported_encodings"] == ["v1"] and payload["supports_buffering"] is True
+    assert payload["paragen_cot_summary_display_override"] == "allow"
+    assert payload["parent_message_id"] == "id-2"
+    assert payload["model"] == "gpt-5-2"
+
+
+def test_v1_starts_a_new_conversation_at_the_client_created_root():
+    payload = conversation_payload([("user", "hi")], Route("o3", "o3"), ids(), "v1", hints=("picture_v2",))
+    assert payload["parent_message_id"] == "client-created-root"
+    assert payload["system_hints"] == ["picture_v2"]
+    assert payload["supports_buffering"] is True
+
+
+def test_system_hints_only_when_asked():
+    assert "system_hints" not in conversation_payload([("user", "hi")], Route("o3", "o3"), ids(), "v1")
+    assert conversation_payload([("user", "draw")], Route("o3", "o3"), ids(), "auto",
+                                hints=("picture_v2",))["system_hints"] == ["picture_v2"]
