@@ -19,8 +19,9 @@ Fault plans (tests of what a misbehaving upstream does to the gateway):
 
     "fault": "html_200"        200 with an HTML page (a proxy's or Cloudflare's) instead of events
     "fault": "enormous_line"   200, then one ``data:`` line of "fault_bytes" bytes that never ends
-    "fault": "invalid_utf8"    the answer, with every third event's JSON broken by bytes that are
-                               not UTF-8 (whole-message snapshots: the later events repair the text)
+    "fault": "invalid_utf8"    the answer, with every other unfinished message's JSON broken by bytes
+                               that are not UTF-8 (with whole-message snapshots the final event
+                               repairs the text)
     "flood": N                 a v1 answer of N characters of text, written as fast as the socket
                                takes it (64 KB writes, the events made as they are sent)
 
@@ -154,7 +155,7 @@ class ConversationHandler(FakeHandler):
         if plan.get("future_patches") and encoding == "v1":
             events = with_future_patches(events)
         if plan.get("fault") == "invalid_utf8":
-            events = [ev.replace(b'"parts": ["', b'"parts": ["\xff\xfe') if i % 3 == 1 else ev
+            events = [ev.replace(b'"parts": ["', b'"parts": ["\xff\xfe') if i % 2 and b'"in_progress"' in ev else ev
                       for i, ev in enumerate(events)]
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")

@@ -16,6 +16,7 @@ WRITE_TIMEOUT seconds is disconnected (and its transfer aborted).
 """
 
 import asyncio
+import codecs
 import collections
 import logging
 import time
@@ -238,11 +239,15 @@ class Relay:
         self._queue = collections.deque()
         self._busy = True               # hold everything until begin(): the sink is not ready
         self._idle = None
+        # None once bad bytes were noted
+        self._utf8: Optional[codecs.IncrementalDecoder] = codecs.getincrementaldecoder("utf-8")()
 
     def on_chunk(self, data):
         self.last_upstream = time.monotonic()
         if self.halted:
             return
+        if self._utf8 is not None and not data.isascii():  # the real upstream escapes non-ASCII: rare
+            self._check_utf8(data)
         try:
             items = self.conversion.feed(data)
         except EventTooLarge as e:
@@ -253,6 +258,19 @@ class Relay:
             return
         if items:
             self._emit(items)
+
+    def _check_utf8(self, data):
+        """Note (once, for the log) bytes that are not UTF-8: the events holding them cannot be
+        read and are skipped. ASCII chunks are not decoded: one cut inside a character and
+        followed by ASCII is invalid anyway, so skipping them never raises a false alarm."""
+        decoder = self._utf8
+        try:
+            if decoder is not None:
+                decoder.decode(data)
+        except UnicodeDecodeError as e:
+            self._utf8 = None
+            self.conversion.warnings.append("the upstream sent bytes that are not UTF-8 (%s); the events holding "
+                                            "them were skipped" % e.reason)
 
     def finish_input(self):
         items = self.conversion.close()
@@ -543,6 +561,11 @@ class ConversationRun:
         gw.watch.add(self)
         try:
             status = await transfer.accepted
+            if status == 200 and not _is_event_stream(transfer.content_type):
+                self.abort(ApiError(502, "the upstream answered HTTP 200 with %s instead of an event stream (a proxy "
+                                         "or Cloudflare page in front of it?)" % transfer.content_type,
+                                    "upstream_error", "upstream_not_event_stream"))
+                status = None
             if status != 200:
                 await transfer.done
                 if relay.closed:
@@ -578,3 +601,9 @@ class ConversationRun:
             cid = self.conversion.conversation_id
             if cid and gw.settings.need_delete_conversation_after_response:
                 gw.watch.spawn(gw.upstream.hide_conversation, key, cid)
+
+
+def _is_event_stream(content_type):
+    """Whether an answer's Content-Type can be the conversation's events (none at all is taken
+    on trust; a page of HTML or an image is not)."""
+    return not content_type or not content_type.startswith(("text/html", "image/", "application/xhtml"))

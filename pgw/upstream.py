@@ -173,6 +173,7 @@ class Transfer:
         self._on_chunk = on_chunk
         self.status = None
         self._line_status = None
+        self.content_type = None  # of the answer, lower case, as its headers say
         self._curl = None
         self._buffer = None
         self.paused = False
@@ -235,6 +236,8 @@ class Transfer:
                 self._line_status = None  # an HTTPS proxy's answer to CONNECT, not the upstream's
         elif line in ("\r\n", "\n") and self._line_status is not None and self._line_status >= 200:
             self._accept(self._line_status)
+        elif line[:13].lower() == "content-type:":
+            self.content_type = line[13:].strip().lower()
 
     def _chunk(self, data):
         if self.cancelled:

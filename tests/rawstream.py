@@ -49,7 +49,11 @@ class Answer:
             if data == b"[DONE]":
                 self.done = True
                 continue
-            obj = json.loads(data)
+            try:
+                obj = json.loads(data)
+            except ValueError:
+                assert not self.complete_body, data[:200]  # only a cut body may end in half an event
+                continue
             if "error" in obj:
                 self.error = obj["error"]
                 continue
@@ -82,16 +86,17 @@ def _dechunk(body):
 
 
 def _ended(data):
-    """Whether a response read so far is complete: the chunked end, or a whole sized body."""
+    """Whether a response read so far is complete: the chunked end, or a whole sized body.
+    (Called after every read: only the head is parsed, and only while it is short.)"""
     if data.endswith(b"\r\n0\r\n\r\n"):
         return True
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
+    end = data.find(b"\r\n\r\n", 0, 65536)
+    if end < 0:
         return False
-    for line in head.split(b"\r\n")[1:]:
+    for line in bytes(data[:end]).split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
-            return len(body) >= int(value)
+            return len(data) - end - 4 >= int(value)
     return False
 
 
