@@ -10,10 +10,10 @@ word in the last user message, or planned for an API key by a test:
 
 Plan options: scenario, options (scenario arguments), chunking (event | whole | bytes:N |
 random:SEED), pace_ms, pings, raw_utf8 (JSON with raw UTF-8 rather than the real upstream's
-``\\uXXXX`` escapes, so that chunks split characters), status (+ detail, cloudflare) for an
-error answer, hold_s before answering, silence [piece index, seconds], gate (piece index at
-which the stream waits for a release; headers are always sent at once, as the real upstream
-does).
+``\\uXXXX`` escapes, so that chunks split characters), status (+ detail, cloudflare, headers,
+page + content_type for a non-JSON body) for an error answer, hold_s before answering, silence
+[piece index, seconds], gate (piece index at which the stream waits for a release; headers are
+always sent at once, as the real upstream does).
 
 Fault plans (tests of what a misbehaving upstream does to the gateway):
 
@@ -49,6 +49,7 @@ answers 302, ``GET /_fake/bytes?n=N`` N bytes, for tests of fetching files by UR
 
 import asyncio
 import hashlib
+import logging
 import os
 import random
 import time
@@ -261,6 +262,12 @@ class ConversationHandler(FakeHandler):
 
     def _error(self, status, plan):
         detail = plan.get("detail")
+        for name, value in (plan.get("headers") or {}).items():  # e.g. Retry-After
+            self.set_header(name, value)
+        if plan.get("page") is not None:  # what another server answers: an HTML or text page
+            self.set_status(status)
+            self.set_header("Content-Type", plan.get("content_type", "text/html"))
+            return self.finish(plan["page"])
         if status == 403 and plan.get("cloudflare"):
             self.set_status(403)
             self.set_header("Content-Type", "text/html")
@@ -538,10 +545,20 @@ class LogHandler(FakeHandler):
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 
+access_log = logging.getLogger("fakeupstream.access")
+
+
+def _log_request(handler):
+    """The demo upstream's own access line, under its own logger name (``fakeupstream``), at
+    DEBUG: run by ``--demo`` inside the gateway's process, it never mixes into the gateway's log."""
+    access_log.debug("%s %s %d %.1fms", handler.request.method, handler.request.path, handler.get_status(),
+                     1000 * handler.request.request_time())
+
+
 def make_app(state=None):
     state = state or State()
     args = {"state": state}
-    return tornado.web.Application([
+    return tornado.web.Application(log_function=_log_request, handlers=[
         (r"/(?:(.+)/)?backend-api/conversation", ConversationHandler, args),
         (r"/(?:(.+)/)?backend-api/conversation/([^/]+)", HideHandler, args),
         (r"/(?:(.+)/)?backend-api/conversation/([^/]+)/interpreter/download", InterpreterDownloadHandler, args),

@@ -1,8 +1,9 @@
 """Named answers of the demo upstream.
 
 A demo user picks one with a word in the message (``/code``, ``/code2``, ``/search``,
-``/browse``, ``/draw``, ``/draw2``, ``/chart``, ``/file``, ``/long``, ``/error``; a request that
-mentions DALL·E, as the images endpoint's does, draws); a
+``/browse``, ``/draw``, ``/draw2``, ``/chart``, ``/file``, ``/long``, ``/error``, ``/think``
+and ``/o1`` (a thinking model, 2025-2026 and 2025 forms), ``/cite`` (2025-2026 citations),
+``/blocked``, ``/limit``; a request that mentions DALL·E, as the images endpoint's does, draws); a
 test picks one for its key through ``POST /_fake/plan``. Each builds a ``Script`` from the
 request so answers can quote what was asked.
 """
@@ -194,18 +195,112 @@ def sandbox_file(ask, model):
     ], model)
 
 
+# Thinking models (docs/upstream-protocol.md 5.3)
+
+THINK_PREAMBLE = "我先核对一下数字。"
+THINK_THOUGHTS = [("分析问题", "用户问 6×7 等于多少。"),
+                  ("Computing the product", "6 × 7 = 42; checking: 42 / 7 = 6.")]
+THINK_RECAP = "已思考 15 秒"
+THINK_ANSWER = "6 × 7 = 42。The answer is 42."
+
+
+def think(ask, model):
+    """gpt-5 thinking (mid-2025 on): a commentary preamble, a thoughts message filled by
+    patches, the recap, then the answer on the final channel."""
+    return Script([
+        Msg(THINK_PREAMBLE, channel="commentary", step=4, start_metadata={"is_thinking_preamble_message": True}),
+        Msg(thoughts=THINK_THOUGHTS, step=6, start_metadata={"reasoning_status": "is_reasoning"}),
+        Msg(THINK_RECAP, content_type="reasoning_recap", step=100,
+            start_metadata={"reasoning_status": "reasoning_ended"}),
+        Msg(THINK_ANSWER, channel="final", step=5, end_turn=True),
+    ], model)
+
+
+O1_REASONING = "**Planning the answer**\n\nThe user greets me in two languages; a short reply in both fits."
+O1_FINISHED = "Reasoned for 7 seconds"
+O1_ANSWER = "Hello! 你好！很高兴见到你。"
+
+
+def o1(ask, model):
+    """o1 / o3-mini (2025): a reasoning tool message before the answer."""
+    return Script([
+        Msg(O1_REASONING, role="tool", name="a8km123", step=8, start_metadata={"initial_text": "Reasoning"},
+            metadata={"finished_text": O1_FINISHED, "finished_duration_sec": 7}),
+        Msg(O1_ANSWER, step=4, end_turn=True),
+    ], model)
+
+
+# 2025-2026 citations (docs/upstream-protocol.md 5.4)
+
+CITE_URL0 = "https://www.tornadoweb.org/en/stable/releases/v6.4.0.html"
+CITE_URL1 = "https://www.tornadoweb.org/en/stable/#installation"
+CITE_URL2 = "https://tornado.readthedocs.io/"
+CITE_TEXT = ("Tornado 6.4 于 2023 年 11 月发布。\ue200cite\ue202turn0search0\ue201 它运行在 "
+             "\ue200entity\ue202[\"software\",\"Python\",\"programming language\"]\ue201 上，"
+             "\ue203也支持 asyncio\ue204\ue200cite\ue202turn0search1\ue202turn0news2\ue201。"
+             "旧说法\ue200cite\ue202turn0search9\ue201已过时。\ue206")
+CITE_REFERENCES = [
+    {"marker": "\ue200cite\ue202turn0search0\ue201", "type": "grouped_webpages",
+     "items": [{"title": "Tornado 6.4 released", "url": CITE_URL0, "attribution": "tornadoweb.org",
+                "pub_date": None, "refs": [{"turn_index": 0, "ref_type": "search", "ref_index": 0}]}],
+     "alt": "([tornadoweb.org](%s))" % CITE_URL0, "safe_urls": [CITE_URL0]},
+    {"marker": "\ue200entity\ue202[\"software\",\"Python\",\"programming language\"]\ue201", "type": "entity",
+     "alt": "Python", "name": "Python"},
+    {"marker": "\ue200cite\ue202turn0search1\ue202turn0news2\ue201", "type": "grouped_webpages",
+     "items": [{"title": "Installation", "url": CITE_URL1, "attribution": "Tornado"},
+               {"title": "Tornado docs", "url": CITE_URL2, "attribution": "Read the Docs"}]},
+    {"marker": "\ue200cite\ue202turn0search9\ue201", "type": "hidden"},
+    {"type": "sources_footnote", "sources": [
+        {"title": "Tornado 6.4 released", "url": CITE_URL0, "attribution": "tornadoweb.org"},
+        {"title": "Tornado docs", "url": CITE_URL2, "attribution": "Read the Docs"}]},
+]
+
+
+def cite(ask, model, lag=9, live=True, step=5):
+    """A search answer with a citation, an entity, a citation of two sources, a hidden one and a
+    source list; markers split over events (``step``); each reference filled in ``lag``
+    characters after its marker ends (negative: before the marker arrives)."""
+    return Script([
+        Msg('{"search_query": [{"q": "tornado 6.4 release"}]}', recipient="web.run", content_type="code", step=9),
+        Msg("", role="tool", name="web.run", step=50, metadata={"search_result_groups": [
+            {"domain": "tornadoweb.org", "entries": [
+                {"url": CITE_URL0, "title": "Tornado 6.4 released", "snippet": "Tornado 6.4.0 ...",
+                 "attribution": "tornadoweb.org"}]}]}),
+        Msg(CITE_TEXT, step=step, end_turn=True, references=CITE_REFERENCES, refs_lag=lag, refs_live=live),
+    ], model)
+
+
+def cite_same_list(ask, model):
+    """References patched in the same list as the marker's last character."""
+    return cite(ask, model, lag=0, live=True, step=3)
+
+
+def cite_before(ask, model):
+    """References known before their markers arrive."""
+    return cite(ask, model, lag=-40, live=False, step=7)
+
+
+def usage_limit(ask, model):
+    """The account's cap is hit: an in-stream error with error_code usage_limit (5.2)."""
+    return Script([], model, error="You've reached our limit of messages per hour. Please try again later.",
+                  error_code="usage_limit")
+
+
 SCENARIOS = {
     "hello": hello, "long": long, "empty": empty, "stream_error": stream_error, "drop": drop,
     "max_tokens": max_tokens, "blocked": blocked, "code": code, "search": search,
     "code_rounds": code_rounds, "browse": browse, "dalle": dalle, "dalle_two": dalle_two,
     "dalle_missing": dalle_missing, "no_image": no_image, "chart": chart, "sandbox_file": sandbox_file,
+    "think": think, "o1": o1, "cite": cite, "cite_same_list": cite_same_list, "cite_before": cite_before,
+    "usage_limit": usage_limit,
 }
 
 # words a demo user can put in a message to pick a scenario (longer words first: "/code2"
 # contains "/code")
 KEYWORDS = {"/code2": "code_rounds", "/code": "code", "/search": "search", "/browse": "browse",
             "/draw2": "dalle_two", "/draw": "dalle", "/chart": "chart", "/file": "sandbox_file",
-            "/long": "long", "/error": "stream_error"}
+            "/long": "long", "/error": "stream_error", "/think": "think", "/o1": "o1", "/cite": "cite",
+            "/blocked": "blocked", "/limit": "usage_limit"}
 
 
 def pick(ask):

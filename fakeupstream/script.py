@@ -24,8 +24,14 @@ class Msg:
 
     def __init__(self, text="", role="assistant", name=None, recipient="all", content_type="text",
                  step=4, final_parts=None, metadata=None, status="finished_successfully",
-                 end_turn=None, extra_content=None, cuts=None):
+                 end_turn=None, extra_content=None, cuts=None, channel=None, thoughts=None,
+                 start_metadata=None, references=None, refs_lag=0, refs_live=True):
         self.id = str(uuid.uuid4())
+        if thoughts is not None:
+            # 2025-2026 reasoning: the text is what the gateway reads from the thoughts
+            content_type = "thoughts"
+            text = thoughts_text(thoughts)
+        self.thoughts = thoughts    # [(summary, content)] of a "thoughts" message
         self.text = text
         self.role = role
         self.name = name
@@ -38,16 +44,108 @@ class Msg:
         self.end_turn = end_turn
         self.extra_content = extra_content or {}
         self.cuts = cuts            # explicit event boundaries (character offsets) instead of ``step``
+        self.channel = channel      # 2025-2026: "final", "commentary"
+        self.start_metadata = start_metadata or {}  # metadata every event carries (initial_text...)
+        # 2025-2026 citations: content_references entries, each with the "marker" it resolves
+        # (placed in order of the text; none for a sources_footnote). An entry appears once
+        # ``refs_lag`` characters past its marker's end have streamed (negative: before its
+        # marker); ``refs_live``: while the marker streams, it is an invalid "hidden" entry as
+        # the real upstream creates it.
+        self.references = _placed(text, references) if references else None
+        self.refs_lag = refs_lag
+        self.refs_live = refs_live
 
+    @property
+    def diffed(self):
+        """Streamed as patches computed from snapshots (the v1 dialect's general case)."""
+        return self.thoughts is not None or self.references is not None or self.content_type == "reasoning_recap"
+
+
+def _placed(text, references):
+    pos = 0
+    placed = []
+    for ref in references:
+        ref = dict(ref)
+        marker = ref.pop("marker", None)
+        if marker is not None:
+            start = text.index(marker, pos)
+            pos = start + len(marker)
+            ref["_span"] = (start, pos)
+        placed.append(ref)
+    return placed
+
+
+def thoughts_text(thoughts):
+    """The gateway's text of a thoughts list (pgw.converters.events.thoughts_text, written
+    again from its description so that the fake does not test the gateway with itself)."""
+    texts = []
+    for summary, content in thoughts:
+        texts.append(summary + "\n\n" + content if summary and content else summary or content)
+    return "\n\n".join(t for t in texts if t)
+
+
+def _thoughts_at(thoughts, n):
+    """The thoughts list as the upstream holds it when ``n`` characters of its text have
+    streamed: whole thoughts, then the one being written (summary first, then content)."""
+    out = []
+    left = n
+    for i, (summary, content) in enumerate(thoughts):
+        if i and out_text(out):
+            if left < 2:
+                break
+            left -= 2
+        if left <= 0 and (summary or content):
+            break
+        t = {"summary": summary[:left], "content": "", "chunks": [], "finished": False}
+        out.append(t)
+        left -= len(t["summary"])
+        if content and summary:
+            if left < 2:
+                break
+            left -= 2
+        t["content"] = content[:max(left, 0)]
+        left -= len(t["content"])
+        if len(t["content"]) < len(content):
+            break
+        t["finished"] = True
+    return out
+
+
+def out_text(thoughts):
+    return any(t["summary"] or t["content"] for t in thoughts)
+
+
+def _references_at(msg, text, final):
+    refs = []
+    n = len(text)
+    for ref in msg.references:
+        span = ref.get("_span")
+        entry = {k: v for k, v in ref.items() if k != "_span"}
+        if span is None:  # a zero-width entry at the end (sources_footnote)
+            if final:
+                entry.setdefault("matched_text", " ")
+                entry.setdefault("start_idx", len(msg.text))
+                entry.setdefault("end_idx", len(msg.text))
+                refs.append(entry)
+            continue
+        start, end = span
+        if final or n >= end + msg.refs_lag:
+            entry.update({"matched_text": msg.text[start:end], "start_idx": start, "end_idx": end, "status": "done"})
+            refs.append(entry)
+        elif msg.refs_live and n > start:
+            refs.append({"matched_text": text[start:], "start_idx": start, "end_idx": n, "type": "hidden",
+                         "invalid": True, "status": "in_progress"})
+    return refs
 
 class Script:
     """A whole answer: its messages and how the stream around them behaves."""
 
     def __init__(self, messages, model="gpt-4", error=None, title="演示对话", blocked=False, done=True,
-                 ascii=True):
+                 ascii=True, error_code=None):
         self.messages = messages
         self.model = model
         self.error = error          # an in-stream error after the messages
+        self.error_code = error_code  # its error_code (2025-2026: "usage_limit")
         self.title = title
         self.blocked = blocked      # moderation blocks the answer
         self.done = done            # ends with [DONE]
@@ -69,6 +167,12 @@ def content_for(msg, text, final):
         content = {"content_type": ct, "text": text}
     elif ct == "multimodal_text":
         content = {"content_type": ct, "parts": ([text] if text else []) + (msg.final_parts if final else [])}
+    elif ct == "thoughts":
+        thoughts = msg.thoughts if msg.thoughts is not None else [("", text)]
+        content = {"content_type": ct, "thoughts": _thoughts_at(thoughts, len(msg.text) if final else len(text)),
+                   "source_analysis_msg_id": "analysis-" + msg.id[:8]}
+    elif ct == "reasoning_recap":
+        content = {"content_type": ct, "content": text}
     else:
         content = {"content_type": ct, "parts": [text]}
     content.update(msg.extra_content)
@@ -77,6 +181,10 @@ def content_for(msg, text, final):
 
 def message_dict(msg, text, final, parent_id, model, create_time):
     metadata = {"message_type": "next", "model_slug": model, "parent_id": parent_id}
+    metadata.update(msg.start_metadata)
+    if msg.references is not None:
+        metadata["citations"] = []
+        metadata["content_references"] = _references_at(msg, text, final)
     citations = msg.metadata.get("citations")
     for key, value in msg.metadata.items():
         if final:
@@ -86,7 +194,7 @@ def message_dict(msg, text, final, parent_id, model, create_time):
     if final and msg.role == "assistant" and msg.recipient == "all" and "finish_details" not in metadata:
         metadata["finish_details"] = {"type": "stop", "stop_tokens": [100260]}
         metadata["is_complete"] = True
-    return {
+    d = {
         "id": msg.id,
         "author": {"role": msg.role, "name": msg.name, "metadata": {}},
         "create_time": create_time,
@@ -98,6 +206,42 @@ def message_dict(msg, text, final, parent_id, model, create_time):
         "metadata": metadata,
         "recipient": msg.recipient,
     }
+    if msg.channel is not None:
+        d["channel"] = msg.channel
+    return d
+
+
+def diff_ops(old, new, path=""):
+    """The v1 operations that turn the document ``old`` into ``new``: ``append`` where a string
+    or list only grew, ``add`` / ``remove`` for keys, ``replace`` otherwise."""
+    ops = []
+    _diff(old, new, path, ops)
+    return ops
+
+
+def _diff(old, new, path, ops):
+    if old == new:
+        return
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in old:
+            if k not in new:
+                ops.append({"p": path + "/" + k, "o": "remove"})
+        for k, v in new.items():
+            if k in old:
+                _diff(old[k], v, path + "/" + k, ops)
+            else:
+                ops.append({"p": path + "/" + k, "o": "add", "v": v})
+        return
+    if isinstance(old, str) and isinstance(new, str) and new.startswith(old):
+        ops.append({"p": path, "o": "append", "v": new[len(old):]})
+        return
+    if isinstance(old, list) and isinstance(new, list) and len(new) >= len(old):
+        for i, item in enumerate(old):
+            _diff(item, new[i], "%s/%d" % (path, i), ops)
+        if len(new) > len(old):
+            ops.append({"p": path, "o": "append", "v": new[len(old):]})
+        return
+    ops.append({"p": path, "o": "replace", "v": new})
 
 
 def _event(obj, ascii):
@@ -146,7 +290,8 @@ def legacy_events(script, conversation_id, user_messages, pings=True):
                           "moderation_response": {"flagged": script.blocked, "blocked": script.blocked,
                                                   "moderation_id": "modr-demo"}}, ascii))
     if script.error:
-        events.append(_event({"message": None, "conversation_id": conversation_id, "error": script.error}, ascii))
+        events.append(_event({"message": None, "conversation_id": conversation_id, "error": script.error,
+                              "error_code": script.error_code}, ascii))
     if script.done:
         events.append(b"data: [DONE]\n\n")
     return events
@@ -192,7 +337,7 @@ class _Patches:
         self.last = ("", "patch")  # a bare {"v"} refers to the last top-level patch, not its parts
 
 
-def v1_events(script, conversation_id, user_messages, pings=True):
+def v1_events(script, conversation_id, user_messages, pings=True):  # noqa: C901 (one branch per message shape)
     """The 2024 stream asked for with ``"supported_encodings": ["v1"]``: each message once
     (``add`` with ``c``), then appends to its text, citations as they become complete, and one
     final patch list with the rest of the text, status, end_turn and metadata."""
@@ -212,6 +357,13 @@ def v1_events(script, conversation_id, user_messages, pings=True):
             content["parts"] = [""]
         path = _text_path(content)
         out.add({"message": first, "conversation_id": conversation_id, "error": None}, i)
+        if msg.diffed:
+            _diffed_ops(out, msg, first, parent, script.model, t, events, pings)
+            parent = msg.id
+            if i == 0:
+                events.append(_event({"type": "title_generation", "title": script.title,
+                                      "conversation_id": conversation_id}, ascii))
+            continue
         citations = msg.metadata.get("citations") or []
         cited = 0
         sent = 0
@@ -250,11 +402,34 @@ def v1_events(script, conversation_id, user_messages, pings=True):
                           "moderation_response": {"flagged": script.blocked, "blocked": script.blocked,
                                                   "moderation_id": "modr-demo"}}, ascii))
     if script.error:
-        events.append(_event({"message": None, "conversation_id": conversation_id, "error": script.error}, ascii))
+        events.append(_event({"message": None, "conversation_id": conversation_id, "error": script.error,
+                              "error_code": script.error_code}, ascii))
     if script.done:
         events.append(_event({"type": "message_stream_complete", "conversation_id": conversation_id}, ascii))
         events.append(b"data: [DONE]\n\n")
     return events
+
+
+def _diffed_ops(out, msg, first, parent, model, t, events, pings):
+    """A message whose content is more than one growing string (thoughts, references being
+    filled in): each event is the patch from the previous snapshot to the next, one operation
+    bare or several as one ``patch`` list (text and references in the same list)."""
+    text = msg.text
+    prev = {"message": first}
+    cuts = msg.cuts if msg.cuts is not None else list(range(msg.step, len(text), msg.step))
+    for n, cut in enumerate(cuts):
+        cur = {"message": message_dict(msg, text[:cut], False, parent, model, t)}
+        ops = diff_ops(prev, cur)
+        prev = cur
+        if len(ops) == 1:
+            out.op(ops[0]["p"], ops[0]["o"], ops[0].get("v"))
+        elif ops:
+            out.patch(ops)
+        if pings and n == len(cuts) // 2:
+            events.append(PING)
+    ops = diff_ops(prev, {"message": message_dict(msg, text, True, parent, model, t)})
+    if ops:
+        out.patch(ops)
 
 
 RENDERERS = {"legacy": legacy_events, "v1": v1_events}

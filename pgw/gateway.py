@@ -1,9 +1,10 @@
 """The gateway's services for one process: a plain container, built once per worker.
 
 Handlers reach it as ``self.gateway`` and use its services directly: settings, the model
-table, the upstream client, attachments, GPT details, token counter, stream watch and media
-store. It is built after ``fork_processes`` (pycurl handles and the IOLoop must not be shared
-between processes) and holds no per-request state; per-answer work lives in ``pgw.runtime``.
+table, the upstream client, attachments, GPT details, token counter, stream watch, media
+store, metrics and the upstream's health. It is built after ``fork_processes`` (pycurl handles
+and the IOLoop must not be shared between processes) and holds no per-request state;
+per-answer work lives in ``pgw.runtime``.
 """
 
 import logging
@@ -15,8 +16,9 @@ from pgw.conf import gpts
 from pgw.gizmos import GizmoStore
 from pgw.attachments import Attachments
 from pgw.media import MediaStore
+from pgw.metrics import Metrics
 from pgw.runtime import StreamWatch
-from pgw.upstream import UpstreamClient
+from pgw.upstream import UpstreamClient, UpstreamHealth
 from pgw.usage import TokenCounter
 
 log = logging.getLogger("gateway")
@@ -36,6 +38,9 @@ class Gateway:
         self.watch = StreamWatch(settings.keepalive_interval, settings.upstream_idle_timeout,
                                   settings.write_timeout)
         self.media = MediaStore(settings.images_dir)
+        self.metrics = Metrics() if settings.metrics_enabled else None
+        self.watch.metrics = self.metrics
+        self.upstream_health = UpstreamHealth(self.upstream)
         self._sweeper = None
 
     def start(self):

@@ -11,6 +11,8 @@ import asyncio
 import logging
 import time
 
+from pgw.upstream import describe
+
 log = logging.getLogger("gateway.gpts")
 
 RETRY_AFTER = 60  # seconds between lazy retries of a GPT whose fetch keeps failing
@@ -65,8 +67,8 @@ class GizmoStore:
         if status != 200 or not isinstance(gizmo, dict):
             first = gid not in self._retry_at
             self._retry_at[gid] = self.clock() + RETRY_AFTER if not first else 0
-            log.warning("fetching GPT %s failed (HTTP %s: %s); it is used with its id alone and fetched again %s",
-                        gid, status, raw[:200].decode("utf-8", "replace"),
+            log.warning("fetching GPT %s failed (%s); it is used with its id alone and fetched again %s",
+                        gid, describe(status, raw),
                         "on first use" if first else "in %d s at the earliest" % RETRY_AFTER)
             return
         self.known[gid] = data

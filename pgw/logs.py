@@ -1,10 +1,14 @@
-"""Logging set-up and the one function that keeps keys out of logs."""
+"""Logging set-up, the access log line, and the one function that keeps keys out of logs."""
 
 import logging
 import logging.handlers
 import os
 
 log = logging.getLogger("gateway")
+access_log = logging.getLogger("gateway.access")
+
+# Probes (Docker's healthcheck, Prometheus) every few seconds would drown the requests: DEBUG.
+QUIET_HANDLERS = frozenset({"HealthHandler", "ReadyHandler", "MetricsHandler"})
 
 
 def mask(secret):
@@ -39,3 +43,33 @@ def setup(level, to_file, directory="log"):
     # At DEBUG, Tornado turns on curl's verbose output, which logs every request header, the
     # client's Authorization among them: never, whatever LOG_LEVEL says.
     logging.getLogger("tornado.curl_httpclient").setLevel(max(logging.getLevelName(level), logging.INFO))
+
+
+def _seconds(value):
+    return "-" if value is None else "%.3f" % value
+
+
+def access(quiet, method, path, status, model=None, stream=None, ttfb=None, total=None, bytes=0, key=None,
+           account=None, queued=None, upstream=None, client_gone=False):
+    """One line per request at INFO (probes at DEBUG), fields as ``name=value``, ``-`` when unknown:
+
+    ``POST /v1/chat/completions 200 model=gpt-4-s stream=true ttfb=0.012 total=1.840 bytes=5321
+    key=fk-a…9xQz upstream=200`` (+ ``account=… queued=…`` with an account pool, ``client_gone``).
+    ``key`` is already masked; the path is cut at 200 characters, unprintable ones escaped.
+    """
+    level = logging.DEBUG if quiet else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
+    parts = ["%s %s %d" % (method, path[:200].encode("unicode_escape").decode("ascii"), status),
+             "model=%s" % ("-" if not model else model.encode("unicode_escape").decode("ascii").replace(" ", "_")),
+             "stream=%s" % ("-" if stream is None else "true" if stream else "false"),
+             "ttfb=%s" % _seconds(ttfb), "total=%s" % _seconds(total), "bytes=%d" % bytes,
+             "key=%s" % (key or "-")]
+    if account is not None:
+        parts.append("account=%s" % account)
+    if queued is not None:
+        parts.append("queued=%s" % _seconds(queued))
+    parts.append("upstream=%s" % ("-" if upstream is None else upstream))
+    if client_gone:
+        parts.append("client_gone")
+    access_log.log(level, " ".join(parts))

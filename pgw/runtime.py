@@ -30,7 +30,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from pgw.converters import openai_format
 from pgw.converters.pipeline import Conversion
-from pgw.converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer
+from pgw.converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer, Reasoning
 from pgw.converters.sse import EventTooLarge
 from pgw.errors import ApiError, from_upstream
 from pgw.logs import mask
@@ -54,7 +54,9 @@ class StreamSink:
         self.encoder = encoder
         self.include_usage = include_usage
         self.tokens = tokens
-        self.texts = [] if include_usage else None
+        self.texts: Optional[list[str]] = [] if include_usage else None
+        self.reasonings: Optional[list[str]] = [] if include_usage else None
+        self.reasoning_inline = False
         self.last_write = time.monotonic()
         self.started = False
         self.ended = False
@@ -87,6 +89,21 @@ class StreamSink:
             self._flush_due = True
             self._loop.add_callback(self._flush)
 
+    def reasoning(self, text, inline=False):
+        """Reasoning text: a ``reasoning_content`` chunk, or (``inline``) content that counts as
+        reasoning. Either way the stream is not quiet, so keep-alives wait."""
+        if self.reasonings is not None:
+            self.reasonings.append(text)
+            self.reasoning_inline = inline
+        if inline:
+            self.text(text)
+            return
+        self.last_write = time.monotonic()
+        self.handler.write(self.encoder.reasoning(text))
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.add_callback(self._flush)
+
     def _flush(self):
         self._flush_due = False
         if not self.ended:
@@ -101,7 +118,8 @@ class StreamSink:
         self.ended = True
         tail = self.encoder.finish(reason)
         if self.include_usage:
-            tail += self.encoder.usage(self.tokens.usage(prompt_messages, "".join(self.texts)))
+            tail += self.encoder.usage(self.tokens.usage(prompt_messages, "".join(self.texts or ()),
+                                                         "".join(self.reasonings or ()), self.reasoning_inline))
         self.handler.finish(tail + openai_format.DONE)
 
     def fail(self, error):
@@ -174,6 +192,8 @@ class GatherSink:
     def __init__(self, handler):
         self.handler = handler
         self.texts = []
+        self.reasonings = []          # the reasoning text (also in ``texts`` when inline)
+        self.reasoning_inline = False
         self._run: Optional[ConversationRun] = None
         self._room: Optional[int] = None   # bytes the answer may still take
 
@@ -199,6 +219,12 @@ class GatherSink:
     def stalled(self, now, timeout):
         return False
 
+    def reasoning(self, text, inline=False):
+        self.reasonings.append(text)
+        self.reasoning_inline = inline
+        if inline:
+            self.texts.append(text)
+
     def keepalive(self):
         pass  # a status line sent early could not honestly report a later failure
 
@@ -217,8 +243,10 @@ class CollectSink(GatherSink):
     def finish(self, reason, prompt_messages):
         e = self.encoder
         text = "".join(self.texts)
+        reasoning = "".join(self.reasonings)
         body = openai_format.completion(e.completion_id, e.created, e.model, text, reason,
-                                        self.tokens.usage(prompt_messages, text))
+                                        self.tokens.usage(prompt_messages, text, reasoning, self.reasoning_inline),
+                                        None if self.reasoning_inline else reasoning)
         self.handler.write_json(body)
 
 
@@ -270,7 +298,7 @@ class Relay:
                 decoder.decode(data)
         except UnicodeDecodeError as e:
             self._utf8 = None
-            self.conversion.warnings.append("the upstream sent bytes that are not UTF-8 (%s); the events holding "
+            self.conversion.warnings.note("the upstream sent bytes that are not UTF-8 (%s); the events holding "
                                             "them were skipped" % e.reason)
 
     def finish_input(self):
@@ -292,8 +320,11 @@ class Relay:
             self._queue.extend(items)
             return
         for i, item in enumerate(items):
-            if type(item) is str:
+            t = type(item)
+            if t is str:
                 self.sink.text(item)
+            elif t is Reasoning:
+                self.sink.reasoning(item.text, item.inline)
             else:
                 self._queue.extend(items[i:])
                 self._busy = True
@@ -304,6 +335,9 @@ class Relay:
         try:
             while self._queue and not self.halted:
                 item = self._queue.popleft()
+                if type(item) is Reasoning:
+                    self.sink.reasoning(item.text, item.inline)
+                    continue
                 text = item if type(item) is str else await self.perform(item)
                 if text and not self.halted:
                     self.sink.text(text)
@@ -338,6 +372,7 @@ class StreamWatch:
         self._draining = set()
         self._tasks = set()     # work that follows answers (hiding conversations)
         self._ended = 0         # answers ended since the last full garbage collection
+        self.metrics = None  # pgw.metrics.Metrics: told once per sweep, never per event
         # A quarter of the interval: a keep-alive is then at most 25% late, not a whole tick.
         tick = min(keepalive_interval / 4, 1.0) if keepalive_interval > 0 else 1.0
         if write_timeout:
@@ -390,6 +425,7 @@ class StreamWatch:
         now = time.monotonic()
         keepalive = self.keepalive_interval
         write_timeout = self.write_timeout
+        sent = 0
         for run in list(self._runs):
             relay = run.relay
             if relay.closed:
@@ -410,6 +446,9 @@ class StreamWatch:
                 continue
             if keepalive and sink.started and now - sink.last_write >= keepalive:
                 sink.keepalive()
+                sent += 1
+        if self.metrics is not None:
+            self.metrics.swept(len(self._runs), sent)
         for sink in list(self._draining):
             if not sink.backlog():
                 self._draining.discard(sink)
@@ -438,14 +477,17 @@ def _collect():
     log.debug("idle: full garbage collection, %d objects freed in %.1f ms", found, (time.perf_counter() - t0) * 1000)
 
 
-def renderer_for(settings):
-    """A fresh renderer for one answer: for bots (BOT_MODE) or for web UIs."""
+def renderer_for(settings, fetch_images=False):
+    """A fresh renderer for one answer: for bots (BOT_MODE) or for web UIs. ``fetch_images``:
+    fetch every image even where the text does not show it (the images endpoint)."""
     if settings.bot_mode:
         return BotRenderer(plugin_output=settings.bot_mode_enabled_plugin_output,
                            reference_output=settings.bot_mode_enabled_bing_reference_output,
                            markdown_image=settings.bot_mode_enabled_markdown_image_output,
-                           plain_image_url=settings.bot_mode_enabled_plain_image_url_output)
-    return MarkdownRenderer()
+                           plain_image_url=settings.bot_mode_enabled_plain_image_url_output,
+                           reasoning_output=settings.bot_mode_enabled_reasoning_output,
+                           fetch_images=fetch_images)
+    return MarkdownRenderer(settings.reasoning_output, fetch_images=fetch_images)
 
 
 class MediaDownloads:
@@ -465,9 +507,25 @@ class MediaDownloads:
         self.conversion = None   # set by ConversationRun: sandbox files need the conversation id
         self.saved = []
         self.failed = []
+        self._fetched = {}       # upstream file -> (saved name, bytes), for this answer
+
+    @staticmethod
+    def _what(action):
+        """Which upstream file an action fetches (None: not one this knows)."""
+        if type(action) is FetchImage:
+            return ("file", action.image.file_id)
+        if type(action) is FetchSandboxFile:
+            return ("sandbox", action.file.message_id, action.file.path)
+        return None
 
     async def perform(self, action):
+        what = self._what(action)
+        saved = self._fetched.get(what) if what is not None else None
+        if saved is not None:  # the same upstream file shown again: fetched and saved once
+            return action.render(self.public_url(saved[0]))
         saved = await self.fetch(action)
+        if saved is not None and what is not None:
+            self._fetched[what] = saved
         if saved is None:
             self.failed.append(action)
             return action.render(None)
@@ -517,7 +575,8 @@ class MediaDownloads:
         got = await self.upstream.fetch_url(url)
         data = bytes(got.body)
         if got.status != 200 or not data:
-            log.warning("download of %s failed: HTTP %s%s", what, got.status,
+            log.warning("download of %s failed: %s%s", what,
+                        got.failure if got.status == 599 and got.failure else "HTTP %s" % got.status,
                         " (larger than the download limit)" if got.too_big else "")
             return None
         name = self.media.save_image(data) if t is FetchImage else self.media.save_file(what, data)
@@ -525,6 +584,18 @@ class MediaDownloads:
             log.warning("download of %s did not give an image (%d bytes)", what, len(data))
             return None
         return name, data
+
+
+def no_answer_error(transfer) -> ApiError:
+    """The error for a conversation the upstream never answered: it could not be reached, or
+    it took the request and then sent nothing (StreamWatch's silence limit) or hung up."""
+    if transfer.cancelled:  # by StreamWatch: the upstream kept silent (the client leaving returns earlier)
+        return ApiError(504, "%s after taking the request (UPSTREAM_IDLE_TIMEOUT)" % transfer.failure,
+                        "upstream_error", "upstream_timeout")
+    if transfer.connect_failed:
+        return ApiError(502, "the upstream could not be reached: %s (check BASE_URL)" % transfer.failure,
+                        "upstream_error", "upstream_unreachable")
+    return ApiError(502, "the upstream did not answer: %s" % transfer.failure, "upstream_error", "upstream_no_answer")
 
 
 class ConversationRun:
@@ -594,9 +665,8 @@ class ConversationRun:
                 if self.error is not None:
                     raise self.error
                 if status is None:
-                    raise ApiError(502, "the upstream could not be reached: %s" % transfer.failure,
-                                   "upstream_error", "upstream_unreachable")
-                raise from_upstream(status, bytes(transfer.error_body))
+                    raise no_answer_error(transfer)
+                raise from_upstream(status, bytes(transfer.error_body), transfer.headers)
             sink.start()
             relay.begin()
             await transfer.done

@@ -7,10 +7,16 @@ BASE_URL at it, so every endpoint can be tried without an account.
 """
 
 import argparse
+import errno
 import gc
+import ipaddress
 import logging
+import os
+import re
 import resource
+import socket
 import sys
+import tempfile
 
 import tornado.httpserver
 import tornado.ioloop
@@ -20,12 +26,14 @@ import tornado.web
 
 from pgw.conf import gpts
 from pgw import logs
+from pgw import metrics as pgw_metrics
 from pgw.balance import BalancedHTTPServer, ConnectionCounts
 from pgw.conf import settings as conf_settings
 from pgw.gateway import Gateway
 from pgw.handlers.base import NotFoundHandler
 from pgw.handlers.chat import ChatCompletionsHandler
-from pgw.handlers.health import HealthHandler
+from pgw.handlers.health import HealthHandler, ReadyHandler
+from pgw.handlers.metrics import MetricsHandler
 from pgw.handlers.images import ImageGenerationsHandler, SavedFileHandler
 from pgw.handlers.models import ModelHandler, ModelsHandler
 from pgw.workers import stop_on_signals, supervise
@@ -64,23 +72,130 @@ def tune_gc():
     gc.set_threshold(10000, 10, 10)
 
 
+def _api(prefix, *parts):
+    """The route pattern of an API path: any run of slashes where one belongs, and a trailing
+    one, so a base URL typed with a trailing slash (``…/v1/`` + ``/chat/completions``) works.
+    ``parts``: literal path segments, or a regex group (starting with ``(``) for one segment."""
+    segments = [re.escape(p) for p in prefix.split("/") if p]
+    for part in parts:
+        segments += [part] if part.startswith("(") else [re.escape(p) for p in part.split("/") if p]
+    return "".join("/+" + segment for segment in segments) + "/*"
+
+
 def routes(settings):
-    prefix = "/" + settings.api_prefix if settings.api_prefix else ""
+    prefix = settings.api_prefix
     return [
-        (prefix + r"/v1/chat/completions", ChatCompletionsHandler),
-        (prefix + r"/v1/models", ModelsHandler),
-        (prefix + r"/v1/models/([^/]+)", ModelHandler),
-        (prefix + r"/v1/images/generations", ImageGenerationsHandler),
+        (_api(prefix, "v1/chat/completions"), ChatCompletionsHandler),
+        (_api(prefix, "v1/models"), ModelsHandler),
+        (_api(prefix, "v1/models", "([^/]+)"), ModelHandler),
+        (_api(prefix, "v1/images/generations"), ImageGenerationsHandler),
         (r"/images/(.*)", SavedFileHandler),
         (r"/healthz", HealthHandler),
+        (r"/readyz", ReadyHandler),
+        (r"/metrics", MetricsHandler),
     ]
 
 
-def make_app(gateway):
+def _no_tornado_access_line(handler):
+    """Tornado's own access line is replaced by the gateway's (``ApiHandler.log_request``)."""
+
+
+def make_app(gateway, xheaders=True):
+    """``xheaders``: trust X-Forwarded-* headers (the HTTPServer is built with the same value;
+    ``ApiHandler.public_base_url`` reads it for X-Forwarded-Host)."""
     app = tornado.web.Application(routes(gateway.settings), default_handler_class=NotFoundHandler,
-                                  compress_response=False)
+                                  compress_response=False, log_function=_no_tornado_access_line, xheaders=xheaders)
     app.gateway = gateway
     return app
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message is the one line the operator reads."""
+
+
+def listen_sockets(settings):
+    """Bind the listening sockets, or a ``StartupError`` naming the port and the setting."""
+    try:
+        return tornado.netutil.bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
+    except OSError as e:
+        where = "%s:%d" % (settings.host, settings.port)
+        if e.errno == errno.EADDRINUSE:
+            raise StartupError("cannot listen on %s: port %d is already in use (is another gateway running?); "
+                               "stop it or set PORT to a free port" % (where, settings.port)) from None
+        if e.errno == errno.EACCES:
+            raise StartupError("cannot listen on %s: not allowed to use port %d (ports below 1024 need root); "
+                               "set PORT to 1024 or above" % (where, settings.port)) from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise StartupError("cannot listen on %s: %s is not an address of this machine; set HOST "
+                               "(0.0.0.0 for every address)" % (where, settings.host)) from None
+        if isinstance(e, socket.gaierror):
+            raise StartupError("cannot listen on %s: HOST %r is not an address or a known host name (%s)"
+                               % (where, settings.host, e.strerror or e)) from None
+        raise StartupError("cannot listen on %s (HOST, PORT): %s" % (where, e.strerror or e)) from None
+
+
+def check_writable(directory, setting):
+    """Make ``directory`` if needed and write a file in it, or a ``StartupError`` naming ``setting``:
+    found now, not at the first image a client waits for."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise StartupError("%s %s cannot be written: %s (user %s); fix its permissions or point %s elsewhere"
+                           % (setting, directory, e.strerror or e, _user(), setting)) from None
+
+
+def _user():
+    try:
+        import pwd
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.getuid())
+
+
+def _is_loopback(host):
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def startup_warnings(settings):
+    """What will bite later, one line each (the start-up log shows them as warnings)."""
+    warnings = []
+    if not settings.upload_base_url and (settings.bot_mode or not _is_loopback(settings.host)):
+        warnings.append(
+            "UPLOAD_BASE_URL is empty: links to saved images use the address each request came to, which a bot "
+            "on this host or a container calls with an address its users cannot open; set UPLOAD_BASE_URL to the "
+            "gateway's public address, e.g. http://<public IP>:%d" % settings.port)
+    if settings.images_max_age_hours == 0:
+        warnings.append("IMAGES_MAX_AGE_HOURS=0: saved images and files in %s are kept for ever and the directory "
+                        "only grows; set IMAGES_MAX_AGE_HOURS (e.g. 168 for a week) to have them deleted"
+                        % settings.images_dir)
+    return warnings
+
+
+async def probe_base_url(gateway):
+    """Start-up's check that BASE_URL answers, in the background: the server listens meanwhile."""
+    answers, status, failure = await gateway.upstream_health.check()
+    if not answers:
+        settings = gateway.settings
+        why = failure or "HTTP %s" % status
+        log.warning("BASE_URL %s does not answer (%s): every request will fail until it does; check BASE_URL "
+                    "and PROXY_API_PREFIX (GET /readyz tells when it answers)", settings.base_url, why)
+
+
+def setup_metrics(settings):
+    """Before forking: with several workers, or PROMETHEUS_MULTIPROC_DIR set, the metrics go to
+    shared files in a directory emptied now (pgw.metrics). Returns the directory or None."""
+    given = os.environ.get(pgw_metrics.ENV)
+    if not settings.metrics_enabled or (settings.process_workers == 1 and not given):
+        return None
+    return pgw_metrics.prepare_multiprocess(given)
 
 
 def parse_args(argv):
@@ -91,12 +206,26 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    """Run the gateway; start-up failures are one line on stderr (exit 2), Ctrl-C ends quietly."""
+    try:
+        return serve(argv)
+    except StartupError as e:
+        print(e, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        log.info("stopped (Ctrl-C)")
+        return 130
+
+
+def serve(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         settings = conf_settings.load(args.config)
     except conf_settings.SettingsError as e:
         print("settings: %s" % e, file=sys.stderr)
         return 2
+    if settings.need_log_to_file:
+        check_writable(os.path.abspath("log"), "the log directory (NEED_LOG_TO_FILE)")
     logs.setup(settings.log_level, settings.need_log_to_file)
 
     if args.demo:
@@ -116,9 +245,13 @@ def main(argv=None):
     except conf_settings.SettingsError as e:
         print("settings: %s" % e, file=sys.stderr)
         return 2
+    check_writable(settings.images_dir, "IMAGES_DIR")
+    for warning in startup_warnings(settings):
+        log.warning("%s", warning)
     raise_fd_limit()
-    sockets = tornado.netutil.bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
+    sockets = listen_sockets(settings)
     port = sockets[0].getsockname()[1]
+    setup_metrics(settings)
     counts = None
     worker = None
     if settings.process_workers > 1:
@@ -135,16 +268,18 @@ def main(argv=None):
         return 2
     # A lone worker keeps Tornado's server; several balance their connections (balance.py).
     server_class = BalancedHTTPServer if counts is not None else tornado.httpserver.HTTPServer
-    server = server_class(
-        make_app(gateway), max_body_size=max(settings.max_request_body * 4, 64 << 20), xheaders=True)
+    app = make_app(gateway)
+    server = server_class(app, max_body_size=max(settings.max_request_body * 4, 64 << 20),
+                          xheaders=app.settings["xheaders"])
     if counts is not None:
         server.balance(counts, worker)
     server.add_sockets(sockets)
     gateway.start()
-    server_app = server.request_callback
-    server_app.open_connections = lambda: len(server._connections)  # for /healthz (Tornado's TCPServer)
+    app.open_connections = lambda: len(server._connections)  # for /healthz (Tornado's TCPServer)
     stop_on_signals(server, gateway)
     log.info("listening on http://%s:%d (pid %d)", settings.host, port, worker or 0)
+    if not args.demo and not worker:  # one probe, not one per worker
+        tornado.ioloop.IOLoop.current().spawn_callback(probe_base_url, gateway)
     tune_gc()
     tornado.ioloop.IOLoop.current().start()
     return 0

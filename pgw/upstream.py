@@ -11,13 +11,15 @@ reading the upstream socket; TCP then slows the upstream down) and resumed.
 
 import asyncio
 import logging
+import time
 import urllib.parse
 
 import pycurl
 import ujson
 from tornado.concurrent import Future, future_set_result_unless_cancelled
 from tornado.curl_httpclient import CurlAsyncHTTPClient, _CurlStreamingBuffer
-from tornado.httpclient import HTTPRequest, HTTPResponse
+from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.httputil import HTTPHeaders
 
 from pgw.errors import ApiError, from_upstream
 from pgw.logs import mask
@@ -42,6 +44,19 @@ READ_BUFFER = 128 * 1024
 QUEUE_LIMIT = 2 * READ_BUFFER
 USER_AGENT = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
               "Chrome/120.0 Safari/537.36")
+
+
+# libcurl errors that mean no connection was made: BASE_URL (or the proxy) is wrong or down. A
+# conversation has no total time limit (request_timeout=0), so a timeout there is the connect's.
+CONNECT_ERRORS = {pycurl.E_COULDNT_CONNECT, pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_RESOLVE_PROXY,
+                  pycurl.E_OPERATION_TIMEDOUT}
+
+
+def failure_text(error):
+    """A transport failure in words, without Tornado's internal "HTTP 599: " in front."""
+    if isinstance(error, HTTPClientError):
+        return error.message or "the transfer failed"
+    return str(error) or type(error).__name__
 
 
 class CancellableCurlClient(CurlAsyncHTTPClient):
@@ -163,8 +178,9 @@ class Transfer:
     Tornado queues header lines as callbacks but may deliver a body that arrived in the same
     read before them, so the first body chunk also reads the status from the curl handle.
     Body bytes of a 200 answer go to ``on_chunk``; other answers' bodies are kept in
-    ``error_body`` (bounded) for the error message. ``pause``/``resume``: stop and restart
-    reading the upstream (a slow client); ``paused`` says which.
+    ``error_body`` (bounded) and their headers in ``headers`` (``Retry-After``, ``Content-Type``)
+    for the error message. ``pause``/``resume``: stop and restart reading the upstream (a slow
+    client); ``paused`` says which.
     """
 
     def __init__(self, client, request, on_chunk):
@@ -179,7 +195,9 @@ class Transfer:
         self.paused = False
         self.accepted = Future()
         self.error_body = bytearray()
+        self.headers = None       # the final answer's headers, kept only when it is not a 200
         self.failure = None       # text of a transport failure (refused, timeout, dropped)
+        self.connect_failed = False  # the failure was that no connection could be made
         self.cancelled = False
         request.header_callback = self._header_line
         request.streaming_callback = self._chunk
@@ -234,10 +252,17 @@ class Transfer:
                 self._line_status = None
             if self._line_status == 200 and "connection established" in line.lower():
                 self._line_status = None  # an HTTPS proxy's answer to CONNECT, not the upstream's
+            self.headers = None if self._line_status in (None, 200) else HTTPHeaders()
         elif line in ("\r\n", "\n") and self._line_status is not None and self._line_status >= 200:
             self._accept(self._line_status)
-        elif line[:13].lower() == "content-type:":
-            self.content_type = line[13:].strip().lower()
+        else:
+            if line[:13].lower() == "content-type:":
+                self.content_type = line[13:].strip().lower()
+            if self.headers is not None and len(self.headers) < 100:
+                try:
+                    self.headers.parse_line(line)
+                except Exception:  # a malformed line only loses a header of an error answer
+                    pass
 
     def _chunk(self, data):
         if self.cancelled:
@@ -252,7 +277,8 @@ class Transfer:
     def _finished(self, future):
         response = future.result()  # fetch_any never raises
         if response.error is not None and response.code == 599 and self.failure is None:
-            self.failure = str(response.error)
+            self.failure = failure_text(response.error)
+            self.connect_failed = getattr(response.error, "errno", None) in CONNECT_ERRORS
         if self.status is None:
             if response.code == 599:
                 future_set_result_unless_cancelled(self.accepted, None)
@@ -303,7 +329,8 @@ class UpstreamClient:
     async def call(self, method, path, key, body=None, timeout=30):
         """A plain JSON call below ``backend-api``: ``(status, decoded JSON or None, raw bytes)``.
 
-        Status 599 means the upstream could not be reached; its error text is the raw body."""
+        Status 599 means no answer came (refused, timed out, cut); the raw body is then the
+        failure in words (``failure_text``)."""
         response = await self.http.fetch_any(HTTPRequest(
             self.url(path), method=method, headers=self._headers(key),
             body=None if body is None else ujson.dumps(body, ensure_ascii=False),
@@ -311,7 +338,7 @@ class UpstreamClient:
             request_timeout=timeout, follow_redirects=False, allow_nonstandard_methods=True))
         raw = response.body or b""
         if response.code == 599:
-            return 599, None, str(response.error).encode()
+            return 599, None, failure_text(response.error).encode()
         try:
             data = ujson.loads(raw) if raw else None
         except ValueError:
@@ -323,7 +350,7 @@ class UpstreamClient:
         status, data, raw = await self.call("PATCH", "conversation/" + urllib.parse.quote(conversation_id, safe=""),
                                             key, {"is_visible": False})
         if status != 200:
-            log.warning("hiding conversation %s failed: HTTP %s %s", conversation_id, status, raw[:200])
+            log.warning("hiding conversation %s failed: %s", conversation_id, describe(status, raw))
 
     async def download_url(self, key, path, **query):
         """Ask ``backend-api/<path>`` for a file's ``download_url``: ``(url, None)`` or
@@ -335,7 +362,7 @@ class UpstreamClient:
         url = data.get("download_url") if isinstance(data, dict) else None
         if status == 200 and isinstance(url, str) and url:
             return url, None
-        return None, "HTTP %s %s" % (status, bytes(raw[:200]).decode("utf-8", "replace"))
+        return None, describe(status, raw)
 
     async def fetch_url(self, url, max_bytes=DOWNLOAD_LIMIT, timeout=60):
         """GET a plain URL the upstream gave (a ``download_url``), at most ``max_bytes`` of it."""
@@ -386,7 +413,7 @@ class UpstreamClient:
         if getattr(response.error, "errno", None) == pycurl.E_FILESIZE_EXCEEDED:
             result.too_big = True
         if response.code == 599 and not result.too_big:
-            result.failure = str(response.error)
+            result.failure = failure_text(response.error)
             result.connect_failed = getattr(response.error, "errno", None) == pycurl.E_COULDNT_CONNECT
         return result
 
@@ -414,7 +441,7 @@ class UpstreamClient:
             connect_timeout=self.settings.upstream_connect_timeout, request_timeout=timeout,
             follow_redirects=False))
         if response.code not in (200, 201):
-            raw = str(response.error).encode() if response.code == 599 else (response.body or b"")
+            raw = failure_text(response.error).encode() if response.code == 599 else (response.body or b"")
             raise _upload_error(2, "PUT upload_url", response.code, raw)
         status, data, raw = await self.call("POST", "files/%s/uploaded" % file_id, key, {})
         if status != 200:
@@ -424,6 +451,52 @@ class UpstreamClient:
 
     def close(self):
         self.http.close()
+
+
+class UpstreamHealth:
+    """Whether the upstream answers, probed at most every ``every`` seconds and cached, for
+    ``/readyz`` (Docker and Kubernetes poll it) and the start-up check.
+
+    The probe is a GET of ``backend-api/models`` without a key: a working PandoraNext answers
+    it (401 without a key), so any answer below 500 means the address is right and up; no
+    answer or a 5xx means requests would fail now. Concurrent checks share one probe.
+    """
+
+    def __init__(self, upstream, every=5.0, timeout=5.0, clock=None):
+        self.upstream = upstream
+        self.every = every
+        self.timeout = timeout
+        self.clock = clock or time.monotonic
+        self.result = None        # (answers, status or None, failure text or None)
+        self._checked_at = None
+        self._probe = None
+
+    async def check(self):
+        """``(answers, status, failure)``, fresh or at most ``every`` seconds old."""
+        if self._checked_at is not None and self.clock() - self._checked_at < self.every:
+            return self.result
+        if self._probe is None:
+            self._probe = asyncio.ensure_future(self._run())
+        return await asyncio.shield(self._probe)
+
+    def age(self):
+        return None if self._checked_at is None else self.clock() - self._checked_at
+
+    async def _run(self):
+        try:
+            u = self.upstream
+            response = await u.http.fetch_any(HTTPRequest(
+                u.url("models"), headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                connect_timeout=min(u.settings.upstream_connect_timeout, self.timeout),
+                request_timeout=self.timeout, follow_redirects=False))
+            if response.code == 599:
+                self.result = (False, None, failure_text(response.error))
+            else:
+                self.result = (response.code < 500, response.code, None)
+            self._checked_at = self.clock()
+            return self.result
+        finally:
+            self._probe = None
 
 
 class Fetched:
@@ -439,10 +512,19 @@ class Fetched:
         self.connect_failed = False
 
 
+def describe(status, raw):
+    """A short account of a plain call's outcome for a log line: ``HTTP 404: …`` for an answer,
+    ``no answer: …`` for a transport failure (never Tornado's internal code 599)."""
+    text = " ".join(bytes(raw[:200]).decode("utf-8", "replace").split())
+    if status == 599:
+        return "no answer: %s" % text
+    return "HTTP %s: %s" % (status, text or "(empty body)")
+
+
 def _upload_error(step, what, status, raw):
     prefix = "uploading the file failed at step %d of 3 (%s): " % (step, what)
     if status == 599:
-        return ApiError(502, prefix + "the upstream could not be reached: %s" % raw.decode("utf-8", "replace"),
+        return ApiError(502, prefix + "no answer from the upstream: %s" % raw.decode("utf-8", "replace"),
                         "upstream_error", "upload_failed")
     error = from_upstream(status, raw)
     error.message = prefix + error.message

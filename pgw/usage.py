@@ -25,6 +25,14 @@ class TokenCounter:
         and 3 to prime the reply. ``messages`` is [(role, text)]."""
         return sum(3 + self.count(role) + self.count(text) for role, text in messages) + 3
 
-    def usage(self, messages, completion):
+    def usage(self, messages, completion, reasoning="", reasoning_in_completion=False):
+        """``reasoning``: the answer's reasoning text. It is part of the completion, as
+        OpenAI counts its reasoning models (``completion_tokens_details.reasoning_tokens`` of
+        ``completion_tokens``); ``reasoning_in_completion``: ``completion`` already holds it
+        (REASONING_OUTPUT=think, bot mode)."""
         p, c = self.prompt(messages), self.count(completion)
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        r = self.count(reasoning)
+        if not reasoning_in_completion:
+            c += r
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+                "completion_tokens_details": {"reasoning_tokens": r}}

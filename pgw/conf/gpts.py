@@ -27,7 +27,9 @@ def read_config(path):
     except FileNotFoundError:
         log.info("no GPTs file at %s: no GPTs configured", path)
         return {}
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        raise SettingsError("GPTS_CONFIG %s cannot be read: %s" % (path, e.strerror or e)) from None
+    except ValueError as e:
         raise SettingsError("GPTS_CONFIG %s is not valid JSON: %s" % (path, e)) from None
     if not isinstance(data, dict):
         raise SettingsError('GPTS_CONFIG %s must hold an object like {"my-gpt": {"id": "g-XXXX"}}' % path)

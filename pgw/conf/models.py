@@ -78,7 +78,9 @@ def read_models(path):
         raise SettingsError("MODELS_CONFIG %s is not valid JSON: %s" % (path, e)) from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         raise SettingsError('MODELS_CONFIG %s must hold {"models": {"name": {...facts}}}' % path)
-    aliases = data.get("aliases") or {}
+    if "aliases" not in data and path != DEFAULT_MODELS_PATH:
+        data["aliases"] = read_models(DEFAULT_MODELS_PATH)[0]  # a user file may list only models
+    aliases = data.get("aliases")
     if not isinstance(aliases, dict) or set(aliases) - set(ALIAS_SETTINGS):
         raise SettingsError("MODELS_CONFIG %s: 'aliases' may only describe %s" % (path, ", ".join(ALIAS_SETTINGS)))
     for setting in ALIAS_SETTINGS:

@@ -175,6 +175,8 @@ SPEC = {
     "API_PREFIX": (_path_prefix, ()),
     "LOG_LEVEL": (_log_level, ()),
     "NEED_LOG_TO_FILE": (_boolean, ()),
+    "METRICS_ENABLED": (_boolean, ()),
+    "METRICS_KEY": (_text, ()),
     "GPT_4_S_NEW_NAME": (_names, ("GPT_4_S_New_Name",)),
     "GPT_4_MOBILE_NEW_NAME": (_names, ("GPT_4_MOBILE_New_Name",)),
     "GPT_3_5_NEW_NAME": (_names, ("GPT_3_5_New_Name",)),
@@ -186,6 +188,8 @@ SPEC = {
     "BOT_MODE_ENABLED_BING_REFERENCE_OUTPUT": (_boolean, ()),
     "BOT_MODE_ENABLED_MARKDOWN_IMAGE_OUTPUT": (_boolean, ()),
     "BOT_MODE_ENABLED_PLAIN_IMAGE_URL_OUTPUT": (_boolean, ()),
+    "BOT_MODE_ENABLED_REASONING_OUTPUT": (_boolean, ()),
+    "REASONING_OUTPUT": (_choice("reasoning_content", "think", "hidden"), ()),
     "DALLE_PROMPT_PREFIX": (_prefix_text, ()),
     "NEED_DELETE_CONVERSATION_AFTER_RESPONSE": (_boolean, ()),
     "PROCESS_WORKERS": (_integer(1, 64), ()),
@@ -253,7 +257,9 @@ def _read_json_object(path, what):
             data = json.load(f)
     except FileNotFoundError:
         raise SettingsError("%s %s does not exist" % (what, path)) from None
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        raise SettingsError("%s %s cannot be read: %s" % (what, path, e.strerror or e)) from None
+    except ValueError as e:
         raise SettingsError("%s %s is not valid JSON: %s" % (what, path, e)) from None
     if not isinstance(data, dict):
         raise SettingsError("%s %s must hold a JSON object" % (what, path))

@@ -1,20 +1,32 @@
 """The answer stage: the dialect stage calls it about messages, it calls the renderer.
 
-The dialect calls ``start(msg)``, ``text(msg, text)``, ``update(msg)`` (new citations),
-``end(msg)``, ``error(text)``, ``moderation(blocked)`` and ``done()``; ``close()`` comes once at
-the end of the answer. This stage decides what each upstream message is for the person reading
-the answer: the user's and system's echoed messages are not part of it; assistant prose goes to
-``renderer.prose``; what the assistant sends to a tool (python code, browser calls, a DALL·E
-prompt) and what a tool sends back are blocks (``block_open`` / ``block_text`` /
-``block_close``); images a tool made go to ``renderer.image`` for the handler to fetch; citation
-markers ``【11†source】`` go to ``renderer.cite`` (url None: the marker has no source and must
-vanish); links to files the code wrote, ``(sandbox:/mnt/data/x.csv)``, go to
-``renderer.sandbox_file`` between the brackets. How any of this looks is the renderer's business.
+The dialect calls ``start(msg)``, ``text(msg, text)``, ``update(msg)`` (new citations or
+references), ``end(msg)``, ``error(text)``, ``moderation(blocked)`` and ``done()``; ``close()``
+comes once at the end of the answer. This stage decides what each upstream message is for the
+person reading the answer: the user's and system's echoed messages are not part of it; assistant
+prose goes to ``renderer.prose``; a thinking model's reasoning (the 2025 reasoning tool message,
+``thoughts``, ``reasoning_recap`` and commentary-channel preambles) goes to
+``renderer.reasoning``, never to prose; what the assistant sends to a tool (python code, browser
+calls, a DALL·E prompt) and what a tool sends back are blocks (``block_open`` / ``block_text`` /
+``block_close``); images a tool made go to ``renderer.image`` for the handler to fetch.
+
+Prose needs a closer look in three places, and this module is the one that knows them:
+citation markers ``【11†source】`` go to ``renderer.cite`` (url None: the marker has no source
+and must vanish); links to files the code wrote, ``(sandbox:/mnt/data/x.csv)``, go to
+``renderer.sandbox_file``; 2025-2026 markers ``\\ue200cite\\ue202turn0search0\\ue201`` are
+resolved through ``metadata.content_references`` into ``renderer.links`` (a citation), plain
+prose (an entity's name) or nothing. No private-use character (U+E000-U+F8FF) is ever passed
+on. Text that may still become a marker or a link is held back until it is known; how any of
+this looks is the renderer's business.
 """
 
 import re
+from typing import Any, Optional
 
-from pgw.converters.events import Cite, Image, SandboxFile
+import ujson
+
+from pgw.converters.events import Cite, Image, Message, SandboxFile
+from pgw.converters.render import Source
 
 # 【11†source】, 【11†来源】, and the 2024 form 【4:0†source】; the first number is the one
 # metadata.citations[].metadata.extra.cited_message_idx names.
@@ -24,17 +36,35 @@ _MARKER_PREFIX = re.compile(r"【\d*(?::\d*)?(?:†[^】\n]{0,40})?\Z")
 _MARKER_MAX = 64
 # How much prose may follow a marker whose source has not arrived before it is given up.
 _CITE_WAIT = 200
-# Where prose needs a closer look: a marker, or a link to a file the code interpreter wrote.
-_SPECIAL = re.compile(r"【|\(sandbox:")
+# Where prose needs a closer look: a marker, a link to a file the code interpreter wrote, a
+# private-use character (2025-2026 markers). _ANY is the one-scan test for all of them.
+_ANY = re.compile("[【(\ue000-\uf8ff]")
+_SPECIAL = re.compile("【|\\(sandbox:|[\ue000-\uf8ff]")
+_PUA = re.compile("[\ue000-\uf8ff]")
 _SANDBOX = "(sandbox:"
 # A path may hold balanced brackets, as markdown link targets may: "report (1).csv".
 _SANDBOX_LINK = re.compile(r"\(sandbox:(/mnt/data/(?:[^()\n]|\([^()\n]{0,64}\)){1,255})\)")
 _SANDBOX_PREFIX = re.compile(r"\(sandbox:(?:[^()\n]|\([^()\n]{0,64}\))*(?:\([^()\n]{0,64})?\Z")
 _SANDBOX_MAX = len(_SANDBOX) + 257  # a longer "link" is not one: stop holding it back
 
-_FINISH = {"stop": "stop", "max_tokens": "length", "interrupted": "stop", "content_filter": "content_filter"}
+# 2025-2026 markers: U+E200 opens, U+E202 separates fields, U+E201 closes.
+OPEN, CLOSE, SEP = "\ue200", "\ue201", "\ue202"
+# The longest marker seen in captures is a few hundred characters (a products list); an opener
+# not closed within this many is not a marker and is dropped on its own.
+_REF_MARKER_MAX = 4096
+# How much prose may wait behind a closed marker whose reference has not arrived. Captures patch
+# the reference in the same list as the marker's last character or the next event; holding for
+# ever would stall the stream on a reference that never comes.
+_REF_WAIT = 1000
+_CITATION_TYPES = frozenset(("grouped_webpages", "webpage", "grouped_webpages_model_predicted_fallback"))
 
-PROSE, BLOCK, HIDDEN = "prose", "block", "hidden"
+_FINISH: dict[Any, str] = {"stop": "stop", "max_tokens": "length", "interrupted": "stop",
+                           "content_filter": "content_filter"}
+
+PROSE, BLOCK, HIDDEN, REASONING = "prose", "block", "hidden", "reasoning"
+
+# The 2025 reasoning tool (o1, o3-mini) has an opaque name; its metadata gives it away.
+_REASONING_TOOL = "a8km123"
 
 
 def _tool_call_kind(recipient):
@@ -53,28 +83,99 @@ def _file_id(asset_pointer):
     return None
 
 
+def is_reasoning(msg: Message) -> bool:
+    """Whether ``msg`` is a thinking model's reasoning rather than the answer (§5.3)."""
+    if msg.content_type in ("thoughts", "reasoning_recap"):
+        return True
+    metadata = msg.metadata
+    if msg.role == "tool":
+        return msg.name == _REASONING_TOOL or "initial_text" in metadata or "finished_text" in metadata
+    if msg.role == "assistant" and msg.recipient == "all":
+        # A thinking preamble ("I'll look that up first") says what the model is about to do
+        # while it thinks: the web client shows it with the thoughts, never as the answer.
+        return (msg.channel in ("commentary", "analysis")
+                or bool(metadata.get("is_thinking_preamble_message")))
+    return False
+
+
+def _strip_markers(text: str, inside: bool) -> tuple[str, bool]:
+    """``text`` without 2025-2026 markers or other private-use characters, for text that is
+    shown as it is (tool material, reasoning). ``inside``: a marker opened in earlier text."""
+    if not inside and _PUA.search(text) is None:
+        return text, False
+    out = []
+    for ch in text:
+        if inside:
+            if ch == CLOSE:
+                inside = False
+        elif ch == OPEN:
+            inside = True
+        elif not "\ue000" <= ch <= "\uf8ff":
+            out.append(ch)
+    return "".join(out), inside
+
+
+def _clean(text: Any) -> str:
+    return _PUA.sub("", text) if isinstance(text, str) else ""
+
+
+def _sources(entries: Any) -> list[Source]:
+    """``[{"title", "url", "attribution"}]`` (a citation's items, a footnote's sources)."""
+    sources = []
+    for e in entries if isinstance(entries, list) else ():
+        if isinstance(e, dict) and isinstance(e.get("url"), str) and e["url"]:
+            sources.append(Source(_clean(e.get("title")), _PUA.sub("", e["url"]), _clean(e.get("attribution"))))
+    return sources
+
+
+def _pending(ref: dict) -> bool:
+    """The upstream is still filling this reference in (it creates it as U+E200 arrives)."""
+    return bool(ref.get("invalid")) or ref.get("status") not in (None, "done")
+
+
+def _entity_name(fields: list[str]) -> str:
+    """An entity marker's own name: ``entity<SEP>["software","Node.js","…"]``."""
+    if len(fields) > 1:
+        try:
+            value = ujson.loads(fields[1])
+        except ValueError:
+            return ""
+        if isinstance(value, list) and len(value) > 1 and isinstance(value[1], str):
+            return _clean(value[1])
+    return ""
+
+
 class Answer:
     """``renderer``: where the answer goes; ``echo_ids``: ids of the messages the request sent
     (the upstream may echo them back)."""
 
-    def __init__(self, renderer, echo_ids=()):
+    def __init__(self, renderer: Any, echo_ids: Any = ()):
         self._renderer = renderer
         self._echo_ids = frozenset(echo_ids)
-        self.finish_reason = None      # from the upstream's finish_details, when it says
-        self.upstream_error = None     # an in-stream error message
+        self.finish_reason: Optional[str] = None   # from the upstream's finish_details, when it says
+        self.upstream_error: Optional[str] = None  # an in-stream error message
+        self.upstream_error_code: Optional[str] = None  # ... and its error_code ("usage_limit"), if any
+        self.resume_conversation_token: Optional[str] = None  # a token for resuming this turn elsewhere
+        self.handoff_to: Optional[tuple] = None  # (turn_exchange_id, options): the answer goes on elsewhere
         self.complete = False          # the upstream said the answer is complete
         self.blocked = False           # moderation blocked the answer
-        self._open = None              # kind of the block being written, if any
-        self._role = {}                # message id -> PROSE / BLOCK / HIDDEN
+        self._open: Optional[str] = None  # kind of the block being written, if any
+        self._role: dict = {}          # message id -> PROSE / BLOCK / HIDDEN / REASONING
         self._held = ""                # prose held back: a citation marker still arriving
-        self._held_msg = None
+        self._held_msg: Optional[Message] = None
+        self._seen: dict = {}          # prose message id -> characters of its text received
+        self._reasoned: set = set()    # reasoning messages whose text has begun
+        self._inside = False           # a marker is open in the tool material or reasoning text
+        self._used: set = set()        # ids of the references markers were shown with
 
     # what the dialect stage calls
 
-    def start(self, msg):
+    def start(self, msg: Message) -> None:
         """A new upstream message."""
         if msg.id in self._echo_ids:
             role = HIDDEN  # part of the question, not of the answer
+        elif is_reasoning(msg):
+            role = REASONING
         elif msg.role == "assistant" and msg.recipient == "all":
             role = PROSE
             self._close_block()
@@ -85,24 +186,29 @@ class Answer:
         else:
             role = HIDDEN  # user/system echoes, browser display and quote messages, dalle's note
         self._role[msg.id] = role
+        self._inside = False
 
-    def text(self, msg, text):
+    def text(self, msg: Message, text: str) -> None:
         """More text of ``msg``."""
         role = self._role.get(msg.id)
         if role is PROSE:
+            self._seen[msg.id] = self._seen.get(msg.id, 0) + len(text)
             self._prose(msg, text)
         elif role is BLOCK:
             if self._open is None:
                 self._open_block(msg)
+            text, self._inside = _strip_markers(text, self._inside)
             self._renderer.block_text(text)
+        elif role is REASONING:
+            self._reason(msg, text)
 
-    def update(self, msg):
-        """``msg``'s citations changed: a marker held for its source may resolve now."""
+    def update(self, msg: Message) -> None:
+        """``msg``'s citations or references changed: a marker held for them may resolve now."""
         if self._held and self._held_msg is msg:
             held, self._held = self._held, ""
             self._prose(msg, held)
 
-    def end(self, msg):
+    def end(self, msg: Message) -> None:
         """``msg`` has ended: its content and metadata are whole."""
         role = self._role.get(msg.id)
         if role is PROSE:
@@ -111,30 +217,57 @@ class Answer:
             reason = _FINISH.get(details.get("type"))
             if reason:
                 self.finish_reason = reason
+            self._footnotes(msg)
         elif role is BLOCK:
             self._close_block()
+        elif role is REASONING and msg.role == "tool":
+            finished = msg.metadata.get("finished_text")
+            if isinstance(finished, str) and finished:
+                self._renderer.reasoning_break(line=True)
+                self._renderer.reasoning(_clean(finished))
         if msg.role == "tool":
             self._images(msg)
 
-    def error(self, text):
-        """An error message in the stream."""
+    def error(self, text: str, code: Optional[str] = None) -> None:
+        """An error message in the stream (``code``: the upstream's ``error_code``)."""
         self.upstream_error = text
+        self.upstream_error_code = code
 
-    def moderation(self, blocked):
+    def resume_token(self, token: str) -> None:
+        """``resume_conversation_token``: what resuming this turn elsewhere needs."""
+        self.resume_conversation_token = token
+
+    def handoff(self, turn_exchange_id: Any, options: Any) -> None:
+        """``stream_handoff``: the rest of the answer is not in this response."""
+        self.handoff_to = (turn_exchange_id, options)
+
+    def moderation(self, blocked: bool) -> None:
         self.blocked = self.blocked or blocked
 
-    def done(self):
+    def done(self) -> None:
         """The upstream said ``[DONE]`` (or ``message_stream_complete``)."""
         self.complete = True
 
-    def close(self):
+    def close(self) -> None:
         """End of the answer: close what is open, so fences never dangle."""
         self._flush_held()
         self._close_block()
 
+    # reasoning
+
+    def _reason(self, msg: Message, text: str) -> None:
+        text, self._inside = _strip_markers(text, self._inside)
+        if not text:
+            return
+        renderer = self._renderer
+        if msg.id not in self._reasoned:
+            self._reasoned.add(msg.id)
+            renderer.reasoning_break(line=msg.content_type == "reasoning_recap")
+        renderer.reasoning(text)
+
     # blocks and images
 
-    def _open_block(self, msg):
+    def _open_block(self, msg: Message) -> None:
         if msg.role == "tool":
             kind, language = "output", None
         else:
@@ -142,7 +275,7 @@ class Answer:
         self._open = kind
         self._renderer.block_open(kind, language)
 
-    def _close_block(self):
+    def _close_block(self) -> None:
         if self._open is not None:
             self._renderer.block_close(self._open)
             self._open = None
@@ -164,16 +297,19 @@ class Answer:
 
     # prose and citation markers
 
-    def _prose(self, msg, text, final=False):
+    def _prose(self, msg: Message, text: str, final: bool = False) -> None:
         """Pass prose on, resolving markers and sandbox links. ``final``: no more text will come
         for ``msg`` (set at its end only: the dialect may mark a message ended while its last
         text is still being passed on). Text that may still become a marker or a link is held."""
         if self._held:
             text = self._held + text
             self._held = ""
-        if "【" not in text and "(" not in text:
+        if _ANY.search(text) is None:
             self._renderer.prose(text)
             return
+        # Where text[0] stands in the message's text (held text is always its unsent end):
+        # references give the marker's place in code points.
+        base = self._seen.get(msg.id, 0) - len(text)
         pos = 0
         while True:
             m = _SPECIAL.search(text, pos)
@@ -183,14 +319,20 @@ class Answer:
             start = m.start()
             if start > pos:
                 self._renderer.prose(text[pos:start])
-            if text[start] == "(":
-                pos = self._sandbox_link(msg, text, start, final)
+            c = text[start]
+            if c == "(":
+                next_pos = self._sandbox_link(msg, text, start, final)
+            elif c == "【":
+                next_pos = self._marker(msg, text, start, final)
+            elif c == OPEN:
+                next_pos = self._reference_marker(msg, text, start, final, base)
             else:
-                pos = self._marker(msg, text, start, final)
-            if pos is None:
+                next_pos = start + 1  # U+E203/U+E204 around cited prose, U+E206, strays: dropped
+            if next_pos is None:
                 return
+            pos = next_pos
 
-    def _marker(self, msg, text, start, final):
+    def _marker(self, msg: Message, text: str, start: int, final: bool) -> Optional[int]:
         """A ``【`` at ``start``: the position after what was handled, or None (held)."""
         m = _MARKER.match(text, start)
         if m:
@@ -211,14 +353,85 @@ class Answer:
         self._renderer.prose("【")  # a bracket that is not a citation passes through
         return start + 1
 
-    def _sandbox_link(self, msg, text, start, final):
-        """``(sandbox:`` at ``start``: the link's brackets stay text, its target is the file."""
+    def _reference_marker(self, msg: Message, text: str, start: int, final: bool, base: int) -> Optional[int]:
+        """A U+E200 at ``start``: held until the marker closes and its reference is known."""
+        close = text.find(CLOSE, start + 1)
+        reopen = text.find(OPEN, start + 1, close if close >= 0 else len(text))
+        if reopen >= 0:
+            return start + 1  # an opener that never closed: not a marker
+        if close < 0:
+            if final:
+                return len(text)  # the message ended inside the marker: all of it vanishes
+            if len(text) - start < _REF_MARKER_MAX:
+                self._held, self._held_msg = text[start:], msg
+                return None
+            return start + 1
+        end = close + 1
+        marker = text[start:end]
+        ref = self._reference(msg, marker, base + start)
+        if (ref is None or _pending(ref)) and not final and len(text) - end < _REF_WAIT:
+            self._held, self._held_msg = text[start:], msg
+            return None
+        if ref is not None:
+            self._used.add(id(ref))
+        self._show_marker(marker, ref)
+        return end
+
+    def _show_marker(self, marker: str, ref: Optional[dict]) -> None:
+        renderer = self._renderer
+        fields = marker[1:-1].split(SEP)
+        kind = ref.get("type") if ref is not None else None
+        if kind == "entity" or (kind is None and fields[0] == "entity"):
+            name = _clean(ref.get("alt")) if ref is not None else ""
+            name = name or _entity_name(fields)
+            if name:
+                renderer.prose(name)
+            else:
+                renderer.links(())
+        elif kind in _CITATION_TYPES and ref is not None:
+            sources = _sources(ref.get("items"))
+            if not sources and isinstance(ref.get("url"), str):
+                sources = _sources([ref])
+            renderer.links(sources)
+        else:
+            renderer.links(())  # hidden, unresolved and kinds without text vanish
+
+    def _reference(self, msg: Message, marker: str, offset: int) -> Optional[dict]:
+        """The ``content_references`` entry of the marker at ``offset`` of ``msg``'s text: the
+        one whose ``matched_text`` is the marker and whose ``start_idx`` is that place; else
+        the first such entry no earlier marker used (offsets drift when the upstream took text
+        back); else one without ``matched_text`` that spans exactly that place."""
+        refs = msg.metadata.get("content_references")
+        if not isinstance(refs, list):
+            return None
+        found = None
+        for ref in refs:
+            if not isinstance(ref, dict):
+                continue
+            matched = ref.get("matched_text")
+            if matched == marker:
+                if ref.get("start_idx") == offset:
+                    return ref
+                if found is None and id(ref) not in self._used:
+                    found = ref
+            elif (found is None and matched is None and ref.get("start_idx") == offset
+                  and ref.get("end_idx") == offset + len(marker)):
+                found = ref
+        return found
+
+    def _footnotes(self, msg: Message) -> None:
+        refs = msg.metadata.get("content_references")
+        for ref in refs if isinstance(refs, list) else ():
+            if isinstance(ref, dict) and ref.get("type") == "sources_footnote":
+                sources = _sources(ref.get("sources"))
+                if sources:
+                    self._renderer.footnote(sources)
+
+    def _sandbox_link(self, msg: Message, text: str, start: int, final: bool) -> Optional[int]:
+        """``(sandbox:`` at ``start``: the link's target is the file (the renderer writes it)."""
         m = _SANDBOX_LINK.match(text, start)
         if m:
-            renderer = self._renderer
-            renderer.prose("(")
-            renderer.sandbox_file(SandboxFile(m.group(1), msg.id))
-            renderer.prose(")")
+            self._renderer.sandbox_file(SandboxFile(m.group(1), msg.id))
             return m.end()
         if not final and len(text) - start < _SANDBOX_MAX and _SANDBOX_PREFIX.match(text, start):
             self._held, self._held_msg = text[start:], msg  # the link is still arriving
@@ -226,7 +439,7 @@ class Answer:
         self._renderer.prose("(")
         return start + 1
 
-    def _tail(self, msg, text, pos, final):
+    def _tail(self, msg: Message, text: str, pos: int, final: bool) -> None:
         """The rest of the text has no marker or link, but its end may be the start of one."""
         cut = len(text)
         if not final:
@@ -238,13 +451,14 @@ class Answer:
         if cut < len(text):
             self._held, self._held_msg = text[cut:], msg
 
-    def _flush_held(self):
+    def _flush_held(self) -> None:
         if self._held:
             held, self._held = self._held, ""
+            assert self._held_msg is not None
             self._prose(self._held_msg, held, final=True)
 
     @staticmethod
-    def _citation(msg, number):
+    def _citation(msg: Message, number: int) -> Optional[Cite]:
         for c in msg.metadata.get("citations") or ():
             meta = c.get("metadata") or {}
             if (meta.get("extra") or {}).get("cited_message_idx") == number:

@@ -1,31 +1,50 @@
-"""The 2024 dialect: ``event: delta`` patches instead of whole messages.
+"""The v1 dialect (``"supported_encodings": ["v1"]``): each message once, then patches to it.
 
-The upstream sends a document ``{"message": {...}, "conversation_id": ..., "error": ...}`` once
-(``{"p": "", "o": "add", "v": <document>, "c": n}``, one per message of the answer) and then
-patches to it: ``add``, ``append`` (string concat, list extend, object merge), ``replace``,
-``truncate`` (``v`` is the new length), ``remove`` and ``patch`` (a list of patches applied in
-order). A bare ``{"v": ...}`` reuses the path and operation of the previous patch.
+The one place that knows how v1 frames apply (docs/upstream-protocol.md sections 4 and 5.1):
 
-This stage keeps that document and hands it to ``LegacyDialect`` whenever something other than
-text changed, so what the answer stage is told (starts, ends, citations, errors, typed events)
-comes from one piece of logic for both dialects. Text is the exception, because it is almost
-every event: an ``append`` to the message's text field is passed on at once (``answer.text``)
-and only kept as a list of pieces, joined into the document when something needs the whole text
-(the message ends, or a patch touches the text field in another way). That keeps the cost of an
-event proportional to what it carries, not to the length of the answer so far. So while a
-message streams, the text inside ``Message.content`` may lag behind the text passed on; it is
-whole by the time ``answer.end`` is called. (Content whose text is spread over several parts
-takes the general path: each append re-joins, as the legacy dialect does.) ``c`` on an ``add``
-counts the messages of the answer; a new message is recognised by its id, as in the legacy
-dialect.
+- A frame that carries ``c`` (or has no path, or the empty one) and whose ``v`` holds a
+  ``message`` is a new document ``{"message": ..., "conversation_id": ..., "error": ...}``,
+  with or without ``p``/``o``, whatever the previous frame was.
+- Otherwise a frame is a patch: ``add``, ``append`` (string concat, list extend, object merge),
+  ``replace``, ``truncate`` (``v`` is the new length), ``remove``, or ``patch`` (a list of
+  patches, paths relative to the list's path). A bare ``{"v": [...]}`` continues the last
+  top-level patch (usually a ``patch`` list); a bare ``{"v": "..."}`` continues the last plain
+  patch (path and operation), even when a list came in between.
+- A top-level frame is one change: a ``patch`` list applies whole before anything is passed
+  on, so text that a list appends and takes back never reaches the client.
+- Frames with neither ``p`` nor ``o`` that carry a ``type`` or no ``v`` (typed frames, errors)
+  go to ``LegacyDialect.payload``.
 
-Operations or paths this stage cannot apply are skipped and described once in ``warnings``
-(the handler logs them): a new kind of patch must not break an answer.
+The invariant, for each message: ``Message.sent`` (what the client has) is at most the length
+of the message's text as the document holds it, and everything up to it was passed on; after
+each top-level change the text past ``sent`` is passed on (``LegacyDialect.passed_on``: the same
+rule as for snapshots, so both dialects agree). Text that the upstream takes back across changes
+cannot be unsent: a note goes to the log, and the text added later continues from the new end.
+
+What the message's text is, is defined only by ``events.content_text``. The fast path: while a
+message streams, the field whose string ``content_text`` returns as it is (found by probing it,
+``_text_field``) gets ``append`` patches every few characters; those are kept as a list of
+pieces and passed on at once, and joined into the document only when something needs the whole
+text (the message ends, or a patch touches the field in another way). That keeps the cost of an
+event proportional to what it carries, not to the length of the answer so far (bench S5). So
+while a message streams, ``Message.content`` may lag behind the text passed on; it is whole by
+the time ``answer.end`` is called. Any other patch to the content (content spread over several
+parts, thoughts) takes the general path: the change is applied, then the text is read whole.
+
+Operations or paths this stage cannot apply are skipped and noted once in ``warnings`` (the
+handler logs them): a new kind of patch must not break an answer.
 """
 
-import ujson
+from pgw.converters.events import DONE, Warnings, content_text, read_event
 
-_TEXT_PATHS = ("/message/content/parts/0", "/message/content/text", "/message/content/result")
+_CONTENT = "/message/content"
+_PROBE = "\x00pgw text probe\x00"  # a string no upstream sends; only its identity matters
+
+# What a change touched, beside text appended by the fast path.
+_ROOT = 1       # the document outside its message, or the message as a whole
+_TEXTS = 2      # the message's content, other than by a fast-path append
+_META = 4       # the message's citations (metadata.citations, metadata.content_references)
+_OTHER = 8      # anything else in the message (status, end_turn, recipient...)
 
 
 class _Skip(Exception):
@@ -33,7 +52,7 @@ class _Skip(Exception):
 
 
 def is_patch(obj):
-    """Whether a decoded event object is a patch (as opposed to a typed or whole-message event)."""
+    """Whether a decoded event object is a v1 frame (as opposed to a typed or whole-message event)."""
     return "o" in obj or "p" in obj or ("v" in obj and "message" not in obj and "type" not in obj)
 
 
@@ -94,6 +113,103 @@ def _appended(current, value, path):
     raise _Skip("cannot append a %s to the %s at %r" % (type(value).__name__, type(current).__name__, path))
 
 
+def _truncated(current, length):
+    if not isinstance(current, (str, list)):
+        raise _Skip("nothing to truncate")
+    if type(length) is not int or length < 0:
+        raise _Skip("the new length must be a whole number")
+    return current[:length]
+
+
+def _apply_one(doc, path, op, value):  # noqa: C901 (one branch per operation and container kind)
+    """Apply one plain operation to ``doc``; return the document (a new one for the root)."""
+    if op not in ("add", "replace", "append", "truncate", "remove"):
+        raise _Skip("unknown operation")
+    tokens = _tokens(path)
+    if not tokens:
+        if op in ("add", "replace"):
+            if not isinstance(value, dict):
+                raise _Skip("a document must be an object")
+            return value
+        if op == "append" and isinstance(doc, dict):
+            return _appended(doc, value, path)
+        raise _Skip("cannot %s the whole document" % op)
+    if doc is None:
+        raise _Skip("no document yet")
+    parent = doc
+    for token in tokens[:-1]:
+        parent = _child(parent, token, path)
+    last = tokens[-1]
+    if isinstance(parent, dict):
+        if op in ("add", "replace"):
+            parent[last] = value
+        elif op == "remove":
+            if last not in parent:
+                raise _Skip("nothing to remove")
+            del parent[last]
+        elif op == "append":
+            parent[last] = _appended(parent[last], value, path) if last in parent else value
+        else:
+            parent[last] = _truncated(parent.get(last), value)
+    elif isinstance(parent, list):
+        if op == "add":
+            parent.insert(_index(parent, last, path, size_ok=True), value)
+            return doc
+        i = _index(parent, last, path)
+        if op == "replace":
+            parent[i] = value
+        elif op == "remove":
+            del parent[i]
+        elif op == "append":
+            parent[i] = _appended(parent[i], value, path)
+        else:
+            parent[i] = _truncated(parent[i], value)
+    else:
+        raise _Skip("the parent is a %s" % type(parent).__name__)
+    return doc
+
+
+_CITATIONS = ("/message/metadata/citations", "/message/metadata/content_references")
+
+
+def _touched(path, value):
+    """Which part of the document a patch at ``path`` (with ``value``) changes."""
+    if not path.startswith("/message/"):
+        return _ROOT
+    if _overlaps(path, _CONTENT):
+        return _TEXTS
+    if path == "/message/metadata":
+        if not isinstance(value, dict) or "citations" in value or "content_references" in value:
+            return _META
+        return _OTHER
+    if path.startswith(_CITATIONS) and (path in _CITATIONS or path[len("/message/metadata/"):].find("/") > 0):
+        return _META
+    return _OTHER
+
+
+def _text_field(content):
+    """Where the text of ``content`` is appended to, if one string field is all of it: the
+    ``(container, key, path)`` of the field whose string ``content_text`` returns unchanged, or
+    None. Found by probing each string field, so the fast path follows ``content_text``'s rule
+    wherever it is changed (thoughts, recaps), without a second copy of it."""
+    candidates = []
+    parts = content.get("parts")
+    if isinstance(parts, list):
+        candidates += [(parts, i, "%s/parts/%d" % (_CONTENT, i)) for i, p in enumerate(parts) if isinstance(p, str)]
+    candidates += [(content, k, "%s/%s" % (_CONTENT, k)) for k, v in content.items()
+                   if isinstance(v, str) and "/" not in k and "~" not in k]
+    for container, key, path in candidates:
+        value = container[key]
+        container[key] = _PROBE
+        try:
+            found = content_text(content) is _PROBE
+        finally:
+            container[key] = value
+        if found:
+            return container, key, path
+    return None
+
+
 class DeltaDialect:
     """``legacy``: the ``LegacyDialect`` whose answer stage, warnings and state this one shares
     (it may have read the events that came before the stream showed its dialect)."""
@@ -101,14 +217,18 @@ class DeltaDialect:
     def __init__(self, legacy):
         self._legacy = legacy
         self._answer = legacy.answer
-        self.warnings = legacy.warnings
-        self._warned = set()
+        self.warnings: Warnings = legacy.warnings
         self._doc = None            # the document being patched
         self._msg = None            # the Message of the document's message
-        self._last = ("", None)     # path and operation a bare {"v": ...} reuses
-        self._hot_path = None       # where the current message's text is appended
-        self._pending = None        # [container, key, pieces]: text not yet joined into the document
-        self._pending_len = 0
+        self._last = None           # path and operation of the last top-level patch
+        self._last_plain = None     # ... of the last one that was not a list
+        self._hot = None            # path of the current message's text field (the fast path)
+        self._field = None          # (container, key) of that field
+        self._pending = None        # text appended to the field, not yet joined into it: [pieces]
+        self._pending_len = 0       # length of the field's text, pieces included
+        self._dirty = 0             # what the change being applied touched (_ROOT, _TEXTS...)
+        self._grown = None          # text appended by the fast path inside the change
+        self._before = None         # the text sent so far, when the change touched the content
 
     @property
     def conversation_id(self):
@@ -116,72 +236,82 @@ class DeltaDialect:
 
     def event(self, ev):
         """One SSE event."""
-        name = ev.event
-        if name == "ping":
+        obj = read_event(ev)
+        if obj is None:
             return
-        data = ev.data
-        if data == b"[DONE]":
+        if obj is DONE:
             self._flush()
-            self._legacy.event(ev)
+            self._legacy.done()
             return
-        try:
-            obj = ujson.loads(data)
-        except ValueError:
-            return
-        if name == "delta_encoding":
+        if ev.event == "delta_encoding":
             if obj != "v1":
-                self._warn("unknown delta encoding %r" % (obj,))
+                self.warnings.note("unknown delta encoding %r" % (obj,))
             return
-        if not isinstance(obj, dict):
-            return
-        if name == "delta" or is_patch(obj):
-            self.patch(obj)
-            return
-        self._flush()
-        self._legacy.payload(obj)
+        if type(obj) is dict:
+            self.frame(obj)
 
     def close(self):
         self._flush()
         self._legacy.close()
 
-    def patch(self, obj):
-        """One top-level patch (maybe a list of them)."""
+    def frame(self, obj):
+        """One decoded event object: a new document, a patch, or something else."""
+        value = obj.get("v")
         path = obj.get("p")
         op = obj.get("o")
-        if path is None and op is None:
-            path, op = self._last
-        elif path is None:
-            path = self._last[0]
-        elif op is None:
-            op = self._last[1]
-        if type(path) is not str or type(op) is not str:
-            self._warn("skipped a patch with path %r and operation %r" % (path, op), "bad patch")
+        if (isinstance(value, dict) and isinstance(value.get("message"), dict)
+                and ("c" in obj or path in (None, "")) and op in (None, "add", "replace")):
+            self._new_document(value)
             return
-        value = obj.get("v")
-        # The hot path: more text for the message being streamed.
-        if op == "append" and path == self._hot_path and type(value) is str:
-            self._last = (path, op)
-            self._append_text(value)
+        if path is None and op is None:
+            if "v" not in obj or "type" in obj:  # a typed frame, an error: patches have no type
+                self._flush()
+                self._legacy.payload(obj)
+                return
+            last = self._last
+            if type(value) is str and last is not None and last[1] == "patch":
+                last = self._last_plain
+            if last is None:
+                self.warnings.note("skipped a bare value with no patch before it", "bare value")
+                return
+            path, op = last
+        elif path is None:
+            path = self._last[0] if self._last else ""
+        elif op is None:
+            op = self._last[1] if self._last else None
+        if type(path) is not str or type(op) is not str:
+            self.warnings.note("skipped a patch with path %r and operation %r" % (path, op), "bad patch")
             return
         self._last = (path, op)  # top-level patches only: what a bare {"v": ...} refers to
-        self._changed_root = False
-        self._changed = False
+        if op != "patch":
+            self._last_plain = (path, op)
+        # The hot path: more text for the message being streamed.
+        if op == "append" and path == self._hot and type(value) is str:
+            self._append_text(value)
+            self._pass_on(value)
+            return
         self._apply(path, op, value)
-        if self._changed:
-            self._sync()
+        self._changed()
 
     # applying patches
+
+    def _new_document(self, doc):
+        self._flush()
+        self._doc = doc
+        self._last = self._last_plain = None
+        self._legacy.payload(doc)
+        self._follow(doc["message"])
 
     def _apply(self, path, op, value):
         if op == "patch":
             if not isinstance(value, list):
-                return self._warn("a 'patch' at %r whose value is not a list" % path)
+                return self.warnings.note("skipped a 'patch' at %r whose value is not a list" % path)
             # Inside a list, a sub-patch without "p"/"o" reuses the previous one of the same list;
             # the list as a whole is what a later top-level bare {"v": ...} refers to.
             prev = (path, None)
             for sub in value:
                 if not isinstance(sub, dict):
-                    self._warn("a patch list at %r holds a %s" % (path, type(sub).__name__))
+                    self.warnings.note("skipped a %s in a patch list at %r" % (type(sub).__name__, path))
                     continue
                 sub_path = sub.get("p")
                 sub_op = sub.get("o")
@@ -189,98 +319,119 @@ class DeltaDialect:
                 sub_path = path + sub_path if type(sub_path) is str else prev[0]
                 sub_op = sub_op if sub_op is not None else prev[1]
                 prev = (sub_path, sub_op)
+                if type(sub_op) is not str:
+                    self.warnings.note("skipped a patch with path %r and operation %r" % (sub_path, sub_op),
+                                       "bad patch")
+                    continue
                 self._apply(sub_path, sub_op, sub.get("v"))
             return
-        if op == "append" and path == self._hot_path and type(value) is str:
-            return self._append_text(value)
-        try:
-            if self._pending is not None and _overlaps(path, self._hot_path):
-                self._flush()
-            self._apply_one(path, op, value)
-        except _Skip as e:
-            return self._warn("skipped %r at %r: %s" % (op, path, e), (op, path))
-        self._changed = True
-        if not path.startswith("/message/") and path != "/message":
-            self._changed_root = True
-
-    def _apply_one(self, path, op, value):  # noqa: C901 (one branch per operation and container kind)
-        if op not in ("add", "replace", "append", "truncate", "remove"):
-            raise _Skip("unknown operation")
-        tokens = _tokens(path)
-        if not tokens:
-            if op in ("add", "replace"):
-                if not isinstance(value, dict):
-                    raise _Skip("a document must be an object")
-                self._doc = value
-            elif op == "append" and isinstance(self._doc, dict):
-                _appended(self._doc, value, path)
+        if op == "append" and path == self._hot and type(value) is str:
+            self._append_text(value)
+            if self._grown is None:
+                self._grown = [value]
             else:
-                raise _Skip("cannot %s the whole document" % op)
+                self._grown.append(value)
             return
-        if self._doc is None:
-            raise _Skip("no document yet")
-        parent = self._doc
-        for token in tokens[:-1]:
-            parent = _child(parent, token, path)
-        last = tokens[-1]
-        if isinstance(parent, dict):
-            if op in ("add", "replace"):
-                parent[last] = value
-            elif op == "remove":
-                if last not in parent:
-                    raise _Skip("nothing to remove")
-                del parent[last]
-            elif op == "append":
-                parent[last] = _appended(parent[last], value, path) if last in parent else value
-            else:
-                parent[last] = self._truncated(parent.get(last), value, path)
-        elif isinstance(parent, list):
-            if op == "add":
-                parent.insert(_index(parent, last, path, size_ok=True), value)
-                return
-            i = _index(parent, last, path)
-            if op == "replace":
-                parent[i] = value
-            elif op == "remove":
-                del parent[i]
-            elif op == "append":
-                parent[i] = _appended(parent[i], value, path)
-            else:
-                parent[i] = self._truncated(parent[i], value, path)
-        else:
-            raise _Skip("the parent is a %s" % type(parent).__name__)
+        touched = _touched(path, value)
+        msg = self._msg
+        if touched & (_ROOT | _TEXTS) and self._before is None and msg is not None and not msg.ended:
+            self._flush()
+            self._before = content_text(msg.content)[:msg.sent]
+        if self._hot is not None and _overlaps(path, self._hot):
+            # The field may be replaced: no fast path until the change is read whole.
+            self._flush()
+            self._hot = self._field = None
+        try:
+            self._doc = _apply_one(self._doc, path, op, value)
+        except _Skip as e:
+            return self.warnings.note("skipped %r at %r: %s" % (op, path, e), (op, path))
+        self._dirty |= touched
 
-    @staticmethod
-    def _truncated(current, length, path):
-        if not isinstance(current, (str, list)):
-            raise _Skip("nothing to truncate")
-        if type(length) is not int or length < 0:
-            raise _Skip("the new length must be a whole number")
-        return current[:length]
+    def _changed(self):
+        """A top-level change has been applied: tell the later stages what it changed."""
+        dirty, grown, before = self._dirty, self._grown, self._before
+        self._dirty = 0
+        self._grown = self._before = None
+        doc = self._doc
+        if not dirty:
+            if grown:
+                self._pass_on("".join(grown))
+            return
+        legacy = self._legacy
+        m = doc.get("message") if isinstance(doc, dict) else None
+        if not isinstance(m, dict):
+            self._flush()
+            if dirty & _ROOT and isinstance(doc, dict):
+                legacy.payload(doc)
+            self._msg = self._hot = self._field = None
+            return
+        if not (dirty & (_ROOT | _TEXTS) or m.get("status") != "in_progress"):
+            # Metadata or status fields changed; the text only grew by appends.
+            tracked = legacy.track(m, bool(dirty & _META))
+            if grown and tracked is not None:
+                self._pass_on("".join(grown))
+            return
+        # The text is read whole: a change to it other than an append, or the message's end.
+        self._flush()
+        if dirty & _ROOT:
+            # the conversation id or an error patched in beside the message
+            legacy.payload({k: v for k, v in doc.items() if k != "message"})
+        tracked = legacy.track(m, bool(dirty & (_META | _ROOT)))
+        if tracked is not None:
+            text = content_text(tracked.content)
+            if before is not None and tracked is self._msg and not text.startswith(before):
+                self._taken_back(tracked, before, text)
+            legacy.passed_on(tracked, text)
+            legacy.ended(tracked, m)
+        self._follow(m)
+
+    def _taken_back(self, msg, before, text):
+        """The change took back text the client has (``before``): it cannot be unsent, so the
+        text is passed on from where the two part, keeping everything the upstream adds later."""
+        lo, hi = 0, min(len(before), len(text))
+        while lo < hi:  # the longest common prefix, by halving (each probe a C comparison)
+            mid = (lo + hi + 1) // 2
+            if text.startswith(before[:mid]):
+                lo = mid
+            else:
+                hi = mid - 1
+        msg.sent = lo
+        if lo == len(text):
+            self.warnings.note("the upstream shortened a message after part of it was sent")
+        else:
+            self.warnings.note("the upstream rewrote text of a message after it was sent")
+
+    def _follow(self, m):
+        """After the document was read whole: which message it is, and where its text grows."""
+        self._msg = msg = self._legacy.message(m.get("id"))
+        self._hot = self._field = None
+        content = m.get("content")
+        if msg is not None and not msg.ended and isinstance(content, dict):
+            found = _text_field(content)
+            if found is not None:
+                container, key, self._hot = found
+                self._field = (container, key)
 
     # text
 
     def _append_text(self, text):
-        msg = self._msg
+        """Keep ``text`` as one more piece of the text field (joined by ``_flush``)."""
         if self._pending is None:
-            try:
-                node = self._doc
-                tokens = _tokens(self._hot_path)
-                for token in tokens[:-1]:
-                    node = _child(node, token, self._hot_path)
-                key = int(tokens[-1]) if isinstance(node, list) else tokens[-1]
-                base = node[key]
-            except (_Skip, KeyError, IndexError, TypeError):
-                self._hot_path = None
-                return self._warn("the text field at %r is missing" % self._last[0])
-            self._pending = [node, key, [base]]
-            self._pending_len = len(base)
-        self._pending[2].append(text)
-        before = self._pending_len
-        self._pending_len = after = before + len(text)
+            container, key = self._field
+            base = container[key]
+            self._pending = [base, text]
+            self._pending_len = len(base) + len(text)
+        else:
+            self._pending.append(text)
+            self._pending_len += len(text)
+
+    def _pass_on(self, text):
+        """``text`` was just appended to the text field: pass on what lies past what was sent."""
+        msg = self._msg
+        after = self._pending_len
         if msg is None or after <= msg.sent:
             return
-        # As LegacyDialect does for snapshots: pass on what lies past the text already sent.
+        before = after - len(text)
         new = text if before >= msg.sent else text[msg.sent - before:]
         msg.sent = after
         self._answer.text(msg, new)
@@ -290,41 +441,5 @@ class DeltaDialect:
         pending = self._pending
         if pending is not None:
             self._pending = None
-            node, key, pieces = pending
-            node[key] = "".join(pieces)
-
-    # handing the document to the shared logic
-
-    def _sync(self):
-        doc = self._doc
-        if not isinstance(doc, dict):
-            return
-        m = doc.get("message")
-        if isinstance(m, dict) and m.get("status") != "in_progress":
-            self._flush()  # the message may end here: its content must be whole
-        if self._changed_root or not isinstance(m, dict):
-            self._legacy.payload(doc)
-            if isinstance(m, dict) and doc.get("error"):
-                # an error patched in beside a message (payload only reads it without one)
-                self._legacy.payload({"error": doc["error"]})
-        else:
-            self._legacy.snapshot(m)
-        self._msg = msg = self._legacy.message(m.get("id")) if isinstance(m, dict) else None
-        self._hot_path = None
-        if msg is not None and not msg.ended:
-            content = m.get("content")
-            if isinstance(content, dict):
-                parts = content.get("parts")
-                if parts is not None:
-                    if len(parts) == 1 and isinstance(parts[0], str):
-                        self._hot_path = _TEXT_PATHS[0]
-                elif isinstance(content.get("text"), str):
-                    self._hot_path = _TEXT_PATHS[1]
-                elif isinstance(content.get("result"), str):
-                    self._hot_path = _TEXT_PATHS[2]
-
-    def _warn(self, text, key=None):
-        key = key or text
-        if key not in self._warned:
-            self._warned.add(key)
-            self.warnings.append(text)
+            container, key = self._field
+            container[key] = "".join(pending)

@@ -1,112 +1,148 @@
 """The late-2023 dialect: every event carries the whole message so far.
 
 This stage reads those snapshots and calls the answer stage about what changed (``start``,
-``text``, ``update``, ``end``, ``error``, ``moderation``, ``done``). The text of a message only
-grows, so the new text of an event is the part past what was already passed on: one slice, no
-scan of the text already sent. Keep-alive pings, title events and non-JSON data are absorbed
-here so that nothing downstream sees them.
+``text``, ``update``, ``end``, ``error``, ``moderation``, ``done``). It is also the one place
+that reads what both dialects share: typed frames and root objects (``payload``), and the rule
+for a message's text (``passed_on``). Keep-alive pings, title events and non-JSON data are
+absorbed here so that nothing downstream sees them.
+
+The text rule, for both dialects: ``Message.sent`` is how much of the message's text the client
+has; after each change, the text past it is passed on. The text of a message normally only
+grows, so the new text of a snapshot is the part past what was already passed on: one slice, no
+scan of the text already sent. What the client has cannot be unsent: when the upstream takes
+text back, the client keeps it, the log gets a note, and the text added later is passed on from
+the new end.
 """
 
 import ujson
 
-from pgw.converters.events import Message, content_text
+from pgw.converters.events import DONE, Message, Warnings, content_text, read_event
+
+# Typed frames that say nothing the answer needs (docs/upstream-protocol.md section 5.2).
+IGNORED = frozenset((
+    "input_message", "message_marker", "title_generation", "server_ste_metadata", "conversation_detail_metadata",
+    "url_moderation", "safety_review_update", "conversation_async_status", "num_variants_in_stream", "moderation",
+))
 
 
 class LegacyDialect:
     """``answer``: the answer stage it calls (``converters.answer.Answer`` or a stand-in);
-    ``warnings``: a list to note what the upstream did that the client may notice."""
+    ``warnings``: where to note what the upstream did that the client may notice."""
 
     def __init__(self, answer, warnings=None):
         self.answer = answer
-        self.warnings = [] if warnings is None else warnings
+        self.warnings = Warnings() if warnings is None else warnings
         self.conversation_id = None
         self._messages = {}
         self._current = None
-        self._cited = {}  # message id -> number of citations already announced
+        self._cited = {}  # message id -> (number of citations, content_references) last announced
 
     def event(self, ev):
         """One SSE event."""
-        data = ev.data
-        if ev.event == "ping":
-            return
-        if data == b"[DONE]":
-            self._end_current()
-            self.answer.done()
-            return
-        try:
-            obj = ujson.loads(data)
-        except ValueError:
-            return  # PandoraNext pings without an event name carry a bare timestamp
-        if isinstance(obj, dict):
+        obj = read_event(ev)
+        if obj is DONE:
+            self.done()
+        elif type(obj) is dict:
             self.payload(obj)
 
+    def done(self):
+        """``[DONE]``: the end of the upstream's answer."""
+        self._end_current()
+        self.answer.done()
+
     def payload(self, obj):
-        """A decoded event object (shared with the delta dialect)."""
+        """A decoded event object that is not a patch (shared with the delta dialect): a whole
+        message, a root object with an error, or a typed frame. Typed frames are never text."""
         cid = obj.get("conversation_id")
-        if cid:
+        if cid and type(cid) is str:
             self.conversation_id = cid
         m = obj.get("message")
         if isinstance(m, dict):
             self.snapshot(m)
-            return
-        kind = obj.get("type")
-        if kind == "message_stream_complete":
-            self._end_current()
-            self.answer.done()
-            return
-        moderation = obj.get("moderation_response")
-        if isinstance(moderation, dict):
-            if moderation.get("blocked"):
-                self.answer.moderation(True)
-            return
         error = obj.get("error")
         if error:
+            code = obj.get("error_code")
             if isinstance(error, dict):
+                code = code or error.get("code")
                 error = error.get("message") or ujson.dumps(error, ensure_ascii=False)
-            self.answer.error(str(error))
-        # otherwise: title_generation, input_message echoes and later kinds
+            self.answer.error(str(error), code if isinstance(code, str) else None)
+        if isinstance(m, dict):
+            return
+        kind = obj.get("type")
+        moderation = obj.get("moderation_response")
+        if isinstance(moderation, dict):  # late 2023 without "type", 2024 on with "type": "moderation"
+            if moderation.get("blocked"):
+                self.answer.moderation(True)
+        elif kind == "message_stream_complete":
+            # The turn is over; more typed frames (a title) may follow before [DONE].
+            self._end_current()
+            self.answer.done()
+        elif kind == "resume_conversation_token":
+            token = obj.get("token")
+            if isinstance(token, str):
+                self.answer.resume_token(token)
+        elif kind == "stream_handoff":
+            options = obj.get("options")
+            self.answer.handoff(obj.get("turn_exchange_id"), options if isinstance(options, list) else [])
+        elif kind is not None and kind not in IGNORED:
+            self.warnings.note("ignored an upstream frame of a type the gateway does not know: %r" % (kind,),
+                               ("type", kind))
 
     def snapshot(self, m):
         """A whole message as the upstream has it now."""
+        msg = self.track(m)
+        if msg is not None:
+            self.passed_on(msg, content_text(msg.content))
+            self.ended(msg, m)
+
+    def track(self, m, metadata_changed=None):
+        """Note message ``m`` (start it if it is new) and its content and metadata; tell the
+        answer stage when its citations changed. ``metadata_changed``: whether they did, when the
+        caller knows (the delta dialect changes the dicts in place, so they cannot be compared
+        with what was seen before); None: compare with the last snapshot. Returns the
+        ``Message``, or None for a message that has ended (a repeat brings nothing new)."""
         mid = m.get("id")
         msg = self._messages.get(mid)
-        answer = self.answer
         if msg is None:
             self._end_current()
             msg = Message.from_upstream(m)
             self._messages[mid] = msg
             self._current = msg
-            answer.start(msg)
+            self.answer.start(msg)
         elif msg.ended:
-            return  # a finished message repeated: nothing new
-        content = m.get("content") or {}
-        metadata = m.get("metadata") or {}
-        msg.content = content
-        msg.metadata = metadata
-        citations = metadata.get("citations")
-        # Counted here, not read back from msg.metadata: the delta dialect updates the
-        # message's metadata dict in place, so the old list is gone by the time we look.
-        if citations and len(citations) != self._cited.get(mid, 0):
-            self._cited[mid] = len(citations)
-            answer.update(msg)
-        text = content_text(content)
-        if len(text) > msg.sent:
-            new = text[msg.sent:]
+            return None
+        content = m.get("content")
+        metadata = m.get("metadata")
+        msg.content = content if isinstance(content, dict) else {}
+        msg.metadata = metadata = metadata if isinstance(metadata, dict) else {}
+        if metadata_changed is None:
+            citations = metadata.get("citations")
+            seen = (len(citations) if isinstance(citations, list) else 0, metadata.get("content_references"))
+            if seen != self._cited.get(mid, (0, None)):
+                self._cited[mid] = seen
+                metadata_changed = True
+        if metadata_changed:
+            self.answer.update(msg)
+        return msg
+
+    def passed_on(self, msg, text):
+        """``text`` is the message's whole text now: pass on what lies past what was sent."""
+        sent = msg.sent
+        if len(text) > sent:
             msg.sent = len(text)
-            answer.text(msg, new)
-        elif len(text) < msg.sent:
-            # The upstream took text back (a shorter snapshot, a v1 truncate). What the client
-            # has cannot be unsent; carrying on from the new end keeps all text added later.
+            self.answer.text(msg, text[sent:] if sent else text)
+        elif len(text) < sent:
             msg.sent = len(text)
-            note = "the upstream shortened a message after part of it was sent"
-            if note not in self.warnings:
-                self.warnings.append(note)
+            self.warnings.note("the upstream shortened a message after part of it was sent")
+
+    def ended(self, msg, m):
+        """End ``msg`` if message ``m``'s status says it is over."""
         status = m.get("status")
         if status and status != "in_progress":
             msg.status = status
             msg.end_turn = m.get("end_turn")
             msg.ended = True
-            answer.end(msg)
+            self.answer.end(msg)
 
     def message(self, message_id):
         """The ``Message`` of an upstream message id seen so far, or None."""

@@ -7,21 +7,29 @@ client sees the message); ``conversation_payload`` builds the body of
 
 import re
 
+import ujson
+
 from pgw.converters.files import FileRef
 from pgw.errors import bad_request
 
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+         "tool": "user", "function": "user"}
+# The web backend has no tool calls of the client's own: an agent's history (an assistant
+# message with ``tool_calls``, then ``tool`` messages with the results) is folded into text the
+# model can read, so LangChain agents, Dify and one-api relays keep working instead of a 400.
+TOOL_ROLES = ("tool", "function")
 
 
 class ChatRequest:
-    __slots__ = ("model", "messages", "stream", "include_usage", "files")
+    __slots__ = ("model", "messages", "stream", "include_usage", "files", "reasoning_effort")
 
-    def __init__(self, model, messages, stream, include_usage, files=None):
+    def __init__(self, model, messages, stream, include_usage, files=None, reasoning_effort=None):
         self.model = model
         self.messages = messages        # [(upstream role, text)]: the texts, files left out
         self.stream = stream
         self.include_usage = include_usage
         self.files = files or {}        # message index -> [FileRef] in the client's order
+        self.reasoning_effort = reasoning_effort  # OpenAI's word (low, medium, high, ...), or None
 
 
 def _url_of(value):
@@ -76,12 +84,46 @@ def _content_of(content, index):
             if not isinstance(text, str):
                 raise bad_request("messages[%d].content[%d].text must be a string" % (index, j), where)
             texts.append(text)
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            texts.append(part["refusal"])  # an assistant's earlier refusal, sent back in a history
         elif kind in ("image_url", "file"):
             files.append(_file_ref(part, kind, index, j))
         else:
             raise bad_request("messages[%d].content[%d] has type %r, which this gateway does not take"
                               % (index, j, kind), where, "unsupported_content")
     return "\n".join(texts), files
+
+
+def _call_text(call):
+    """``{"function": {"name", "arguments"}}`` (or the older ``function_call``) as one line."""
+    fn = call.get("function") if isinstance(call.get("function"), dict) else call
+    name = fn.get("name") if isinstance(fn.get("name"), str) else "tool"
+    args = fn.get("arguments")
+    if not isinstance(args, str):
+        args = "" if args is None else ujson.dumps(args, ensure_ascii=False)
+    return name, "[called tool %s with %s]" % (name, args or "{}")
+
+
+def _with_tool_calls(message, text, tool_names):
+    """An assistant message's text with its tool calls written out after it."""
+    calls = message.get("tool_calls")
+    calls = [c for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+    if isinstance(message.get("function_call"), dict):
+        calls.append(message["function_call"])
+    lines = [text] if text else []
+    for call in calls:
+        name, line = _call_text(call)
+        if isinstance(call.get("id"), str):
+            tool_names[call["id"]] = name
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _tool_result(message, text, tool_names):
+    """A ``tool`` (or ``function``) message as text naming the tool whose result it is."""
+    name = message.get("name") if isinstance(message.get("name"), str) else None
+    name = name or tool_names.get(message.get("tool_call_id")) or "tool"
+    return "[result of tool %s]\n%s" % (name, text)
 
 
 def parse_chat_request(body):
@@ -98,14 +140,20 @@ def parse_chat_request(body):
                           "has no way to ask for more", "n", "unsupported_parameter")
     messages = []
     files = {}
+    tool_names: dict = {}   # tool_call_id -> function name, from earlier assistant tool_calls
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
             raise bad_request("messages[%d] must be an object" % i, "messages.%d" % i)
-        role = ROLES.get(m.get("role"))
+        given = m.get("role")
+        role = ROLES.get(given) if isinstance(given, str) else None
         if role is None:
-            raise bad_request("messages[%d].role must be one of system, user, assistant; got %r"
-                              % (i, m.get("role")), "messages.%d.role" % i)
+            raise bad_request("messages[%d].role must be one of system, developer, user, assistant, tool; got %r"
+                              % (i, given), "messages.%d.role" % i)
         text, refs = _content_of(m.get("content"), i)
+        if given in TOOL_ROLES:
+            text = _tool_result(m, text, tool_names)
+        elif given == "assistant":
+            text = _with_tool_calls(m, text, tool_names)
         messages.append((role, text))
         if refs:
             files[i] = refs
@@ -118,7 +166,9 @@ def parse_chat_request(body):
     if not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", "stream_options")
     include_usage = bool(options.get("include_usage")) and stream
-    return ChatRequest(model, messages, stream, include_usage, files)
+    effort = body.get("reasoning_effort")
+    effort = effort.strip().lower() if isinstance(effort, str) else None  # never a reason to refuse
+    return ChatRequest(model, messages, stream, include_usage, files, effort)
 
 
 def upstream_message(message_id, role, text):
@@ -140,14 +190,19 @@ MODERN_FIELDS = {"supports_buffering": True, "paragen_cot_summary_display_overri
 # message id (a uuid), so only ``v1`` (the operator says the upstream is today's) sends the word;
 # ``auto`` keeps the uuid4 that RefreshToV1Api sent and that today's backend still takes.
 NEW_CONVERSATION_ROOT = "client-created-root"
+# OpenAI's reasoning_effort -> the web client's thinking_effort for thinking models (§5.7 knows
+# "standard" and "extended"; the web client's "think longer" is extended).
+THINKING_EFFORT = {"none": "standard", "minimal": "standard", "low": "standard", "medium": "standard",
+                   "high": "extended", "xhigh": "extended"}
 
 
-def conversation_payload(messages, route, new_id, encoding="legacy", gizmo=None, hints=()):
+def conversation_payload(messages, route, new_id, encoding="legacy", gizmo=None, hints=(), effort=None):
     """The upstream body. ``messages``: [(role, text)] or prepared upstream message dicts;
     ``new_id``: a function returning a fresh uuid4 string (passed in: no randomness here);
     ``encoding``: the UPSTREAM_ENCODING setting (``legacy`` gives exactly the late-2023 body);
     ``gizmo``: for a GPT, the object ``GET gizmos/{id}`` returned, when known; ``hints``: the
-    ``system_hints`` of a 2025-2026 body, e.g. ``("picture_v2",)`` to ask for the image tool."""
+    ``system_hints`` of a 2025-2026 body, e.g. ``("picture_v2",)`` to ask for the image tool;
+    ``effort``: the client's ``reasoning_effort``, sent as ``thinking_effort`` to a thinking model."""
     up = [m if isinstance(m, dict) else upstream_message(new_id(), m[0], m[1]) for m in messages]
     payload = {
         "action": "next",
@@ -171,6 +226,8 @@ def conversation_payload(messages, route, new_id, encoding="legacy", gizmo=None,
         payload.update(MODERN_FIELDS)
         if hints:
             payload["system_hints"] = list(hints)
+        if route.thinking and effort in THINKING_EFFORT:
+            payload["thinking_effort"] = THINKING_EFFORT[effort]
     return payload
 
 

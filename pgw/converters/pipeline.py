@@ -18,6 +18,7 @@ import ujson
 
 from pgw.converters.answer import Answer
 from pgw.converters.delta import DeltaDialect, is_patch
+from pgw.converters.events import Warnings
 from pgw.converters.legacy import LegacyDialect
 from pgw.converters.sse import SSEDecoder
 from pgw.errors import ApiError
@@ -50,7 +51,7 @@ class _Detect:
         if not isinstance(obj, dict):
             return
         if is_patch(obj):
-            self._choose(DeltaDialect(self._legacy)).patch(obj)
+            self._choose(DeltaDialect(self._legacy)).frame(obj)
             return
         if isinstance(obj.get("message"), dict):
             self._choose(self._legacy)
@@ -64,9 +65,9 @@ class _Detect:
         conversion._dialect = dialect
         conversion.dialect = "legacy" if dialect is self._legacy else "v1"
         if self._asked == "v1" and conversion.dialect == "legacy":
-            conversion.warnings.append("asked for the v1 delta encoding, the upstream answered with whole messages")
+            conversion.warnings.note("asked for the v1 delta encoding, the upstream answered with whole messages")
         elif self._asked == "legacy" and conversion.dialect == "v1":
-            conversion.warnings.append("asked for whole messages, the upstream answered with v1 deltas")
+            conversion.warnings.note("asked for whole messages, the upstream answered with v1 deltas")
         return dialect
 
 
@@ -77,7 +78,7 @@ class Conversion:
         ``max_event_bytes``: the SSE decoder's bound on one event (``feed`` raises
         ``sse.EventTooLarge`` past it)."""
         self._sse = SSEDecoder(max_event_bytes)
-        self.warnings = []
+        self.warnings = Warnings()
         self._renderer = renderer
         self._answer = Answer(renderer, echo_ids)
         self._legacy = LegacyDialect(self._answer, self.warnings)
@@ -104,9 +105,8 @@ class Conversion:
             try:
                 self._dialect.event(ev)
             except Exception as e:
-                kind = "skipped an upstream event the gateway could not read (%s: %s)" % (type(e).__name__, e)
-                if kind not in self.warnings:
-                    self.warnings.append(kind)
+                self.warnings.note("skipped an upstream event the gateway could not read (%s: %s)"
+                                   % (type(e).__name__, e))
 
     def close(self):
         self._events(self._sse.close())
@@ -119,11 +119,22 @@ class Conversion:
         """After ``close``: ``(finish_reason, None)`` or ``(None, ApiError)``.
 
         ``cut``: the transfer itself failed (connection dropped, timeout). An answer is only a
-        success when the upstream said it was complete and something was said.
+        success when the upstream said it was complete and something was said. This is the one
+        place that decides what an answer's end means for the client: an in-stream error with
+        ``error_code: "usage_limit"`` is a rate limit (429, the upstream's message), an answer
+        handed off elsewhere (``stream_handoff``) that nobody followed is an error, never an empty
+        success.
         """
         answer = self._answer
         if answer.upstream_error:
+            if answer.upstream_error_code == "usage_limit":
+                # The account's cap: clients back off on a rate limit, not on a gateway error.
+                return None, ApiError(429, answer.upstream_error, "rate_limit_error", "rate_limit_exceeded")
             return None, ApiError(502, "upstream error: %s" % answer.upstream_error, "upstream_error", "upstream_error")
+        if answer.handoff_to is not None:
+            return None, ApiError(502, "the upstream continued this answer elsewhere (stream_handoff); this gateway "
+                                  "does not follow it yet, so the answer is missing", "upstream_error",
+                                  "upstream_handoff")
         if cut or not answer.complete:
             return None, ApiError(502, "the upstream connection ended before the answer was complete",
                                   "upstream_error", "upstream_incomplete")

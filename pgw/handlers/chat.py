@@ -20,7 +20,8 @@ class ChatCompletionsHandler(ConversationHandler):
         request = parse_chat_request(self.json_body())
         route = gw.models.require(request.model)
         messages = await self.while_connected(gw.attachments.messages(key, request, route, new_id))
-        payload = self.payload(messages, route, await self.while_connected(gw.gizmos.gizmo(route)))
+        payload = self.payload(messages, route, await self.while_connected(gw.gizmos.gizmo(route)),
+                               effort=request.reasoning_effort)
 
         encoder = openai_format.ChunkEncoder("chatcmpl-" + uuid.uuid4().hex[:29], int(time.time()), request.model)
         if request.stream:

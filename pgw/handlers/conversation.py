@@ -38,11 +38,13 @@ class ConversationHandler(JsonBodyHandler):
         finally:
             self._pending = None
 
-    def payload(self, messages, route, gizmo=None, hints=()):
+    def payload(self, messages, route, gizmo=None, hints=(), effort=None):
         """The upstream request body, asking for the stream encoding the settings choose;
         ``gizmo``: a GPT's gizmo object when known (``GizmoStore.gizmo``); ``hints``: the
-        2025-2026 ``system_hints`` (``("picture_v2",)`` asks for the image tool)."""
-        return conversation_payload(messages, route, new_id, self.gateway.settings.upstream_encoding, gizmo, hints)
+        2025-2026 ``system_hints`` (``("picture_v2",)`` asks for the image tool); ``effort``:
+        the client's ``reasoning_effort``."""
+        return conversation_payload(messages, route, new_id, self.gateway.settings.upstream_encoding, gizmo, hints,
+                                    effort)
 
     def downloads(self, key):
         """Fetching for one answer what it shows (images, files), linked at this gateway."""

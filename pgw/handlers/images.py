@@ -10,11 +10,11 @@ import base64
 import time
 
 from pgw.converters.payload import image_prompt, parse_image_request
-from pgw.converters.render import FetchImage, MarkdownRenderer
+from pgw.converters.render import FetchImage
 from pgw.errors import ApiError
 from pgw.handlers.base import ApiHandler
 from pgw.handlers.conversation import ConversationHandler
-from pgw.runtime import GatherSink
+from pgw.runtime import GatherSink, renderer_for
 from pgw.media import MediaStore
 
 
@@ -63,8 +63,10 @@ class ImageGenerationsHandler(ConversationHandler):
                                hints=("picture_v2",))
         downloads = self.downloads(key)
         sink = ImageSink(self, request, downloads)
-        # The reply is for a program, whatever BOT_MODE says: the markdown renderer shows every image.
-        await self.converse(key, payload, sink, downloads, [("user", prompt)], MarkdownRenderer())
+        # The reply follows the settings (BOT_MODE: plain text); the pictures are fetched whatever
+        # the image switches say, since they are the answer.
+        await self.converse(key, payload, sink, downloads, [("user", prompt)],
+                            renderer_for(gw.settings, fetch_images=True))
 
 
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}

@@ -2,11 +2,14 @@
 MODEL_MAP and PASS_THROUGH_MODELS add names, and a typo's 404 says what was meant."""
 
 import json
+import os
+import subprocess
+import sys
 
 import openai
 import pytest
 
-from tests.helpers import http
+from tests.helpers import ROOT, http
 
 USER = [{"role": "user", "content": "你好"}]
 
@@ -50,3 +53,23 @@ def test_model_map_and_pass_through(gateway_factory, upstream, key):
         client.chat.completions.create(model=name, messages=USER)
     assert [c["body"]["model"] for c in upstream.conversations(key)] == ["gpt-4o", "gpt-5-2", "gpt-6-5-preview"]
     assert {"gpt-4-turbo", "我的模型"} <= set(listed(gw))
+
+
+def test_a_broken_models_file_stops_start_up_with_one_line(tmp_path):
+    path = tmp_path / "models.json"
+    path.write_text('{"models": {"gpt-4o": {"draw": true}}}')
+    env = dict(os.environ, BASE_URL="http://127.0.0.1:9", PORT="0", MODELS_CONFIG=str(path))
+    done = subprocess.run([sys.executable, "server.py"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=15)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]  # after the effective settings, one line says why
+    assert "MODELS_CONFIG" in last and str(path) in last, done.stderr
+
+
+def test_reasoning_effort_reaches_a_thinking_model_as_thinking_effort(gateway, upstream, key):
+    client = gateway.client(key)
+    client.chat.completions.create(model="gpt-5.2-thinking", messages=USER, reasoning_effort="high")
+    client.chat.completions.create(model="gpt-4o", messages=USER, reasoning_effort="high")
+    bodies = [c["body"] for c in upstream.conversations(key)]
+    assert bodies[0]["thinking_effort"] == "extended" and "thinking_effort" not in bodies[1]

@@ -19,6 +19,7 @@ from tests.helpers import http
 
 IMAGE_LINK = re.compile(r"!\[image\]\((\S+?)\)")
 DALLE_BLOCK = '```json\n{"size": "1024x1024", "prompt": "A watercolor otter floating on calm water at sunset"}\n```\n'
+DALLE_PLAIN = '{"size": "1024x1024", "prompt": "A watercolor otter floating on calm water at sunset"}\n'
 URL11 = "https://www.tornadoweb.org/en/stable/releases/v6.4.0.html"
 URL3 = "https://www.tornadoweb.org/en/stable/#installation"
 URL7 = "https://tornado.readthedocs.io/"
@@ -133,15 +134,36 @@ def test_bot_mode_everything_on_with_plain_urls(gateway_factory, upstream, key):
     client = gw.client(key)
     upstream.plan(key, scenario="browse")
     assert ask(client, False) == (
-        '```\nsearch("tornado 6.4 release date")\n```\n```\nmclick([0, 3])\n```\n'
+        'search("tornado 6.4 release date")\nmclick([0, 3])\n'
         "Tornado 6.4 发布于 2023 年 11 月[11]。它需要 Python 3.8+ [3] 和 pip，文档在 readthedocs[7]。"
         "旧说法 已过时；括号【注】不是引用。\n\n"
         "[11] Tornado 6.4 released %s\n[3] Installation %s\n[7] Tornado docs %s" % (URL11, URL3, URL7))
     upstream.plan(key, scenario="dalle")
     text = ask(client, True)
-    m = re.fullmatch(re.escape(DALLE_BLOCK) + r"https://img\.example\.com/gw/images/(image_\w+\.png)\n这是你要的图片。", text)
+    m = re.fullmatch(re.escape(DALLE_PLAIN) + r"https://img\.example\.com/gw/images/(image_\w+\.png)\n这是你要的图片。", text)
     assert m, text
     assert served(gw.url + "/images/" + m.group(1))[1] == upstream_bytes(upstream, "file-dalle1png")
+    # a file the code wrote: a bare URL on its own line, and the code as plain lines
+    upstream.plan(key, scenario="sandbox_file")
+    text = ask(client, True)
+    m = re.fullmatch(r"import pandas as pd\npd\.DataFrame\(\{'a': \[1, 2\]\}\)\.to_csv\('/mnt/data/report\.csv'\)\n"
+                     r"文件在这里：\[report\.csv\]\nhttps://img\.example\.com/gw/images/(\S+\.csv)\n，请下载。", text)
+    assert m, text
+    assert served(gw.url + "/images/" + m.group(1))[1] == b"path,rows\n/mnt/data/report.csv,2\n"
+    assert "```" not in text and "](" not in text
+
+
+def test_bot_mode_images_endpoint_reply_is_plain_text(gateway_factory, upstream, key):
+    """The reply of /v1/images/generations follows bot mode's rules; the images are there
+    whatever the image switches say."""
+    gw = gateway_factory(BOT_MODE="true", BOT_MODE_ENABLED_MARKDOWN_IMAGE_OUTPUT="false")
+    result = gw.client(key).images.generate(prompt="an otter")
+    assert result.model_extra["reply"] == "这是你要的图片。"  # no prompt fence, no image markdown
+    assert served(result.data[0].url)[1] == upstream_bytes(upstream, "file-dalle1png")
+    gw = gateway_factory(BOT_MODE="true", BOT_MODE_ENABLED_PLUGIN_OUTPUT="true",
+                         BOT_MODE_ENABLED_PLAIN_IMAGE_URL_OUTPUT="true")
+    result = gw.client(key).images.generate(prompt="an otter")
+    assert result.model_extra["reply"] == DALLE_PLAIN + result.data[0].url + "\n这是你要的图片。"
 
 
 def test_bot_mode_without_image_output_fetches_nothing(gateway_factory, upstream, key):

@@ -6,7 +6,8 @@ from pgw.converters.events import Message, SandboxFile
 
 class Recorder:
     """Stands in for the renderer: records what the answer stage passes on, in order (prose as
-    ``str``, ``Cite`` and ``SandboxFile`` values as they are); ``take()`` as a renderer's."""
+    ``str``, ``Cite`` and ``SandboxFile`` values as they are: a sandbox file stands for the
+    whole link target, brackets included); ``take()`` as a renderer's."""
 
     def __init__(self):
         self.out = []
@@ -51,7 +52,7 @@ def texts(passed_on):
 
 def test_sandbox_link_split_over_events():
     out, _ = prose("see [r](sa", "ndbox:/mnt/da", "ta/r.csv) ok")
-    assert texts(out) == "see [r](<SandboxFile('/mnt/data/r.csv')>) ok"
+    assert texts(out) == "see [r]<SandboxFile('/mnt/data/r.csv')> ok"
     [f] = [s for s in out if type(s) is SandboxFile]
     assert f.message_id == "m1"
 
@@ -82,10 +83,10 @@ def test_marker_waits_for_its_source_in_a_later_event():
 def test_sandbox_path_with_brackets_is_one_link():
     """Files the code writes twice get names like "report (1).csv"; markdown allows the brackets."""
     out, _ = prose("[r](sandbox:/mnt/data/report (", "1).csv) and (sandbox:/mnt/data/a(b)c.txt).")
-    assert texts(out) == ("[r](<SandboxFile('/mnt/data/report (1).csv')>) and "
-                          "(<SandboxFile('/mnt/data/a(b)c.txt')>).")
+    assert texts(out) == ("[r]<SandboxFile('/mnt/data/report (1).csv')> and "
+                          "<SandboxFile('/mnt/data/a(b)c.txt')>.")
 
 
 def test_unbalanced_bracket_ends_the_sandbox_link():
     out, _ = prose("(sandbox:/mnt/data/x.csv)) and (sandbox:/mnt/data/y (2.csv) z")
-    assert texts(out) == "(<SandboxFile('/mnt/data/x.csv')>)) and (sandbox:/mnt/data/y (2.csv) z"
+    assert texts(out) == "<SandboxFile('/mnt/data/x.csv')>) and (sandbox:/mnt/data/y (2.csv) z"

@@ -45,7 +45,13 @@ def test_plugin_output_off_drops_tool_material_and_its_fences():
     segs = [BlockOpen("code", "python"), BlockText("print(1)"), BlockClose("code"),
             BlockOpen("output"), BlockText("1"), BlockClose("output"), "答案是 1。"]
     assert render(BotRenderer(), segs) == "答案是 1。"
-    assert render(BotRenderer(plugin_output=True), segs) == "```python\nprint(1)\n```\nResult:\n```\n1\n```\n答案是 1。"
+
+
+def test_plugin_output_on_is_plain_text_without_fences():
+    segs = ["我来算一下。", BlockOpen("code", "python"), BlockText("print(1)"), BlockClose("code"),
+            BlockOpen("output"), BlockText("1"), BlockClose("output"), "答案是 1。"]
+    assert render(BotRenderer(plugin_output=True), segs) == "我来算一下。\nprint(1)\nResult:\n1\n答案是 1。"
+    assert render(MarkdownRenderer(), segs) == "我来算一下。\n```python\nprint(1)\n```\nResult:\n```\n1\n```\n答案是 1。"
 
 
 def test_vanishing_markers_leave_no_double_spaces():
@@ -85,8 +91,16 @@ def test_failed_image_is_a_short_notice_in_bot_mode_too():
 
 
 def test_sandbox_links_keep_working_in_bot_mode():
-    segs = ["[x.csv](", SandboxFile("/mnt/data/x.csv", "m1"), ")"]
-    assert render(BotRenderer(), segs, url="https://gw/images/x.csv") == "[x.csv](https://gw/images/x.csv)"
+    segs = ["文件：[x.csv]", SandboxFile("/mnt/data/x.csv", "m1"), "，请下载。"]
+    assert render(BotRenderer(), segs, url="https://gw/images/x.csv") == "文件：[x.csv](https://gw/images/x.csv)，请下载。"
+
+
+def test_files_the_code_wrote_are_bare_urls_when_plain_image_urls_are_on():
+    segs = ["文件：[x.csv]", SandboxFile("/mnt/data/x.csv", "m1"), "，请下载。"]
+    got = render(BotRenderer(markdown_image=False, plain_image_url=True), segs, url="https://gw/images/x.csv")
+    assert got == "文件：[x.csv]\nhttps://gw/images/x.csv\n，请下载。"
+    got = render(BotRenderer(plain_image_url=True), ["File: ", SandboxFile("/mnt/data/x.csv", "m1")], url=None)
+    assert got == "File: \n(a file could not be fetched from the upstream)\n"
 
 
 def test_markdown_renderer_drops_source_less_markers_without_double_spaces():

@@ -71,8 +71,14 @@ class Recorder:
     def end(self, msg):
         self.calls.append(("end", msg))
 
-    def error(self, text):
-        self.calls.append(("error", text))
+    def error(self, text, code=None):
+        self.calls.append(("error", text) if code is None else ("error", text, code))
+
+    def resume_token(self, token):
+        self.calls.append(("resume_token", token))
+
+    def handoff(self, turn_exchange_id, options):
+        self.calls.append(("handoff", turn_exchange_id, options))
 
     def moderation(self, blocked):
         self.calls.append(("moderation", blocked))
@@ -358,15 +364,97 @@ def test_an_event_no_stage_can_read_is_skipped_and_the_rest_of_its_chunk_kept():
     assert conv.warnings  # noted for the log
 
 
-def test_a_bare_value_after_a_patch_list_refers_to_the_list_not_its_last_part():
-    """Only top-level patches set what a bare {"v": ...} reuses (as public v1 decoders read it):
-    a string after a list that appended a citation must not end up in the citations list."""
+def test_a_bare_string_after_a_patch_list_continues_the_plain_patch_before_it():
+    """A bare {"v": "..."} continues the last plain patch (path and operation), even with a
+    patch list in between (protocol section 5.1): the string is more text, and it must not end
+    up in the citations list the list appended to last."""
     events, d = run(add(message()), delta({"p": "/message/content/parts/0", "o": "append", "v": "Hello"}),
-                           delta({"p": "", "o": "patch", "v": [
-                               {"p": "/message/metadata", "o": "append", "v": {"citations": []}},
-                               {"p": "/message/metadata/citations", "o": "append", "v": [{"start_ix": 0}]}]}),
-                           delta({"v": " world."}),
-                           finish())
+                    delta({"p": "", "o": "patch", "v": [
+                        {"p": "/message/metadata", "o": "append", "v": {"citations": []}},
+                        {"p": "/message/metadata/citations", "o": "append", "v": [{"start_ix": 0}]}]}),
+                    delta({"v": " world."}),
+                    finish())
     end = ended(events)[0]
     assert end.metadata["citations"] == [{"start_ix": 0}]
-    assert any("patch" in w for w in d.warnings)
+    assert end.content["parts"] == ["Hello world."]
+    assert "".join(texts(events)) == "Hello world."
+    assert d.warnings == []
+
+
+# Frames as live accounts send them in 2025-2026 (protocol section 5.1)
+
+def test_a_metadata_only_then_a_status_only_patch_never_resend_the_text():
+    events, d = run(HEAD, add(message()), delta({"p": "/message/content/parts/0", "o": "append", "v": "你好"}),
+                    delta({"v": "，世界"}),
+                    delta({"p": "/message/metadata", "o": "append", "v": {"model_slug": "gpt-5"}}),
+                    delta({"p": "/message/status", "o": "replace", "v": "finished_successfully"}), DONE)
+    assert texts(events) == ["你好", "，世界"]
+    assert ended(events)[0].content["parts"] == ["你好，世界"]
+    assert d.warnings == []
+
+
+def test_the_demo_browse_answer_converts_without_a_warning():
+    from fakeupstream.scenarios import browse
+    from fakeupstream.script import v1_events
+    conv = Conversion(MarkdownRenderer())
+    text = "".join(feed_all(conv, v1_events(browse("", "gpt-4"), CID, [])))
+    assert "readthedocs" in text
+    assert conv.warnings == []
+
+
+def test_a_root_without_p_and_o_after_text_appends_starts_the_next_message():
+    code = {"content_type": "code", "language": "unknown", "text": ""}
+    events, d = run(HEAD, add(message("a", recipient="python", content=code)),
+                    delta({"p": "/message/content/text", "o": "append", "v": "print(1)"}),
+                    delta({"v": {"message": message("b"), "conversation_id": CID, "error": None}, "c": 1}),
+                    delta({"p": "/message/content/parts/0", "o": "append", "v": "Done."}),
+                    delta({"o": "add", "v": {"message": message("c"), "conversation_id": CID, "error": None},
+                           "c": 2}),
+                    delta({"p": "/message/content/parts/0", "o": "append", "v": "Third."}), DONE)
+    assert summary(events) == [
+        ("start", "a", "assistant"), ("text", "a", "print(1)"), ("end", "a", "in_progress"),
+        ("start", "b", "assistant"), ("text", "b", "Done."), ("end", "b", "in_progress"),
+        ("start", "c", "assistant"), ("text", "c", "Third."), ("end", "c", "in_progress"), ("done",)]
+    assert ended(events)[0].content["text"] == "print(1)"
+    assert d.warnings == []
+
+
+def test_text_a_patch_list_appends_and_takes_back_never_reaches_the_client():
+    events, d = run(HEAD, add(message()), delta({"p": "/message/content/parts/0", "o": "append", "v": "Hello"}),
+                    delta({"p": "", "o": "patch", "v": [
+                        {"p": "/message/content/parts/0", "o": "append", "v": " wrong"},
+                        {"p": "/message/content/parts/0", "o": "truncate", "v": 5},
+                        {"p": "/message/content/parts/0", "o": "append", "v": " wor"},
+                        {"p": "/message/content/parts/0", "o": "replace", "v": "Hello world"}]}),
+                    finish("!"), DONE)
+    assert texts(events) == ["Hello", " world", "!"]
+    assert d.warnings == []
+
+
+def test_a_bare_list_continues_a_patch_list():
+    events, d = run(HEAD, add(message()),
+                    delta({"p": "", "o": "patch", "v": [{"p": "/message/content/parts/0", "o": "append", "v": "a"}]}),
+                    delta({"v": [{"p": "/message/content/parts/0", "o": "append", "v": "b"},
+                                 {"p": "/message/metadata", "o": "append", "v": {"x": 1}}]}),
+                    delta({"v": [{"p": "/message/content/parts/0", "o": "append", "v": "c"}]}), DONE)
+    assert "".join(texts(events)) == "abc"
+    assert ended(events)[0].metadata == {"x": 1}
+    assert d.warnings == []
+
+
+def test_text_taken_back_across_changes_goes_on_from_where_old_and_new_part():
+    events, d = run(HEAD, add(message()), delta({"p": "/message/content/parts/0", "o": "append", "v": "Hello wor"}),
+                    delta({"p": "/message/content/parts/0", "o": "replace", "v": "Help me"}), DONE)
+    assert texts(events) == ["Hello wor", "p me"]
+    assert d.warnings == ["the upstream rewrote text of a message after it was sent"]
+
+
+def test_text_spread_over_parts_follows_content_text():
+    """Appends to a second part take the general path: the message's text is what
+    ``content_text`` reads from the whole content."""
+    events, d = run(HEAD, add(message(parts=["一", ""])),
+                    delta({"p": "/message/content/parts/1", "o": "append", "v": "二"}),
+                    delta({"v": "三"}),
+                    delta({"p": "/message/content/parts", "o": "append", "v": ["四"]}), DONE)
+    assert "".join(texts(events)) == "一二三四"
+    assert d.warnings == []

@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import feed_all
 from pgw.converters.payload import upstream_message
 from pgw.converters.pipeline import Conversion
-from pgw.converters.render import BotRenderer, MarkdownRenderer
+from pgw.converters.render import BotRenderer, MarkdownRenderer, Reasoning
 from fakeupstream.app import split
 from fakeupstream.scenarios import SCENARIOS
 from fakeupstream.script import legacy_events, v1_events
@@ -33,7 +33,8 @@ def convert(blob, renderer, seed):
     """The client-visible result of one upstream body cut into random network chunks."""
     conv = Conversion(renderer())
     items = feed_all(conv, split([blob], "random:%d:40" % seed))
-    text = "".join(item if type(item) is str else "<%s %s>" % (type(item).__name__, item.render("https://files.example/x"))
+    text = "".join(item if type(item) is str else "<Reasoning %r>" % (item,) if type(item) is Reasoning
+                   else "<%s %s>" % (type(item).__name__, item.render("https://files.example/x"))
                    for item in items)
     reason, error = conv.outcome()
     return conv.dialect, text, reason, error and (error.status, error.code)

@@ -65,3 +65,45 @@ def test_gateway_sweeps_old_saved_files_when_told(gateway_factory, tmp_path):
     while (tmp_path / old).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sorted(os.listdir(tmp_path)) == [fresh]
+
+
+def test_the_same_upstream_file_shown_twice_in_an_answer_is_fetched_and_saved_once(tmp_path):
+    import asyncio
+
+    from pgw.converters.events import Image, SandboxFile
+    from pgw.converters.render import FetchImage, FetchSandboxFile, image_text
+    from pgw.runtime import MediaDownloads
+
+    class Upstream:
+        calls = []
+
+        async def download_url(self, key, path, **query):
+            self.calls.append(path)
+            return "https://blob.example/" + path, None
+
+        async def fetch_url(self, url):
+            class Got:
+                status, too_big = 200, False
+                body = png(2, 2, (1, 2, 3)) if "files/" in url else b"a,b\n"
+            return Got()
+
+    class Conversion:
+        conversation_id = "c1"
+
+    store = MediaStore(str(tmp_path))
+    downloads = MediaDownloads(Upstream(), store, "k", "https://gw")
+    downloads.conversion = Conversion()
+
+    def show(file_id):
+        return FetchImage(Image(file_id), lambda url: image_text("", "plain", url))
+
+    async def run():
+        return [await downloads.perform(show("file-a")), await downloads.perform(show("file-a")),
+                await downloads.perform(show("file-b")),
+                await downloads.perform(FetchSandboxFile(SandboxFile("/mnt/data/x.csv", "m1"), lambda u: u)),
+                await downloads.perform(FetchSandboxFile(SandboxFile("/mnt/data/x.csv", "m1"), lambda u: u))]
+    texts = asyncio.run(run())
+    assert texts[0] == texts[1] != texts[2] and texts[3] == texts[4]
+    assert Upstream.calls == ["files/file-a/download", "files/file-b/download", "conversation/c1/interpreter/download"]
+    assert len(os.listdir(tmp_path)) == 3
+    assert len(downloads.saved) == 3

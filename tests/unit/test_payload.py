@@ -81,8 +81,9 @@ def test_bad_requests_say_what_is_wrong(body, param, words):
     (429, b'{"detail": {"code": "model_cap_exceeded", "message": "You\'ve reached the current usage cap"}}',
      429, "model_cap_exceeded", "usage cap"),
     (429, b'{"detail": "Only one message at a time."}', 429, "rate_limit_exceeded", "Only one message"),
-    (500, b"Internal Server Error", 502, "upstream_error", "Internal Server Error"),
-    (502, b"", 502, "upstream_error", "no details"),
+    (500, b"Internal Server Error", 502, "upstream_not_backend_api", "Internal Server Error"),
+    (502, b"", 502, "upstream_not_backend_api", "an empty body"),
+    (502, b'{"detail": "Bad gateway"}', 502, "upstream_error", "Bad gateway"),
 ])
 def test_upstream_errors_map_to_openai_errors(status, body, ours, code, words):
     error = from_upstream(status, body)
@@ -123,3 +124,68 @@ def test_system_hints_only_when_asked():
     assert "system_hints" not in conversation_payload([("user", "hi")], Route("o3", "o3"), ids(), "v1")
     assert conversation_payload([("user", "draw")], Route("o3", "o3"), ids(), "auto",
                                 hints=("picture_v2",))["system_hints"] == ["picture_v2"]
+
+
+def test_an_agents_tool_history_is_folded_into_text():
+    req = parse_chat_request({"model": "m", "messages": [
+        {"role": "user", "content": "北京天气？"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "北京"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'},
+        {"role": "assistant", "content": "Let me check twice.", "function_call": {"name": "lookup", "arguments": "{}"}},
+        {"role": "function", "name": "lookup", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "unknown", "content": [{"type": "text", "text": "?"}]},
+        {"role": "user", "content": "所以呢？"},
+    ]})
+    assert req.messages == [
+        ("user", "北京天气？"),
+        ("assistant", '[called tool get_weather with {"city": "北京"}]'),
+        ("user", '[result of tool get_weather]\n{"temp": 21}'),
+        ("assistant", "Let me check twice.\n[called tool lookup with {}]"),
+        ("user", "[result of tool lookup]\nsunny"),
+        ("user", "[result of tool tool]\n?"),
+        ("user", "所以呢？"),
+    ]
+
+
+def test_odd_tool_call_shapes_are_folded_not_refused():
+    req = parse_chat_request({"model": "m", "messages": [
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}],
+         "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {"a": 1}}}, "junk", {}]},
+        {"role": "user", "content": "ok"}]})
+    assert req.messages[0] == ("assistant", 'I can\'t.\n[called tool f with {"a":1}]\n[called tool tool with {}]')
+
+
+def test_openai_parameters_the_backend_cannot_honour_never_fail_a_request():
+    req = parse_chat_request({"model": "m", "messages": [{"role": "developer", "content": "x"},
+                                                         {"role": "user", "content": "y", "name": "bob"}],
+                              "user": "u1", "logit_bias": {"50256": -100}, "stop": ["\n\n"], "logprobs": True,
+                              "top_logprobs": 2, "tools": [{"type": "function", "function": {"name": "f"}}],
+                              "tool_choice": "auto", "parallel_tool_calls": False, "functions": [],
+                              "function_call": "none", "response_format": {"type": "json_object"},
+                              "max_completion_tokens": 10, "reasoning_effort": "high", "seed": 7, "store": False,
+                              "metadata": {"a": "b"}, "service_tier": "auto", "modalities": ["text"],
+                              "stream_options": None, "prediction": None, "audio": None, "web_search_options": {}})
+    assert req.messages == [("system", "x"), ("user", "y")]
+
+
+@pytest.mark.parametrize("effort, sent", [("high", "extended"), ("xhigh", "extended"), ("low", "standard"),
+                                          ("medium", "standard"), ("minimal", "standard"), ("bogus", None),
+                                          (None, None)])
+def test_reasoning_effort_becomes_thinking_effort_for_thinking_models(effort, sent):
+    req = parse_chat_request({"model": "o3", "messages": [{"role": "user", "content": "x"}],
+                              "reasoning_effort": effort.upper() if effort else effort})
+    thinking = Route("o3", "o3", thinking=True)
+    assert conversation_payload(req.messages, thinking, ids(), "auto", effort=req.reasoning_effort).get(
+        "thinking_effort") == sent
+    # not for a model that does not think, and never in the late-2023 body
+    assert "thinking_effort" not in conversation_payload(req.messages, Route("gpt-4o", "gpt-4o"), ids(), "auto",
+                                                         effort=req.reasoning_effort)
+    assert "thinking_effort" not in conversation_payload(req.messages, thinking, ids(), "legacy",
+                                                         effort=req.reasoning_effort)
+
+
+def test_a_reasoning_effort_of_any_type_never_fails():
+    for effort in (5, {"a": 1}, ["high"], True):
+        assert parse_chat_request({"model": "o3", "messages": [{"role": "user", "content": "x"}],
+                                   "reasoning_effort": effort}).reasoning_effort is None
