@@ -13,6 +13,8 @@ import signal
 import socket
 import time
 
+import pytest
+
 from tests import rawstream
 from tests.e2e.test_workers import _alive, _children
 from tests.helpers import http
@@ -82,12 +84,17 @@ def test_sigterm_lets_answers_finish_then_ends_the_rest_and_exits_0(gateway_fact
     assert "ending 1 answers still open after SHUTDOWN_GRACE" in gw.log_text()
 
 
-def test_after_sigterm_no_new_connections_are_accepted(gateway_factory, upstream):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_after_the_signal_no_new_connections_are_accepted_and_a_waiting_collect_gets_a_503(
+        gateway_factory, upstream, signum):
     gw = gateway_factory(SHUTDOWN_GRACE=1)
     key = "fk-held-%d" % time.time_ns()
     upstream.plan(key, scenario="long", options={"chars": 400}, chunking="event", gate=6)
     held, head = _open_stream(gw, key)
-    gw.proc.send_signal(signal.SIGTERM)
+    collect = rawstream.connect(gw.url)
+    collect.sendall(rawstream.request_bytes(gw.url, key, stream=False))
+    upstream.wait_log(key, lambda r: len([x for x in r if x["method"] == "POST"]) == 2)
+    gw.proc.send_signal(signum)
     deadline = time.monotonic() + 5
     refused = False
     while time.monotonic() < deadline and not refused:
@@ -99,6 +106,8 @@ def test_after_sigterm_no_new_connections_are_accepted(gateway_factory, upstream
     assert refused
     answer = rawstream.read_answer(held, 15, head)
     assert answer.done and answer.error["code"] == "shutting_down"
+    collected = rawstream.read_answer(collect, 15)
+    assert collected.status == 503 and collected.json()["error"]["code"] == "shutting_down"
     assert _wait_exit(gw.proc, 15) == 0
 
 
