@@ -117,8 +117,15 @@ class Supervisor:
             _kill(pid, signal.SIGTERM)
 
     def start(self, slot):
-        """Fork worker ``slot``: True in the new worker, False in the parent."""
-        pid = os.fork()
+        """Fork worker ``slot``: True in the new worker, False in the parent (also when the
+        fork failed: the slot is then tried again after its back-off)."""
+        try:
+            pid = os.fork()
+        except OSError as e:  # out of processes or memory: the service goes on with fewer workers
+            delay = self.backoff[slot].next_delay(0.0)
+            log.error("starting worker %d failed (%s); trying again in %.1f s", slot, e, delay)
+            self.due[slot] = time.monotonic() + delay
+            return False
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -80,6 +80,24 @@ def test_a_client_that_takes_nothing_for_write_timeout_is_disconnected(gw, upstr
     assert "took nothing of its answer for 1 s (WRITE_TIMEOUT)" in gw.log_text()
 
 
+def test_without_flow_control_a_client_that_takes_nothing_is_still_disconnected(gateway_factory, upstream, key):
+    # A mark no answer reaches: the transfer is never paused, the gateway writes the whole answer
+    # and then waits for the client to take it; WRITE_TIMEOUT still ends that wait.
+    gw = gateway_factory(WRITE_TIMEOUT=1, STREAM_BUFFER_BYTES=1 << 30, NEED_DELETE_CONVERSATION_AFTER_RESPONSE="false")
+    upstream.plan(key, flood=3_000_000)
+    sock = rawstream.connect(gw.url, rcvbuf=4096, timeout=30)
+    sock.sendall(rawstream.request_bytes(gw.url, key))
+    deadline = time.monotonic() + 10
+    while "(WRITE_TIMEOUT): disconnected" not in gw.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "took nothing of its answer for 1 s (WRITE_TIMEOUT): disconnected" in gw.log_text()
+    answer = rawstream.read_answer(sock, 20)
+    sock.close()
+    assert not answer.complete_body
+    health = json.loads(http("GET", gw.url + "/healthz")[2])
+    assert health["open_streams"] == 0 and health["open_connections"] == 1
+
+
 def test_an_enormous_line_ends_the_stream_with_an_error_naming_the_limit(gw, upstream, key):
     upstream.plan(key, fault="enormous_line", fault_bytes=64 << 20)
     base = rawstream.rss_kb(gw.pid)
