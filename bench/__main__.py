@@ -7,6 +7,8 @@ S4  processes: concurrent big answers with PROCESS_WORKERS=2 vs 1
 S5  cost per event as an answer grows, legacy vs v1 (bench/delta_cost.py; also runs alone)
 S6  slow readers: big answers at full speed to clients that read nothing for a while, memory
     held per stream with flow control (STREAM_BUFFER_BYTES) and without (a 1 GB mark)
+Q1  the account queue: N concurrent requests over K one-at-a-time accounts, no pool / pool / pool in Redis
+    (bench/queue.py)
 
 Every stream's text is checked against the script's text ("exact"). ``--smoke`` runs it all
 at tiny sizes in a few seconds (CI runs it; it asserts exactness only, never timings).
@@ -19,17 +21,19 @@ import resource
 import sys
 import time
 
-from bench import convert, delta_cost, load, procs, transcript
+from bench import convert, delta_cost, load, procs, queue, transcript
 from pgw.server import raise_fd_limit
 
 # ramp: seconds over which each rung's streams connect (N/ramp new streams per second);
 # gentle: rungs repeated with 1,000 new streams per second, to tell holding from accepting.
 FULL = dict(ladder=[250, 500, 1000, 2000, 4000], events=60, interval_ms=500, chars=4, ramp=1.0,
             gentle=[4000], big_events=4000, big_chars=4, idle=2000, s4_streams=8, s4_ramp=0.0,
-            growth_events=20000, slow_streams=10, slow_events=2000, slow_chars=8000, slow_stall=5.0)
+            growth_events=20000, slow_streams=10, slow_events=2000, slow_chars=8000, slow_stall=5.0,
+            queue_n=500, queue_k=5, queue_pace_ms=8)
 SMOKE = dict(ladder=[20], events=5, interval_ms=20, chars=4, ramp=0.1, gentle=[],
              big_events=200, big_chars=4, idle=20, s4_streams=2, s4_ramp=0.0, growth_events=2000,
-             slow_streams=2, slow_events=100, slow_chars=2000, slow_stall=1.0)
+             slow_streams=2, slow_events=100, slow_chars=2000, slow_stall=1.0,
+             queue_n=20, queue_k=2, queue_pace_ms=2)
 
 
 def _ms(seconds):
@@ -198,7 +202,7 @@ def s6(table, n, events, chars, stall):
 def main(argv=None):
     p = argparse.ArgumentParser(description="gateway benchmarks: prints a markdown table")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (CI)")
-    p.add_argument("--only", default="S1,S2,S3,S4,S5,S6", help="comma-separated scenarios to run")
+    p.add_argument("--only", default="S1,S2,S3,S4,S5,S6,Q1", help="comma-separated scenarios to run")
     p.add_argument("--ladder", help="S1 stream counts, e.g. 250,500,1000")
     p.add_argument("--events", type=int, help="S1 events per stream")
     p.add_argument("--interval-ms", type=float, help="S1 interval between events")
@@ -240,6 +244,8 @@ def main(argv=None):
         s5(table, cfg["growth_events"], cfg["big_chars"])
     if "S6" in only:
         s6(table, cfg["slow_streams"], cfg["slow_events"], cfg["slow_chars"], cfg["slow_stall"])
+    if "Q1" in only:
+        queue.q1(table, cfg["queue_n"], cfg["queue_k"], cfg["queue_pace_ms"])
     load1, load5, load15 = os.getloadavg()
     print("load average %.2f %.2f %.2f at end; bench process CPU %.1f s\n"
           % (load1, load5, load15, resource.getrusage(resource.RUSAGE_SELF).ru_utime

@@ -71,6 +71,8 @@ class StreamSink:
         self._run = run
 
     def start(self):
+        if self.started:
+            return  # started early: a request that waited in the account queue got its headers then
         self.started = True
         h = self.handler
         h.set_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -265,7 +267,7 @@ class Relay:
         self.closed = False             # the client went away
         self.halted = False             # the client went away, or the answer was aborted
         self.last_upstream = time.monotonic()
-        self._queue = collections.deque()
+        self._queue: collections.deque = collections.deque()
         self._busy = True               # hold everything until begin(): the sink is not ready
         self._idle = None
         # None once bad bytes were noted
@@ -624,6 +626,7 @@ class ConversationRun:
         self.relay = Relay(self.conversion, sink, downloads.perform, self.abort)
         self.transfer = None
         self.error = None   # why the answer was aborted (abort)
+        self.refused = None   # (status or None, body) when the upstream refused before any answer byte
 
     @property
     def closed(self):
@@ -664,6 +667,7 @@ class ConversationRun:
                     return
                 if self.error is not None:
                     raise self.error
+                self.refused = (status, bytes(transfer.error_body))
                 if status is None:
                     raise no_answer_error(transfer)
                 raise from_upstream(status, bytes(transfer.error_body), transfer.headers)

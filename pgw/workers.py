@@ -9,7 +9,8 @@ a tight loop. Here a worker that dies is restarted after a delay that doubles wh
 dying young (``BACKOFF_FIRST`` up to ``BACKOFF_MAX``) and starts over once a worker has lived
 ``STABLE`` seconds; nothing is counted for ever. Each death is logged with its exit status or
 signal. SIGTERM or SIGINT to the parent is passed on to every worker, and the parent waits for
-them (killing what is still there ``SHUTDOWN_GRACE`` + ``KILL_AFTER`` seconds later).
+them (killing what is still there ``SHUTDOWN_GRACE`` + ``KILL_AFTER`` seconds later); SIGHUP is
+passed on too (each worker reloads its account pool).
 
 ``stop_on_signals`` (in each worker, or the lone process) makes SIGTERM/SIGINT a graceful stop:
 stop accepting, let open answers finish for up to SHUTDOWN_GRACE seconds, end the rest with an
@@ -116,6 +117,10 @@ class Supervisor:
         for pid in self.children:
             _kill(pid, signal.SIGTERM)
 
+    def on_hup(self, signum, frame):
+        for pid in self.children:  # each worker reloads its own account pool (server.reload_on_sighup)
+            _kill(pid, signal.SIGHUP)
+
     def start(self, slot):
         """Fork worker ``slot``: True in the new worker, False in the parent (also when the
         fork failed: the slot is then tried again after its back-off)."""
@@ -129,6 +134,7 @@ class Supervisor:
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's own handler is in place
             random.seed()
             die_with_parent(self.parent)
             return True
@@ -138,6 +144,7 @@ class Supervisor:
     def run(self):
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
+        signal.signal(signal.SIGHUP, self.on_hup)
         for slot in range(self.workers):
             if self.start(slot):
                 return slot
