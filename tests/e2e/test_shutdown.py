@@ -22,6 +22,10 @@ from tests.helpers import http
 
 
 
+# The upstream holds its answer at piece 20 (plan "gate"): past the first text in every dialect
+# (today's v1 stream sends half a dozen events before it), well before the end.
+
+
 def _open_stream(gw, key):
     """A stream whose first text has arrived: ``(socket, bytes read so far)``."""
     sock = rawstream.connect(gw.url)
@@ -46,7 +50,7 @@ def _hidden(upstream, key):
 def _shutdown_with_open_streams(gw, upstream, held_key, quick_key):
     # held: the upstream stops after some text and never goes on (gate); quick: a paced answer
     # that finishes within the grace period.
-    upstream.plan(held_key, scenario="long", options={"chars": 400}, chunking="event", gate=6)
+    upstream.plan(held_key, scenario="long", options={"chars": 400}, chunking="event", gate=20)
     upstream.plan(quick_key, scenario="long", options={"chars": 700}, chunking="event", pace_ms=10)
     held, held_head = _open_stream(gw, held_key)
     quick, quick_head = _open_stream(gw, quick_key)
@@ -89,7 +93,7 @@ def test_after_the_signal_no_new_connections_are_accepted_and_a_waiting_collect_
         gateway_factory, upstream, signum):
     gw = gateway_factory(SHUTDOWN_GRACE=1)
     key = "fk-held-%d" % time.time_ns()
-    upstream.plan(key, scenario="long", options={"chars": 400}, chunking="event", gate=6)
+    upstream.plan(key, scenario="long", options={"chars": 400}, chunking="event", gate=20)
     held, head = _open_stream(gw, key)
     collect = rawstream.connect(gw.url)
     collect.sendall(rawstream.request_bytes(gw.url, key, stream=False))
@@ -117,7 +121,7 @@ def test_sigterm_to_the_parent_of_two_workers_ends_every_stream(gateway_factory,
     keys = ["fk-held-%d-%d" % (i, time.time_ns()) for i in range(4)]
     streams = []
     for key in keys:
-        upstream.plan(key, scenario="long", options={"chars": 400}, chunking="event", gate=6)
+        upstream.plan(key, scenario="long", options={"chars": 400}, chunking="event", gate=20)
         streams.append(_open_stream(gw, key))
     gw.proc.send_signal(signal.SIGTERM)
     for sock, head in streams:
@@ -174,7 +178,7 @@ def test_worker_deaths_never_end_the_service(gateway_factory, upstream, key):
 
 def test_healthz_counts_open_streams_and_connections(gateway_factory, upstream, key):
     gw = gateway_factory()
-    upstream.plan(key, scenario="long", options={"chars": 400}, chunking="event", gate=6)
+    upstream.plan(key, scenario="long", options={"chars": 400}, chunking="event", gate=20)
     streams = [_open_stream(gw, key) for _ in range(3)]
     status, _, body = http("GET", gw.url + "/healthz")
     health = json.loads(body)
