@@ -8,6 +8,8 @@ as it comes; ``while_connected`` abandons preparation work when the client leave
 import asyncio
 import logging
 
+from tornado.ioloop import IOLoop
+
 from pgw.converters.payload import conversation_payload
 from pgw.errors import ApiError
 from pgw.handlers.base import ClientGone, JsonBodyHandler
@@ -26,22 +28,24 @@ class ConversationHandler(JsonBodyHandler):
     """
 
     _gone = False
-    _pending = None
-    _run = None
+    _pending: frozenset = frozenset()   # preparation and queue waits to cancel when the client leaves
+    _run = None       # the conversation (the first, when several run: the images endpoint)
+    _runs = ()
 
     async def while_connected(self, awaitable):
         """Await preparation work, abandoning it as soon as the client disconnects."""
         if self._gone:
             raise ClientGone()
-        self._pending = asyncio.ensure_future(awaitable)
+        pending = asyncio.ensure_future(awaitable)
+        self._pending = self._pending | {pending}
         try:
-            return await self._pending
+            return await pending
         except asyncio.CancelledError:
             if self._gone:
                 raise ClientGone() from None
             raise
         finally:
-            self._pending = None
+            self._pending = self._pending - {pending}
 
     def payload(self, messages, route, gizmo=None, hints=(), effort=None):
         """The upstream request body, asking for the stream encoding the settings choose;
@@ -53,7 +57,8 @@ class ConversationHandler(JsonBodyHandler):
 
     def downloads(self, key):
         """Fetching for one answer what it shows (images, files), linked at this gateway."""
-        return MediaDownloads(self.gateway.upstream, self.gateway.media, key, self.public_base_url())
+        gw = self.gateway
+        return MediaDownloads(gw.upstream, gw.media, key, self.public_base_url(), gw.saved_files)
 
     async def converse(self, key, payload, sink, downloads, prompt_messages, renderer=None, model=None):
         """Run the upstream conversation into ``sink`` (``pgw.runtime.ConversationRun``): an
@@ -80,20 +85,27 @@ class ConversationHandler(JsonBodyHandler):
                                "invalid_request_error", "invalid_api_key") from None
         downloads.key = key
         body = payload if isinstance(payload, dict) else await payload(key)
-        self._run = ConversationRun(self.gateway, key, body, sink, downloads, prompt_messages, renderer)
-        await self._run.run()
+        await self._new_run(key, body, sink, downloads, prompt_messages, renderer).run()
 
-    async def converse_pooled(self, pool, payload, sink, downloads, prompt_messages, renderer, model):  # noqa: C901
+    def _new_run(self, key, body, sink, downloads, prompt_messages, renderer):
+        """A ``ConversationRun``, known to ``on_connection_close`` (the images endpoint runs
+        several at once; a pooled request one per account it tries). ``_run`` is the first."""
+        run = ConversationRun(self.gateway, key, body, sink, downloads, prompt_messages, renderer)
+        self._runs = (*self._runs, run)
+        if self._run is None:
+            self._run = run
+        return run
+
+    async def converse_pooled(self, pool, payload, sink, downloads, prompt_messages, renderer, model):
         """Lease an account, answer through it, give it back; before the first answer byte a
         refusal benches the account (``pgw.pool.verdict``) and the next account is tried, at most
         RETRY_ATTEMPTS of them. Every lease is released in ``finally``: whatever happens (client
         gone, an error, a bug), no request holds an account after its response ended."""
-        settings = self.gateway.settings
         tried = set()
         last = None
         self.queued_s = 0.0
         try:
-            while len(tried) < settings.retry_attempts:
+            while len(tried) < self.gateway.settings.retry_attempts:
                 try:
                     lease = await self._lease(pool, model or "", frozenset(tried), sink)
                 except ApiError as e:
@@ -103,38 +115,11 @@ class ConversationHandler(JsonBodyHandler):
                 self.account_label = lease.label
                 self.queued_s += lease.queued_s
                 try:
-                    refreshed = False
-                    while True:
-                        downloads.key = lease.key
-                        body = payload if isinstance(payload, dict) else await payload(lease.key)
-                        self._run = ConversationRun(self.gateway, lease.key, body, sink, downloads,
-                                                    prompt_messages, renderer)
-                        pool.note_handoff(lease)
-                        lease.freed_at = None
-                        try:
-                            await self._run.run()
-                        except ApiError as e:
-                            if self._run.refused is None:
-                                raise
-                            last = e
-                        else:
-                            if self._run.refused is None:
-                                await pool.succeeded(lease)
-                            return
-                        if self._gone:
-                            raise ClientGone()
-                        status, raw = self._run.refused
-                        if status == 401 and not refreshed and await pool.refresh_after_401(lease):
-                            refreshed = True
-                            continue  # the same account once more, with its new token
-                        v = await pool.refused(lease, status, raw)
-                        log.warning("account %s refused (HTTP %s): %s%s", lease.label, status, last.message,
-                                    "; trying another" if v.retry else "")
-                        if not v.retry:
-                            raise last
-                        break
+                    last = await self._answer_with(pool, lease, payload, sink, downloads, prompt_messages, renderer)
                 finally:
                     await pool.release(lease)
+                if last is None:
+                    return
                 tried.add(lease.label)
             raise last
         except ApiError as e:
@@ -143,6 +128,42 @@ class ConversationHandler(JsonBodyHandler):
                 return
             raise
 
+    async def _answer_with(self, pool, lease, payload, sink, downloads, prompt_messages, renderer):
+        """One account's try: None when it answered; its refusal (an ``ApiError``) when another
+        account should be tried; raises when none should. A 401 refreshes the token (when it
+        can) and tries the same account once more."""
+        refreshed = False
+        while True:
+            if self._gone:  # left in the instant its account was handed over
+                raise ClientGone()
+            pool.note_handoff(lease)  # (what the queue cost; file uploads are not its cost)
+            lease.freed_at = None
+            downloads.key = lease.key
+            body = payload if isinstance(payload, dict) else await payload(lease.key)
+            run = self._run = self._new_run(lease.key, body, sink, downloads, prompt_messages, renderer)
+            try:  # (``_run``: the access log reports the account that answered, not one that refused)
+                await run.run()
+            except ApiError as e:
+                if run.refused is None:
+                    raise
+                refusal = e
+            else:
+                if run.refused is None:  # clears the account's trouble, off the answer's path
+                    IOLoop.current().spawn_callback(pool.succeeded, lease)
+                return None
+            if self._gone:
+                raise ClientGone()
+            status, raw = run.refused
+            if status == 401 and not refreshed and await pool.refresh_after_401(lease):
+                refreshed = True
+                continue  # the same account once more, with its new token
+            v = await pool.refused(lease, status, raw)
+            log.warning("account %s refused (HTTP %s): %s%s", lease.label, status, refusal.message,
+                        "; trying another" if v.retry else "")
+            if not v.retry:
+                raise refusal
+            return refusal
+
     async def _lease(self, pool, model, tried, sink):
         """Wait for a lease; a streaming client that waits KEEPALIVE_INTERVAL gets its headers
         and then keep-alives (web UIs stop their timers on headers). A client that leaves is out
@@ -150,7 +171,7 @@ class ConversationHandler(JsonBodyHandler):
         if self._gone:
             raise ClientGone()
         wait = asyncio.ensure_future(pool.acquire(model, tried))
-        self._pending = wait
+        self._pending = self._pending | {wait}
         interval = self.gateway.settings.keepalive_interval
         try:
             while True:
@@ -166,13 +187,13 @@ class ConversationHandler(JsonBodyHandler):
                 raise ClientGone() from None
             raise
         finally:
-            self._pending = None
+            self._pending = self._pending - {wait}
             if not wait.done():
                 wait.cancel()
 
     def on_connection_close(self):
         self._gone = True
-        if self._pending is not None:
-            self._pending.cancel()
-        if self._run is not None:
-            self._run.cancel("the client disconnected")
+        for pending in self._pending:
+            pending.cancel()
+        for run in self._runs:
+            run.cancel("the client disconnected")
