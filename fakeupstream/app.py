@@ -9,11 +9,11 @@ word in the last user message, or planned for an API key by a test:
     POST /_fake/release?key=k1   -> let a stream held by the plan's "gate" go on
 
 Plan options: scenario, options (scenario arguments), chunking (event | whole | bytes:N |
-random:SEED), pace_ms, pings, raw_utf8 (JSON with raw UTF-8 rather than the real upstream's
-``\\uXXXX`` escapes, so that chunks split characters), status (+ detail, cloudflare, headers,
-page + content_type for a non-JSON body) for an error answer, hold_s before answering, silence
-[piece index, seconds], gate (piece index at which the stream waits for a release; headers are
-always sent at once, as the real upstream does).
+random:SEED), pace_ms, pings, raw_sse (a whole SSE body a test wrote, served verbatim), raw_utf8
+(JSON with raw UTF-8 rather than the real upstream's ``\\uXXXX`` escapes, so that chunks split
+characters), status (+ detail, cloudflare, headers, page + content_type for a non-JSON body) for an
+error answer, hold_s before answering, silence [piece index, seconds], gate (piece index at which
+the stream waits for a release; headers are always sent at once, as the real upstream does).
 
 Fault plans (tests of what a misbehaving upstream does to the gateway):
 
@@ -256,6 +256,15 @@ class ConversationHandler(FakeHandler):
             return await self._fault(plan["fault"], plan)
         if plan.get("flood"):
             return await self._flood(int(plan["flood"]))
+        raw = plan.get("raw_sse")
+        if raw is not None:
+            # A transcript a test wrote itself, served verbatim (cut by the plan's chunking): the
+            # gateway is then checked against the protocol's text, not against this fake's script.
+            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+            record["encoding"] = "raw"
+            await self._write_events([raw.encode("utf-8", "surrogatepass")], plan, drop=False, key=key)
+            record["completed"] = True
+            return
         # Like the real upstream: v1 only for clients that ask for it; a plan may force either.
         encoding = plan.get("encoding") or ("v1" if "v1" in (body.get("supported_encodings") or ()) else "legacy")
         record["encoding"] = encoding
@@ -689,17 +698,23 @@ def gizmo_object(gizmo_id, name):
 
 class BytesHandler(FakeHandler):
     """``GET /_fake/bytes?n=5000&type=...&chunked=1``: n bytes, without Content-Length if chunked.
-    ``gate=NAME``: log the fetch under the key NAME, then wait for ``/_fake/release?key=NAME``."""
+    ``gate=NAME``: log the fetch under the key NAME, then wait for ``/_fake/release?key=NAME``;
+    the record says ``"aborted": true`` once the fetching side has closed the connection."""
+
+    _gated = None
 
     async def get(self):
         gate = self.get_argument("gate", "")
         if gate:
-            self.state.record(gate, {"method": "GET", "path": self.request.path, "query": self.request.query})
+            self._gated = self.state.record(gate, {"method": "GET", "path": self.request.path,
+                                                   "query": self.request.query, "aborted": False})
             event = self.state.gate(gate)
             for _ in range(600):  # at most a minute
-                if event.is_set():
+                if event.is_set() or self._gated["aborted"]:
                     break
                 await asyncio.sleep(0.1)
+            if self._gated["aborted"]:
+                return
         n = int(self.get_argument("n"))
         self.set_header("Content-Type", self.get_argument("type", "application/octet-stream"))
         if self.get_argument("chunked", ""):
@@ -709,6 +724,10 @@ class BytesHandler(FakeHandler):
         else:
             self.write(b"x" * n)
         self.finish()
+
+    def on_connection_close(self):
+        if self._gated is not None:
+            self._gated["aborted"] = True
 
 
 class RedirectHandler(tornado.web.RequestHandler):
