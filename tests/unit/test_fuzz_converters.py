@@ -144,8 +144,13 @@ def test_valid_answers_give_the_same_text_under_any_chunking(script, dialect, cr
     assert text_of(items) == text_of(whole_items)
 
 
+# Plain prose: no private-use characters (today's stream marks citations with them, and the
+# renderers drop them), no citation brackets, no line breaks or edge spaces a renderer may tidy.
+PROSE = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Co")), max_size=60)
+
+
 @FUZZ
-@given(text=TEXT.filter(lambda t: t.strip() == t and "\n" not in t and "【" not in t), step=st.integers(1, 9),
+@given(text=PROSE.filter(lambda t: t.strip() == t and "\n" not in t and "【" not in t), step=st.integers(1, 9),
        dialect=st.sampled_from(["legacy", "v1"]), cuts=CUTS, ascii=st.booleans())
 def test_a_plain_answer_gives_exactly_its_text(text, step, dialect, cuts, ascii):
     script = Script([Msg(text, step=step)], ascii=ascii)
