@@ -5,6 +5,8 @@ S2  conversion: in-process pipeline vs the ujson parse-only floor; end to end th
 S3  memory: RSS per open idle stream
 S4  processes: concurrent big answers with PROCESS_WORKERS=2 vs 1
 S5  cost per event as an answer grows, legacy vs v1 (bench/delta_cost.py; also runs alone)
+S6  slow readers: big answers at full speed to clients that read nothing for a while, memory
+    held per stream with flow control (STREAM_BUFFER_BYTES) and without (a 1 GB mark)
 Q1  the account queue: N concurrent requests over K one-at-a-time accounts, no pool / pool / pool in Redis
     (bench/queue.py)
 
@@ -26,9 +28,11 @@ from pgw.server import raise_fd_limit
 # gentle: rungs repeated with 1,000 new streams per second, to tell holding from accepting.
 FULL = dict(ladder=[250, 500, 1000, 2000, 4000], events=60, interval_ms=500, chars=4, ramp=1.0,
             gentle=[4000], big_events=4000, big_chars=4, idle=2000, s4_streams=8, s4_ramp=0.0,
-            growth_events=20000, queue_n=500, queue_k=5, queue_pace_ms=8)
+            growth_events=20000, slow_streams=10, slow_events=2000, slow_chars=8000, slow_stall=5.0,
+            queue_n=500, queue_k=5, queue_pace_ms=8)
 SMOKE = dict(ladder=[20], events=5, interval_ms=20, chars=4, ramp=0.1, gentle=[],
              big_events=200, big_chars=4, idle=20, s4_streams=2, s4_ramp=0.0, growth_events=2000,
+             slow_streams=2, slow_events=100, slow_chars=2000, slow_stall=1.0,
              queue_n=20, queue_k=2, queue_pace_ms=2)
 
 
@@ -160,10 +164,45 @@ def s5(table, events, chars):
                   % (window, first * 1e6, window, last * 1e6, last / first))
 
 
+SLOW_RCVBUF = 16 * 1024  # a slow client's receive window: the kernel holds little for it
+
+
+async def _stalled(server, n, stall):
+    """Run the stalled streams; sample the server's RSS just before the clients start reading."""
+    task = asyncio.ensure_future(load.run(server.url, n, ramp=0.0, timeout=600, stall=stall, rcvbuf=SLOW_RCVBUF))
+    await asyncio.sleep(max(0.1, stall - 0.3))
+    rss = server.memory_kb("VmRSS")
+    return await task, rss
+
+
+def s6(table, n, events, chars, stall):
+    """n big v1 answers at full speed to clients that read nothing for ``stall`` seconds, then
+    everything: server RSS near the end of the stall, with flow control and without."""
+    text = transcript.answer_text(events, chars)
+    cells, exact = [], True
+    with procs.Upstream(events, chars, 0, "v1") as up:
+        for label, mark in (("STREAM_BUFFER_BYTES default", None), ("no flow control (1 GB mark)", 1 << 30)):
+            extra = {} if mark is None else {"STREAM_BUFFER_BYTES": mark}
+            with procs.Server(up.url, **extra) as server:
+                streams(server, up, 2, ramp=0.0, timeout=60)  # warm-up
+                base = server.memory_kb("VmRSS")
+                t0 = time.monotonic()
+                clients, rss = asyncio.run(_stalled(server, n, stall))
+                wall = time.monotonic() - t0
+            ok = sum(1 for r in (load.Result(c) for c in clients) if r.ok and r.text == text)
+            exact = exact and ok == n
+            cells.append("%s: RSS +%.1f MB during the stall (%.0f KB per stream), exact %d/%d, all read in %.1f s"
+                         % (label, (rss - base) / 1024.0, (rss - base) / n, ok, n, wall))
+    table.add("S6 slow readers", "%d x v1 E=%d, C=%d (%.1f MB of upstream events each), upstream full speed; "
+              "clients (16 KB receive window) read nothing for %g s, then all" % (n, events, chars,
+                                                                                   up.upstream_bytes / 1e6, stall),
+              "; ".join(cells), exact=exact)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="gateway benchmarks: prints a markdown table")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (CI)")
-    p.add_argument("--only", default="S1,S2,S3,S4,S5,Q1", help="comma-separated scenarios to run")
+    p.add_argument("--only", default="S1,S2,S3,S4,S5,S6,Q1", help="comma-separated scenarios to run")
     p.add_argument("--ladder", help="S1 stream counts, e.g. 250,500,1000")
     p.add_argument("--events", type=int, help="S1 events per stream")
     p.add_argument("--interval-ms", type=float, help="S1 interval between events")
@@ -203,6 +242,8 @@ def main(argv=None):
         table.add("S4 speed-up", "PROCESS_WORKERS=2 vs 1", "%.2fx" % (two / one))
     if "S5" in only:
         s5(table, cfg["growth_events"], cfg["big_chars"])
+    if "S6" in only:
+        s6(table, cfg["slow_streams"], cfg["slow_events"], cfg["slow_chars"], cfg["slow_stall"])
     if "Q1" in only:
         queue.q1(table, cfg["queue_n"], cfg["queue_k"], cfg["queue_pace_ms"])
     load1, load5, load15 = os.getloadavg()

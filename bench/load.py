@@ -8,6 +8,7 @@ minus when the upstream was due to send it.
 """
 
 import asyncio
+import socket
 import time
 
 import ujson
@@ -39,10 +40,15 @@ class Client(asyncio.Protocol):
         self.has_content = False
         self.transport = None
 
+    stall = None                  # seconds to read nothing after connecting (a slow reader)
+
     def connection_made(self, transport):
         self.transport = transport
         self.sent = time.time()
         transport.write(self.request)
+        if self.stall:
+            transport.pause_reading()
+            asyncio.get_running_loop().call_later(self.stall, transport.resume_reading)
 
     def data_received(self, data):
         self.reads.append((time.time(), data))
@@ -59,11 +65,13 @@ class Client(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def run(url, n, ramp=1.0, timeout=120.0, hold=None):
+async def run(url, n, ramp=1.0, timeout=120.0, hold=None, stall=None, rcvbuf=None):
     """Open ``n`` streams (spread over ``ramp`` seconds); return the ``Client``s when all ended.
 
     ``hold``: an async function called once every stream has shown content (or at the timeout),
-    before the streams are cut: memory of open streams is measured there.
+    before the streams are cut: memory of open streams is measured there. ``stall``: each
+    client reads nothing for that many seconds after sending its request; ``rcvbuf``: the
+    clients' socket receive buffer (a small one: a slow client's window).
     """
     host, port = url.split("//", 1)[1].rsplit(":", 1)
     loop = asyncio.get_running_loop()
@@ -74,11 +82,19 @@ async def run(url, n, ramp=1.0, timeout=120.0, hold=None):
         done = loop.create_future()
         c = Client("bench-%d-%d" % (int(start * 1000), i), None, done)
         c.request = request_bytes(host, c.key)
+        c.stall = stall
         clients.append(c)
         await asyncio.sleep(max(0.0, start + ramp * i / max(n, 1) - loop.time()))
         c.started = time.time()
         try:
-            await loop.create_connection(lambda: c, host, int(port))
+            if rcvbuf:
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connecting: sets the window
+                sock.setblocking(False)
+                await loop.sock_connect(sock, (host, int(port)))
+                await loop.create_connection(lambda: c, sock=sock)
+            else:
+                await loop.create_connection(lambda: c, host, int(port))
         except OSError as e:
             c.error = "connect: %s" % e
             done.set_result(None)

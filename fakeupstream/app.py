@@ -15,6 +15,16 @@ characters), status (+ detail, cloudflare, headers, page + content_type for a no
 error answer, hold_s before answering, silence [piece index, seconds], gate (piece index at which
 the stream waits for a release; headers are always sent at once, as the real upstream does).
 
+Fault plans (tests of what a misbehaving upstream does to the gateway):
+
+    "fault": "html_200"        200 with an HTML page (a proxy's or Cloudflare's) instead of events
+    "fault": "enormous_line"   200, then one ``data:`` line of "fault_bytes" bytes that never ends
+    "fault": "invalid_utf8"    the answer, with every other unfinished message's JSON broken by bytes
+                               that are not UTF-8 (with whole-message snapshots the final event
+                               repairs the text)
+    "flood": N                 a v1 answer of N characters of text, written as fast as the socket
+                               takes it (64 KB writes, the events made as they are sent)
+
 Files (DALL·E images, charts, files the code wrote) are fetched as upstream does it: the
 backend-api call answers a ``download_url`` on this host (``/_fake/blob/...``), which a plain
 GET without Authorization turns into the bytes (fakeupstream/files.py).
@@ -242,6 +252,10 @@ class ConversationHandler(FakeHandler):
         return False
 
     async def _answer(self, key, plan, body, record):
+        if plan.get("fault") in ("html_200", "enormous_line"):
+            return await self._fault(plan["fault"], plan)
+        if plan.get("flood"):
+            return await self._flood(int(plan["flood"]))
         raw = plan.get("raw_sse")
         if raw is not None:
             # A transcript a test wrote itself, served verbatim (cut by the plan's chunking): the
@@ -275,11 +289,72 @@ class ConversationHandler(FakeHandler):
             events = RENDERERS[encoding](script, cid, messages, pings=plan.get("pings", True))
         if plan.get("future_patches") and encoding.startswith("v1"):
             events = with_future_patches(events)
+        if plan.get("fault") == "invalid_utf8":
+            events = [ev.replace(b'"parts": ["', b'"parts": ["\xff\xfe') if i % 2 and b'"in_progress"' in ev else ev
+                      for i, ev in enumerate(events)]
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         await self._write_events(events, plan, drop=not script.done, key=key)
         record["completed"] = True
 
+    async def _fault(self, fault, plan):
+        try:
+            if fault == "html_200":
+                self.set_header("Content-Type", "text/html; charset=utf-8")
+                return self.finish(b"<!DOCTYPE html><html><head><title>Just a moment...</title></head>"
+                                   b"<body><div class='cf-browser-verification'>Checking your browser</div>"
+                                   b"</body></html>\n")
+            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.write(b'data: {"message": {"content": {"parts": ["')
+            await self.flush()
+            left = int(plan.get("fault_bytes", 64 << 20))
+            piece = b"x" * 65536
+            while left > 0 and not self._record["aborted"]:
+                self.write(piece[:left])
+                left -= len(piece)
+                await self.flush()
+            self.finish()
+        except StreamClosedError:
+            self._record["aborted"] = True
+
+    async def _flood(self, chars):
+        """A big v1 answer at full speed, made while it is sent (the fake holds one write)."""
+        cid = str(uuid.uuid4())
+        msg = {"id": str(uuid.uuid4()), "author": {"role": "assistant", "name": None, "metadata": {}},
+               "content": {"content_type": "text", "parts": [""]}, "status": "in_progress", "end_turn": None,
+               "weight": 1.0, "metadata": {"model_slug": "gpt-4"}, "recipient": "all"}
+        head = (b'event: delta_encoding\ndata: "v1"\n\n' + b"event: delta\ndata: " + ujson.dumps(
+            {"p": "", "o": "add", "v": {"message": msg, "conversation_id": cid, "error": None}, "c": 0}).encode()
+            + b"\n\n")
+        step = b'event: delta\ndata: {"p": "/message/content/parts/0", "o": "append", "v": "%s"}\n\n'
+        tail = (b'event: delta\ndata: {"p": "", "o": "patch", "v": [{"p": "/message/status", "o": "replace", '
+                b'"v": "finished_successfully"}, {"p": "/message/end_turn", "o": "replace", "v": true}, '
+                b'{"p": "/message/metadata", "o": "append", "v": {"finish_details": {"type": "stop"}, '
+                b'"is_complete": true}}]}\n\n'
+                b'data: {"type": "message_stream_complete", "conversation_id": "%s"}\n\ndata: [DONE]\n\n'
+                % cid.encode())
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        try:
+            self.write(head)
+            await self.flush()
+            sent = 0
+            while sent < chars and not self._record["aborted"]:
+                batch = []
+                for _ in range(400):  # ~64 KB of events per write
+                    if sent >= chars:
+                        break
+                    n = min(100, chars - sent)
+                    batch.append(step % flood_text(sent, n))
+                    sent += n
+                self.write(b"".join(batch))
+                await self.flush()
+            if self._record["aborted"]:
+                return
+            self.write(tail)
+            self._record["completed"] = True
+            self.finish()
+        except StreamClosedError:
+            self._record["aborted"] = True
     async def _continue(self, key, body, plan, encoding):
         """``"action": "continue"``: the next part of the answer cut at max_tokens."""
         stored = self.state.conversations.get(body.get("conversation_id"))
@@ -358,6 +433,15 @@ class ConversationHandler(FakeHandler):
             502: "Bad gateway",
         }
         self.json(status, {"detail": detail if detail is not None else defaults.get(status, "error")})
+
+
+_ALPHABET = b"abcdefghijklmnopqrstuvwxyz" * 8
+
+
+def flood_text(offset, n):
+    """Characters ``offset`` to ``offset + n`` (n <= 100) of a flood answer (plan "flood"): the
+    alphabet over and over, so a test can check the whole text from its length alone."""
+    return _ALPHABET[offset % 26:offset % 26 + n]
 
 
 FUTURE_PATCH = b'event: delta\ndata: {"p": "/message/content/parts/0", "o": "future_op", "v": "?"}\n\n'

@@ -29,6 +29,8 @@ log = logging.getLogger("gateway")
 
 
 class Gateway:
+    stopping = False  # set by pgw.workers.graceful_stop: /healthz then says so
+
     def __init__(self, settings, models=None):
         self.settings = settings
         self.models = models or gpts.build_models(settings)
@@ -38,7 +40,8 @@ class Gateway:
         self.gizmos = GizmoStore(self.upstream, self.models, settings.key_for_gpts_info,
                                       settings.gpts_fetch_timeout)
         self.tokens = TokenCounter()
-        self.watch = StreamWatch(settings.keepalive_interval, settings.upstream_idle_timeout)
+        self.watch = StreamWatch(settings.keepalive_interval, settings.upstream_idle_timeout,
+                                  settings.write_timeout)
         self.media = MediaStore(settings.images_dir)
         self.saved_files = SavedFiles()  # upstream files saved by this process: none saved twice
         self.metrics = Metrics() if settings.metrics_enabled else None

@@ -7,7 +7,6 @@ BASE_URL at it, so every endpoint can be tried without an account.
 """
 
 import argparse
-import ctypes
 import errno
 import gc
 import ipaddress
@@ -41,6 +40,7 @@ from pgw.handlers.metrics import MetricsHandler
 from pgw.handlers.images import ImageGenerationsHandler, SavedFileHandler
 from pgw.handlers.models import ModelHandler, ModelsHandler
 from pgw.handlers.openapi import OpenApiHandler
+from pgw.workers import stop_on_signals, supervise
 
 log = logging.getLogger("gateway")
 
@@ -60,23 +60,6 @@ def raise_fd_limit():
         except (ValueError, OSError):
             pass  # some systems refuse an unlimited soft limit: keep what we have
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def die_with_parent(parent_pid):
-    """In a forked worker: end when the parent process ends (Linux; elsewhere a no-op).
-
-    ``fork_processes`` leaves the workers running when the parent is stopped with a plain
-    ``kill``: orphans that keep the port open and answer with the old settings.
-    """
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent_pid:  # the parent was gone before prctl took effect
-        sys.exit(0)
 
 
 def tune_gc():
@@ -304,12 +287,14 @@ def serve(argv=None):
     port = sockets[0].getsockname()[1]
     setup_metrics(settings)
     counts = None
+    worker = None
     if settings.process_workers > 1:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent: each worker reloads its own pool
+        # The parent passes SIGHUP on (pgw/workers.py): each worker reloads its own pool.
         counts = ConnectionCounts(settings.process_workers)  # before forking: shared memory
-        parent = os.getpid()
-        tornado.process.fork_processes(settings.process_workers)
-        die_with_parent(parent)
+        # Forks the workers and keeps them running (pgw/workers.py); returns in each worker.
+        worker = supervise(settings.process_workers, sockets, settings.shutdown_grace)
+        if worker is None:
+            return 0  # the parent, once every worker has stopped
 
     try:
         gateway = Gateway(settings, models)
@@ -324,13 +309,15 @@ def serve(argv=None):
         max_header_size=settings.max_header_bytes, body_timeout=settings.body_timeout)
     max_connections = server.limit(settings, descriptors)
     if counts is not None:
-        server.balance(counts, tornado.process.task_id())
+        server.balance(counts, worker)
     server.add_sockets(sockets)
     gateway.start()
+    server.request_callback.open_connections = lambda: len(server._connections)  # /healthz (Tornado's TCPServer)
+    stop_on_signals(server, gateway)
     reload_on_sighup(gateway)
     log.info("listening on http://%s:%d (pid %d, at most %d connections of %d descriptors)", settings.host, port,
-             tornado.process.task_id() or 0, max_connections, descriptors)
-    if not args.demo and not tornado.process.task_id():  # one probe, not one per worker
+             worker or 0, max_connections, descriptors)
+    if not args.demo and not worker:  # one probe, not one per worker
         tornado.ioloop.IOLoop.current().spawn_callback(probe_base_url, gateway)
     tune_gc()
     tornado.ioloop.IOLoop.current().start()

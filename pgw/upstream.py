@@ -4,7 +4,9 @@ Conversations stream through ``tornado.curl_httpclient`` with a ``streaming_call
 reach the converter as they arrive) and a ``header_callback`` (the status is known as soon as
 the upstream accepts, before any answer byte). Tornado's client cannot abandon a transfer, and
 a client that goes away must not leave an orphan transfer running upstream, so
-``CancellableCurlClient`` adds ``cancel``.
+``CancellableCurlClient`` adds ``cancel``. A client that reads slower than the upstream sends
+must not make the gateway hold the difference, so a ``Transfer`` can be paused (libcurl stops
+reading the upstream socket; TCP then slows the upstream down) and resumed.
 """
 
 import asyncio
@@ -15,7 +17,7 @@ import urllib.parse
 import pycurl
 import ujson
 from tornado.concurrent import Future, future_set_result_unless_cancelled
-from tornado.curl_httpclient import CurlAsyncHTTPClient
+from tornado.curl_httpclient import CurlAsyncHTTPClient, _CurlStreamingBuffer
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders
 
@@ -35,6 +37,11 @@ UPLOAD_BUFFER = 16 * 1024
 # MB (bench S2 end to end +5-15%). libcurl 8 lends the read buffer per read, so open streams
 # hold no more memory (bench S3 unchanged).
 READ_BUFFER = 128 * 1024
+# Body bytes Tornado may queue between libcurl and the converter before it pauses the transfer
+# itself (Tornado's default is 1 MB): with the client paused too, what one stream holds is this
+# plus the client's high-water mark (STREAM_BUFFER_BYTES). Two reads: at full speed the queue
+# holds at most one read between loop turns, so this never pauses a transfer a client keeps up with.
+QUEUE_LIMIT = 2 * READ_BUFFER
 USER_AGENT = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
               "Chrome/120.0 Safari/537.36")
 
@@ -112,6 +119,70 @@ class CancellableCurlClient(CurlAsyncHTTPClient):
         return False
 
 
+class _PausableBuffer(_CurlStreamingBuffer):
+    """Tornado's queue between libcurl's write callback and ``streaming_callback``, which also
+    pauses for the gateway's reasons (``hold``) and then resumes only on ``release``.
+
+    Tornado's own buffer resumes a transfer it paused as soon as its queue is delivered; a
+    transfer paused with ``curl.pause`` from outside would be resumed by that too. Here both
+    reasons to pause are one state: ``paused`` says libcurl is paused, ``held`` that the gateway
+    wants it so. Chunks already queued are still delivered while held (they are bounded by
+    ``max_buffer_size``). Relies on Tornado 6.6 internals (``_CurlStreamingBuffer``); tests
+    cover it against the pinned version.
+    """
+
+    held = False
+
+    def write(self, chunk):
+        if self.held:
+            self.paused = True
+            return pycurl.WRITEFUNC_PAUSE  # libcurl keeps the chunk and offers it again on resume
+        return super().write(chunk)
+
+    def flush(self):
+        self.flush_scheduled = False
+        try:
+            while self.chunks:
+                chunk = self.chunks.popleft()
+                self.size -= len(chunk)
+                self.callback(chunk)
+        finally:
+            if self.chunks:
+                self._schedule_flush()  # the callback raised: deliver the rest later
+            elif self.paused and not self.held:
+                self._resume()
+
+    def hold(self):
+        if self.held or self.curl is None:
+            return
+        self.held = True
+        self.paused = True
+        try:
+            self.curl.pause(pycurl.PAUSE_RECV)  # outside libcurl's callbacks: allowed
+        except pycurl.error:
+            pass  # the transfer failed meanwhile: _finish reports it
+
+    def release(self):
+        if not self.held:
+            return
+        self.held = False
+        if self.chunks:
+            self._schedule_flush()  # resumes once the queue is delivered
+        elif self.paused:
+            self._resume()
+
+    def _resume(self):
+        self.paused = False
+        if self.curl is None:
+            return
+        try:
+            self.curl.pause(pycurl.PAUSE_CONT)  # may call write() again with what libcurl kept
+        except pycurl.error:
+            return
+        # Make the multi handle act on the resumed transfer now (Tornado does the same).
+        self.client._set_timeout(0)
+
+
 class Transfer:
     """One streaming upstream request.
 
@@ -121,7 +192,8 @@ class Transfer:
     read before them, so the first body chunk also reads the status from the curl handle.
     Body bytes of a 200 answer go to ``on_chunk``; other answers' bodies are kept in
     ``error_body`` (bounded) and their headers in ``headers`` (``Retry-After``, ``Content-Type``)
-    for the error message.
+    for the error message. ``pause``/``resume``: stop and restart reading the upstream (a slow
+    client); ``paused`` says which.
     """
 
     def __init__(self, client, request, on_chunk):
@@ -130,7 +202,10 @@ class Transfer:
         self._on_chunk = on_chunk
         self.status = None
         self._line_status = None
+        self.content_type = None  # of the answer, lower case, as its headers say
         self._curl = None
+        self._buffer = None
+        self.paused = False
         self.accepted = Future()
         self.error_body = bytearray()
         self.headers = None       # the final answer's headers, kept only when it is not a 200
@@ -150,10 +225,31 @@ class Transfer:
         self.failure = reason
         self._client.cancel(self.request)
 
+    def pause(self):
+        """Stop reading the upstream until ``resume`` (what was already read is still delivered)."""
+        if not self.paused and not self.done.done():
+            self.paused = True
+            if self._buffer is not None:
+                self._buffer.hold()
+
+    def resume(self):
+        if self.paused:
+            self.paused = False
+            if self._buffer is not None:
+                self._buffer.release()
+
     def _prepare(self, curl):
         self._curl = curl
         curl.setopt(pycurl.UPLOAD_BUFFERSIZE, UPLOAD_BUFFER)
         curl.setopt(pycurl.BUFFERSIZE, READ_BUFFER)
+        # Tornado has just made the streaming buffer; put the pausable one in its place.
+        buffer = _PausableBuffer(self._client, curl, self._chunk)
+        buffer.max_buffer_size = QUEUE_LIMIT
+        curl.info["streaming_buffer"] = buffer
+        curl.setopt(pycurl.WRITEFUNCTION, buffer.write)
+        self._buffer = buffer
+        if self.paused:
+            buffer.hold()
 
     def _accept(self, status):
         if self.status is None:
@@ -172,11 +268,14 @@ class Transfer:
             self.headers = None if self._line_status in (None, 200) else HTTPHeaders()
         elif line in ("\r\n", "\n") and self._line_status is not None and self._line_status >= 200:
             self._accept(self._line_status)
-        elif self.headers is not None and len(self.headers) < 100:
-            try:
-                self.headers.parse_line(line)
-            except Exception:  # a malformed line only loses a header of an error answer
-                pass
+        else:
+            if line[:13].lower() == "content-type:":
+                self.content_type = line[13:].strip().lower()
+            if self.headers is not None and len(self.headers) < 100:
+                try:
+                    self.headers.parse_line(line)
+                except Exception:  # a malformed line only loses a header of an error answer
+                    pass
 
     def _chunk(self, data):
         if self.cancelled:

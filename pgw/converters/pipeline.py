@@ -78,10 +78,14 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Conversion:
-    def __init__(self, renderer: Renderer, encoding: str = "auto", echo_ids: Any = ()) -> None:
+    def __init__(self, renderer: Renderer, encoding: str = "auto", echo_ids: Any = (),
+                 max_event_bytes: int | None = None) -> None:
         """``encoding``: what the request asked the upstream for (the UPSTREAM_ENCODING setting);
-        ``echo_ids``: ids of the upstream messages the request carried (never part of the answer)."""
-        self._sse = SSEDecoder()
+        ``echo_ids``: ids of the upstream messages the request carried (never part of the answer);
+        ``max_event_bytes``: the SSE decoder's bound on one event (``feed`` raises
+        ``sse.EventTooLarge`` past it)."""
+        self._max_event_bytes = max_event_bytes
+        self._sse = SSEDecoder(max_event_bytes)
         self.warnings = Warnings()
         self._renderer = renderer
         self._answer = Answer(renderer, echo_ids)
@@ -151,7 +155,7 @@ class Conversion:
         answer = self._answer
         if message is None:
             self._events(self._sse.close())
-            self._sse = SSEDecoder()
+            self._sse = SSEDecoder(self._max_event_bytes)
             self._asked = self.dialect or self._asked  # the same dialect is expected again
             self._detect = _Detect(self._legacy)
             self._dialect = None

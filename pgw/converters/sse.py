@@ -7,12 +7,25 @@ accepts network chunks split anywhere: inside a line, inside a multi-byte UTF-8 
 
 Event data stays ``bytes``: ``ujson.loads`` takes bytes directly, and a long answer sends
 megabytes of events, so not decoding them twice matters.
+
+``SSEDecoder(max_event_bytes)`` bounds what one unfinished event may hold: a stream that never
+ends a line (or an event) raises ``EventTooLarge`` instead of growing without end. The bound is
+checked once per chunk, not per line, so the hot loop does not pay for it: what is held is at
+most the limit plus one chunk.
 """
 
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+class EventTooLarge(ValueError):
+    """One event (its lines so far) has grown past the decoder's ``max_event_bytes``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__("an event is larger than %d bytes" % limit)
+        self.limit = limit
 
 
 @dataclass(slots=True)
@@ -29,7 +42,9 @@ BOM = b"\xef\xbb\xbf"
 
 
 class SSEDecoder:
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int | None = None) -> None:
+        self._limit = max_event_bytes
+        self._held = 0           # bytes of the unfinished event, as of the last chunk's end
         self._head: bytes | None = b""  # the stream's first bytes until a BOM is ruled out; then None
         self._partial: list[memoryview] = []  # pieces of the line not yet terminated
         self._partial_data = False  # ... known to be a ``data: `` line, prefix already cut off
@@ -66,9 +81,12 @@ class SSEDecoder:
         if end < 0:  # no line ends here: the middle of a long event
             if chunk:  # (empty when the chunk was only the LF of a CRLF already seen)
                 self._keep(chunk, 0)
+                if self._limit is not None:
+                    self._check(self._held + len(chunk))
             return []
         events: list[Event] = []
         start = 0
+        blank = -1  # where the last event of this chunk ended (for the size limit)
         if self._partial:
             self._partial.append(memoryview(chunk)[:end])
             self._joined_line(events)
@@ -79,6 +97,7 @@ class SSEDecoder:
         data = self._data
         while end >= 0:
             if end == start:  # _dispatch, in place
+                blank = end
                 if data:
                     events.append(Event(self._event, data[0] if len(data) == 1 else b"\n".join(data)))
                     data = self._data = []
@@ -92,7 +111,18 @@ class SSEDecoder:
             end = find(b"\n", start)
         if start < len(chunk):
             self._keep(chunk, start)
+        if self._limit is not None:
+            self._check(len(chunk) - blank - 1 if blank >= 0 else self._held + len(chunk))
         return events
+
+    def _check(self, held: int) -> None:
+        """After a chunk: ``held`` bytes belong to the unfinished event (if there is one)."""
+        if not (self._partial or self._data or self._event is not None):
+            held = 0  # nothing unfinished (complete comment lines do not add up)
+        self._held = held
+        limit = self._limit
+        if limit is not None and held > limit:
+            raise EventTooLarge(limit)
 
     def _keep(self, chunk: bytes, start: int) -> None:
         """``chunk[start:]`` is part of a line that has not ended: keep a view of it."""
