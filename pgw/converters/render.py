@@ -259,6 +259,7 @@ class MarkdownRenderer:
         if text:
             self.out.append(text)
             self._last = text[-1]
+            self._gap = False  # something stands after the vanished marker: its spaces are prose again
 
     def _end_thinking(self, closing: bool = False) -> None:
         """Inline reasoning ends: the answer (or the end) follows."""

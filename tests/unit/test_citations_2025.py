@@ -12,7 +12,7 @@ import json
 import random
 import re
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 import pytest
 
 from tests.helpers import feed_all
@@ -399,6 +399,8 @@ def markdown_of(parts):
 
 
 @settings(max_examples=60, deadline=None)
+# Found by hypothesis: a space after a citation that follows a vanished marker was dropped.
+@example([3, 0, " "], 0, False, 1, 0)
 @given(st.lists(st.one_of(st.sampled_from(PROSE_WORDS), st.integers(0, len(PIPE_MARKERS) - 1)), min_size=1,
                 max_size=14),
        st.integers(-40, 40), st.booleans(), st.integers(1, 9), st.integers(0, 10 ** 6))
@@ -419,3 +421,4 @@ def test_pipeline_any_reference_timing_and_chunking(parts, lag, live, step, seed
         got = "".join(feed_all(conv, split(events, "random:%d:23" % seed)))
         assert got == expected, dialect
         assert conv.outcome() == ("stop", None)
+
