@@ -284,9 +284,17 @@ def cite_before(ask, model):
     return cite(ask, model, lag=-40, live=False, step=7)
 
 
+USAGE_LIMIT_TEXT = "You've reached our limit of messages per hour. Please try again later."
+
+
 def usage_limit(ask, model):
     """The account's cap is hit: an in-stream error with error_code usage_limit (5.2)."""
-    return Script([], model, error="You've reached our limit of messages per hour. Please try again later.",
+    return Script([], model, error=USAGE_LIMIT_TEXT, error_code="usage_limit")
+
+
+def usage_limit_midway(ask, model):
+    """The cap is hit after part of the answer was streamed."""
+    return Script([Msg("我正在回答，但是", step=2, status="in_progress")], model, error=USAGE_LIMIT_TEXT,
                   error_code="usage_limit")
 
 
@@ -401,7 +409,7 @@ SCENARIOS = {
     "code_rounds": code_rounds, "browse": browse, "dalle": dalle, "dalle_two": dalle_two,
     "dalle_missing": dalle_missing, "no_image": no_image, "chart": chart, "sandbox_file": sandbox_file,
     "think": think, "o1": o1, "cite": cite, "cite_same_list": cite_same_list, "cite_before": cite_before,
-    "usage_limit": usage_limit,
+    "usage_limit": usage_limit, "usage_limit_midway": usage_limit_midway,
     "image_gen": image_gen, "image_gen_inline": image_gen_inline, "image_quota": image_quota,
     "handoff": handoff, "handoff_refused": handoff_refused, "cut": cut, "cut_new_id": cut_new_id,
 }

@@ -87,6 +87,8 @@ class StreamSink:
     def text(self, text):
         """Write a content chunk; the socket write happens once per loop turn, so text that
         arrives in a burst (an upstream at full speed) leaves in one send, not one per chunk."""
+        if not self.started:
+            self.start()
         if self.texts is not None:
             self.texts.append(text)
         self.last_write = time.monotonic()
@@ -104,6 +106,8 @@ class StreamSink:
         if inline:
             self.text(text)
             return
+        if not self.started:
+            self.start()
         self.last_write = time.monotonic()
         self.handler.write(self.encoder.reasoning(text))
         if not self._flush_due:
@@ -117,10 +121,14 @@ class StreamSink:
             self._check_backlog()
 
     def keepalive(self):
-        if not self.paused:  # a client that is not reading needs no sign of life
+        if not self.started:
+            self.start()  # a quiet start (a model thinking): the headers go now, UIs stop their timers
+        elif not self.paused:  # a client that is not reading needs no sign of life
             self._send(openai_format.KEEPALIVE)
 
     def finish(self, reason, prompt_messages):
+        if not self.started:
+            self.start()
         self.ended = True
         tail = self.encoder.finish(reason)
         if self.include_usage:
@@ -129,6 +137,8 @@ class StreamSink:
         self.handler.finish(tail + openai_format.DONE)
 
     def fail(self, error):
+        if not self.started:
+            self.start()
         self.ended = True
         self.handler.finish(openai_format.error_event(error) + openai_format.DONE)
 
@@ -275,6 +285,7 @@ class Relay:
         self.last_upstream = time.monotonic()
         self._queue: collections.deque = collections.deque()
         self._busy = True               # hold everything until begin(): the sink is not ready
+        self.begun = False              # the upstream accepted: what comes is the answer
         self._idle = None
         # None once bad bytes were noted
         self._utf8: Optional[codecs.IncrementalDecoder] = codecs.getincrementaldecoder("utf-8")()
@@ -323,7 +334,8 @@ class Relay:
             self._emit(items)
 
     def begin(self):
-        """The sink has started: pass on what arrived before, then everything as it comes."""
+        """The upstream accepted: pass on what arrived before, then everything as it comes."""
+        self.begun = True
         items = list(self._queue)
         self._queue.clear()
         self._busy = False
@@ -460,7 +472,7 @@ class StreamWatch:
             if write_timeout and sink.stalled(now, write_timeout):
                 self._disconnect(sink, write_timeout)
                 continue
-            if keepalive and sink.started and now - sink.last_write >= keepalive:
+            if keepalive and sink.streaming and relay.begun and now - sink.last_write >= keepalive:
                 sink.keepalive()
                 sent += 1
         if self.metrics is not None:
@@ -771,7 +783,9 @@ class ConversationRun:
             if status != 200 or not _is_event_stream(transfer.content_type):
                 await self._refused(status, transfer)  # raises, unless the client has gone
                 return
-            sink.start()
+            # A stream's headers go with its first chunk, or after KEEPALIVE_INTERVAL of quiet
+            # (StreamWatch): an answer that fails before it says anything (a usage cap, an empty
+            # answer) still gets an honest HTTP status.
             relay.begin()
             await transfer.done
             if relay.closed:
@@ -794,6 +808,8 @@ class ConversationRun:
                 error.message += " (%s)" % transfer.failure
             if error is not None:
                 log.warning("answer for key %s failed: %s", mask(key), error.message)
+                if sink.streaming and not sink.started:
+                    raise error  # nothing was sent: the handler answers with the error's status
                 sink.fail(error)
             else:
                 sink.finish(reason, self.prompt_messages)

@@ -279,7 +279,9 @@ class RawStream:
         raise AssertionError("%r not seen in %r" % (marker, seen[-500:]))
 
 
-def test_headers_arrive_as_soon_as_the_upstream_accepts(gateway, upstream, key):
+def test_headers_arrive_while_the_upstream_is_still_silent(gateway, upstream, key):
+    """Web UIs stop their request timers on headers: a stream whose upstream accepted but says
+    nothing gets them after KEEPALIVE_INTERVAL (1 s here), not only with the first text."""
     upstream.plan(key, gate=0)  # the upstream accepts, then says nothing until released
     raw = RawStream(gateway, key)
     assert raw.response.status == 200

@@ -36,9 +36,23 @@ def test_usage_limit_before_any_text_is_a_429_with_the_upstream_message(gateway,
     assert upstream.conversations(key)[0]["encoding"] == "v1"
 
 
-def test_usage_limit_in_a_stream_is_the_stream_error_event(gateway, upstream, key):
+def test_usage_limit_before_any_text_in_a_stream_is_a_429_too(gateway, upstream, key):
+    """Nothing was sent yet (the stream's headers wait for its first chunk), so a streaming
+    client gets the same honest 429 and backs off."""
     upstream.plan(key, scenario="usage_limit")
     client = gateway.client(key)
-    with pytest.raises(openai.APIError) as e:
+    with pytest.raises(openai.RateLimitError) as e:
         list(client.chat.completions.create(model="gpt-4o", messages=ASK, stream=True))
-    assert USAGE_LIMIT in str(e.value)
+    assert e.value.status_code == 429 and e.value.body["message"] == USAGE_LIMIT
+
+
+def test_usage_limit_after_text_in_a_stream_is_the_stream_error_event(gateway, upstream, key):
+    upstream.plan(key, scenario="usage_limit_midway")
+    client = gateway.client(key)
+    got = []
+    with pytest.raises(openai.APIError) as e:
+        for chunk in client.chat.completions.create(model="gpt-4o", messages=ASK, stream=True):
+            got.append(chunk.choices[0].delta.content or "")
+    assert "".join(got) == "我正在回答，但是"
+    assert not isinstance(e.value, openai.APIStatusError)  # the 200 stream carried the error event
+    assert e.value.body["code"] == "rate_limit_exceeded" and e.value.body["message"] == USAGE_LIMIT
