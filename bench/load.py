@@ -212,6 +212,40 @@ class Result:
         return out
 
 
+class PassResult(Result):
+    """One stream through a pass-through proxy (nginx): the upstream's own events, unchanged.
+
+    ``text`` is the body's bytes (compared with the upstream's rendered events), ``arrivals``
+    count bytes so far, so ``lags`` takes the byte offsets at which each frame is complete."""
+
+    def _decode(self, reads):
+        head = b""
+        body = None
+        parts = []
+        length = 0
+        for t, data in reads:
+            if body is None:
+                head += data
+                end = head.find(b"\r\n\r\n")
+                if end < 0:
+                    continue
+                self.status = int(head.split(b" ", 2)[1])
+                body = Dechunker() if b"chunked" in head[:end].lower() else None
+                data = head[end + 4:]
+                if body is None or self.status != 200:
+                    self.error = self.error or "HTTP %d: %s" % (self.status, data[:200])
+                    return
+            got = body.feed(data)
+            if got:
+                parts.append(got)
+                length += len(got)
+                self.arrivals.append((t, length))
+        self.text = b"".join(parts)
+        self.finished = body is not None and body.ended
+        if self.error is None and not self.finished:
+            self.error = "incomplete (HTTP %s)" % self.status
+
+
 def percentile(values, p):
     """Nearest-rank percentile of ``values``; None when empty."""
     if not values:
