@@ -59,11 +59,13 @@ class Client(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def run(url, n, ramp=1.0, timeout=120.0, hold=None):
+async def run(url, n, ramp=1.0, timeout=120.0, hold=None, when_open=None):
     """Open ``n`` streams (spread over ``ramp`` seconds); return the ``Client``s when all ended.
 
     ``hold``: an async function called once every stream has shown content (or at the timeout),
-    before the streams are cut: memory of open streams is measured there.
+    before the streams are cut: memory of open streams is measured there. ``when_open``: an async
+    function called once every stream has shown content, the streams going on (bench/profile.py
+    starts counting there).
     """
     host, port = url.split("//", 1)[1].rsplit(":", 1)
     loop = asyncio.get_running_loop()
@@ -86,6 +88,11 @@ async def run(url, n, ramp=1.0, timeout=120.0, hold=None):
 
     tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
     deadline = loop.time() + timeout
+    if when_open is not None:
+        while loop.time() < deadline and not (len(clients) == n and all(c.has_content or c.done.done()
+                                                                          for c in clients)):
+            await asyncio.sleep(0.01)
+        await when_open()
     if hold is not None:
         while loop.time() < deadline and not (len(clients) == n and all(c.has_content for c in clients)):
             await asyncio.sleep(0.1)
