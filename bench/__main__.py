@@ -257,6 +257,8 @@ def main(argv=None):
     p.add_argument("--interval-ms", type=float, help="S1 interval between events")
     p.add_argument("--chars", type=int, help="S1 characters per event")
     p.add_argument("--ramp", type=float, help="S1 seconds over which the streams are opened")
+    p.add_argument("--gentle", help="S1 rungs repeated with 1,000 new streams a second (default 4000; "
+                                    "none when --ladder is given)")
     p.add_argument("--dialect", default=None,
                    help="comma-separated upstream stream formats for S1, the first also for S2-S4: %s "
                         "(fakeupstream/script.py renderers; default %s)"
@@ -269,6 +271,9 @@ def main(argv=None):
             cfg[name] = getattr(args, name)
     if args.ladder:
         cfg["ladder"] = cfg["ladder_other"] = [int(x) for x in args.ladder.split(",")]
+        cfg["gentle"] = []
+    if args.gentle:
+        cfg["gentle"] = [int(x) for x in args.gentle.split(",")]
     dialects = [d.strip() for d in args.dialect.split(",")] if args.dialect else DEFAULT_DIALECTS
     unknown = [d for d in dialects if d not in transcript.DIALECTS]
     if unknown:

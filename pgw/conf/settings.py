@@ -193,6 +193,7 @@ SPEC = {
     "DALLE_PROMPT_PREFIX": (_prefix_text, ()),
     "NEED_DELETE_CONVERSATION_AFTER_RESPONSE": (_boolean, ()),
     "PROCESS_WORKERS": (_integer(1, 64), ()),
+    "EVENT_LOOP": (_choice("asyncio", "uvloop"), ()),
     "KEEPALIVE_INTERVAL": (_number(0, 3600), ()),
     "UPSTREAM_CONNECT_TIMEOUT": (_number(0.1, 600), ()),
     "UPSTREAM_IDLE_TIMEOUT": (_number(1, 86400), ()),
