@@ -7,6 +7,8 @@ S2  conversion: in-process pipeline vs the ujson parse-only floor; end to end th
 S3  memory: RSS per open idle stream
 S4  processes: concurrent big answers with PROCESS_WORKERS=2 vs 1
 S5  cost per event as an answer grows, legacy vs v1 (bench/delta_cost.py; also runs alone)
+Q1  the account queue: N concurrent requests over K one-at-a-time accounts, no pool / pool / pool in Redis
+    (bench/queue.py)
 
 Every stream's text is checked against the script's text ("exact"). ``--smoke`` runs it all
 at tiny sizes in a few seconds (CI runs it; it asserts exactness only, never timings).
@@ -19,7 +21,7 @@ import resource
 import sys
 import time
 
-from bench import convert, delta_cost, load, procs, transcript
+from bench import convert, delta_cost, load, procs, queue, transcript
 from pgw.server import raise_fd_limit
 
 # ramp: seconds over which each rung's streams connect (N/ramp new streams per second);
@@ -28,10 +30,10 @@ from pgw.server import raise_fd_limit
 # (of every dialect) also run through nginx.
 FULL = dict(ladder=[250, 500, 1000, 2000, 4000], ladder_other=[1000, 4000], nginx_at=[2000, 4000],
             events=60, interval_ms=500, chars=4, ramp=1.0, gentle=[4000], big_events=4000, big_chars=4,
-            idle=2000, s4_streams=8, s4_ramp=0.0,
-            growth_events=20000)
+            idle=2000, s4_streams=8, s4_ramp=0.0, growth_events=20000, queue_n=500, queue_k=5, queue_pace_ms=8)
 SMOKE = dict(ladder=[20], ladder_other=[20], nginx_at=[20], events=5, interval_ms=20, chars=4, ramp=0.1, gentle=[],
-             big_events=200, big_chars=4, idle=20, s4_streams=2, s4_ramp=0.0, growth_events=2000)
+             big_events=200, big_chars=4, idle=20, s4_streams=2, s4_ramp=0.0, growth_events=2000,
+             queue_n=20, queue_k=2, queue_pace_ms=2)
 
 
 # The framings S1 runs by default: the late-2023 one and the one live accounts send in 2025-2026.
@@ -248,10 +250,25 @@ def s5(table, events, chars):
                   % (window, first * 1e6, window, last * 1e6, last / first))
 
 
-def main(argv=None):
+def run_s1(table, cfg, dialects, no_nginx):
+    """Every S1 rung of every dialect, nginx beside the rungs in ``nginx_at``."""
+    nginx = None if no_nginx else procs.nginx_binary()
+    if nginx is None:
+        why = "--no-nginx given" if no_nginx else "nginx is missing and could not be installed"
+        print("\n*** NGINX FLOOR NOT MEASURED: %s; the gateway/nginx ratio is missing ***\n" % why, flush=True)
+        table.add("S1 nginx floor", "nginx pass-through", "NOT MEASURED: %s" % why)
+    for k, dialect in enumerate(dialects):
+        for n in cfg["ladder"] if k == 0 else cfg["ladder_other"]:
+            s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], cfg["ramp"], dialect,
+               nginx if n in cfg["nginx_at"] else None)
+        for n in cfg["gentle"] if k == 0 else ():
+            s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], n / 1000.0, dialect)
+
+
+def main(argv=None):  # noqa: C901 (one branch per option and scenario, read top to bottom)
     p = argparse.ArgumentParser(description="gateway benchmarks: prints a markdown table")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (CI)")
-    p.add_argument("--only", default="S1,S2,S3,S4,S5", help="comma-separated scenarios to run")
+    p.add_argument("--only", default="S1,S2,S3,S4,S5,Q1", help="comma-separated scenarios to run")
     p.add_argument("--ladder", help="S1 stream counts, e.g. 250,500,1000")
     p.add_argument("--events", type=int, help="S1 events per stream")
     p.add_argument("--interval-ms", type=float, help="S1 interval between events")
@@ -286,17 +303,7 @@ def main(argv=None):
           % (os.cpu_count(), load1, load5, load15, limit))
     table = Table()
     if "S1" in only:
-        nginx = None if args.no_nginx else procs.nginx_binary()
-        if nginx is None:
-            why = "--no-nginx given" if args.no_nginx else "nginx is missing and could not be installed"
-            print("\n*** NGINX FLOOR NOT MEASURED: %s; the gateway/nginx ratio is missing ***\n" % why, flush=True)
-            table.add("S1 nginx floor", "nginx pass-through", "NOT MEASURED: %s" % why)
-        for k, dialect in enumerate(dialects):
-            for n in cfg["ladder"] if k == 0 else cfg["ladder_other"]:
-                s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], cfg["ramp"], dialect,
-                   nginx if n in cfg["nginx_at"] else None)
-            for n in cfg["gentle"] if k == 0 else ():
-                s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], n / 1000.0, dialect)
+        run_s1(table, cfg, dialects, args.no_nginx)
     dialect = dialects[0]
     if "S2" in only:
         s2_inprocess(table, cfg["big_events"], cfg["big_chars"], dialect)
@@ -311,6 +318,8 @@ def main(argv=None):
         table.add("S4 speed-up", "PROCESS_WORKERS=2 vs 1", "%.2fx" % (two / one))
     if "S5" in only:
         s5(table, cfg["growth_events"], cfg["big_chars"])
+    if "Q1" in only:
+        queue.q1(table, cfg["queue_n"], cfg["queue_k"], cfg["queue_pace_ms"])
     load1, load5, load15 = os.getloadavg()
     print("load average %.2f %.2f %.2f at end; bench process CPU %.1f s\n"
           % (load1, load5, load15, resource.getrusage(resource.RUSAGE_SELF).ru_utime

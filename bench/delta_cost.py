@@ -18,7 +18,9 @@ from fakeupstream.script import Msg, Script, legacy_events, v1_events
 
 BASE = "长回答 long answer 的一部分，mixed 中文 and ASCII. "
 WINDOW = 1000
-LEADING = {"legacy": 0, "v1": 2}  # events before the first text event (no user message echoed)
+# events before the first text event (no user message echoed); v1 (2025-2026 form): delta_encoding,
+# the resume token, the hidden system root, the answer's root and its first message_marker
+LEADING = {"legacy": 0, "v1": 5}
 
 
 def answer(events, step):

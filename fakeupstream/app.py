@@ -20,8 +20,9 @@ backend-api call answers a ``download_url`` on this host (``/_fake/blob/...``), 
 GET without Authorization turns into the bytes (fakeupstream/files.py).
 
 The answer comes in the v1 delta dialect when the request asks for ``"supported_encodings":
-["v1"]``, else whole messages; ``"encoding": "legacy" | "v1"`` in a plan forces one. The log
-says which (``encoding``).
+["v1"]`` (in the form live accounts send in 2025-2026), else whole messages; ``"encoding":
+"legacy" | "v1" | "v1-2024"`` in a plan forces one (``v1-2024``: the early-2024 v1 form). The
+log says which (``encoding``).
 
 Plans are per key, so tests running against one fake upstream do not see each other. Besides
 conversations it answers the file upload (``POST files``, ``PUT upload_url``, ``POST
@@ -31,6 +32,17 @@ files/{id}/uploaded``) and ``GET gizmos/{id}``; plan keys for those:
     "gizmo_fail": {"g-abc": 1}                      fail that many fetches of the gizmo (HTTP 500)
     "upload_fail": {"step": "create" | "put" | "uploaded", "status": 500}
 
+Accounts, as ChatGPT's behave: a JWT access token (``mint_jwt``) is filed under its ``sub`` (the
+account), so plans and logs follow the account through refreshes. Such an account answers one
+message at a time (a second one gets the real 429 "Only one message at a time"; plan
+``exclusive`` turns this on or off for any key); an expired JWT, or one issued before the plan's
+``tokens_valid_after``, gets 401. Plan ``caps``: ``{"gpt-4o": {"after": 2, "clears_in": 30}}``
+answers 429 ``model_cap_exceeded`` after that many conversations on that model. Every
+conversation record has ``time`` (start), ``ended`` and ``refused`` (busy, cap), so tests can
+check that no account ever answered two at once. ``POST /_fake/oauth/token`` is the refresh
+grant: ``rt-<account>-<anything>`` answers a JWT for that account (plan ``token_ttl``, ``rotate``,
+``token_fail``); ``GET /_fake/active`` lists the conversations being answered now.
+
 The PUT to ``upload_url`` carries no Authorization (it goes to blob storage), so each
 ``upload_url`` holds a random token that the fake maps back to the key that created the file.
 ``GET /_fake/static/<file>`` serves fakeupstream/static/ and ``GET /_fake/redirect?to=URL``
@@ -38,6 +50,7 @@ answers 302, ``GET /_fake/bytes?n=N`` N bytes, for tests of fetching files by UR
 """
 
 import asyncio
+import base64
 import hashlib
 import logging
 import os
@@ -57,6 +70,9 @@ class State:
     """Plans and request log, per API key."""
 
     def __init__(self):
+        self.active = {}  # key -> conversations answering now (one message at a time)
+        self.model_counts = {}  # (key, model) -> conversations started (usage caps)
+        self.revoked = set()    # refresh tokens replaced by a rotation
         self.plans = {}   # key -> plan dict (sticky until replaced)
         self.log = {}     # key -> [record]
         self.gates = {}   # key -> asyncio.Event
@@ -73,12 +89,54 @@ class State:
         return record
 
 
+def mint_jwt(sub, exp):
+    """An access token shaped like ChatGPT's (a JWT; the fake never checks the signature)."""
+    def part(obj):
+        return base64.urlsafe_b64encode(ujson.dumps(obj).encode()).rstrip(b"=").decode()
+    return "%s.%s.%s" % (part({"alg": "RS256", "typ": "JWT"}),
+                         part({"sub": sub, "exp": exp, "iat": time.time(),
+                               "https://api.openai.com/auth": {"user_id": sub}}),
+                         "fake-signature")
+
+
+def jwt_claims(token):
+    parts = token.split(".")
+    if len(parts) != 3 or not token.startswith("eyJ"):
+        return None
+    try:
+        claims = ujson.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
 def _key(handler):
+    """The key plans and logs are filed under: the bearer token, or for a JWT its ``sub`` (the
+    account), so that a refreshed token still names the same account."""
+    auth = handler.request.headers.get("Authorization", "")
+    key = auth[7:] if auth.startswith("Bearer ") else ""
+    claims = jwt_claims(key.split(",")[0]) if key else None
+    if claims is not None and isinstance(claims.get("sub"), str):
+        sub = claims["sub"]
+        # plan "tokens_valid_after": tokens issued before then are refused (a sign-out elsewhere)
+        revoked = (handler.state.plans.get(sub) or {}).get("tokens_valid_after", 0) > claims.get("iat", 0)
+        handler.expired = revoked or (isinstance(claims.get("exp"), (int, float)) and claims["exp"] < time.time())
+        return sub
+    return key
+
+
+ONE_AT_A_TIME = ("Only one message at a time. Please allow any other responses to complete before sending another "
+                 "message, or wait one minute.")
+
+
+def _key_raw(handler):
     auth = handler.request.headers.get("Authorization", "")
     return auth[7:] if auth.startswith("Bearer ") else ""
 
 
 class FakeHandler(tornado.web.RequestHandler):
+    expired = False   # the request's JWT access token has expired
+
     def initialize(self, state):
         self.state = state
 
@@ -108,6 +166,10 @@ class FakeHandler(tornado.web.RequestHandler):
         if not key:
             self.json(401, {"detail": "Unauthorized"})
             return True
+        if self.expired:
+            self.json(401, {"detail": {"message": "Your authentication token has expired. Please try signing in "
+                                                  "again.", "type": "invalid_request_error", "code": "token_expired"}})
+            return True
         return False
 
 
@@ -124,6 +186,40 @@ class ConversationHandler(FakeHandler):
         status = plan.get("status")
         if status:
             return self._error(status, plan)
+        if self._refused_by_account(key, plan, body):
+            return
+        self.state.active[key] = self.state.active.get(key, 0) + 1
+        self._active_key = key
+        try:
+            await self._answer(key, plan, body, record)
+        finally:
+            self.state.active[key] -= 1
+            self._active_key = None
+            record["ended"] = time.time()
+
+    def _refused_by_account(self, key, plan, body):
+        """What a real account refuses before answering: a second message while one is being
+        answered (plan ``exclusive``, always for JWT accounts), and usage caps per model (plan
+        ``caps``: ``{"gpt-4o": {"after": 2, "clears_in": 30}}``)."""
+        exclusive = plan.get("exclusive", key != _key_raw(self))
+        if exclusive and self.state.active.get(key, 0) > 0:
+            self._record["refused"] = "busy"
+            self.json(429, {"detail": ONE_AT_A_TIME})
+            return True
+        model = body.get("model", "")
+        cap = (plan.get("caps") or {}).get(model)
+        if cap is not None:
+            n = self.state.model_counts.get((key, model), 0)
+            if n >= cap.get("after", 0):
+                self._record["refused"] = "cap"
+                self.json(429, {"detail": {"code": "model_cap_exceeded", "clears_in": cap.get("clears_in", 3600),
+                                           "message": "You have sent too many messages to the model. "
+                                                      "Please try again later."}})
+                return True
+            self.state.model_counts[(key, model)] = n + 1
+        return False
+
+    async def _answer(self, key, plan, body, record):
         messages = body.get("messages") or []
         ask = ""
         for m in messages:
@@ -139,12 +235,13 @@ class ConversationHandler(FakeHandler):
         encoding = plan.get("encoding") or ("v1" if "v1" in (body.get("supported_encodings") or ()) else "legacy")
         record["encoding"] = encoding
         events = RENDERERS[encoding](script, cid, messages, pings=plan.get("pings", True))
-        if plan.get("future_patches") and encoding == "v1":
+        if plan.get("future_patches") and encoding.startswith("v1"):
             events = with_future_patches(events)
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         await self._write_events(events, plan, drop=not script.done, key=key)
         record["completed"] = True
+
 
     async def _write_events(self, events, plan, drop, key):
         pieces = split(events, plan.get("chunking", "event"))
@@ -439,6 +536,44 @@ class RedirectHandler(tornado.web.RequestHandler):
         self.redirect(self.get_argument("to"))
 
 
+class TokenHandler(FakeHandler):
+    """The OAuth2 token endpoint: ``grant_type=refresh_token`` (JSON or form). A refresh token
+    ``rt-<account>-<anything>`` answers a JWT access token for that account, valid for the
+    account plan's ``token_ttl`` seconds (default ten days); with ``rotate`` the answer carries a
+    new refresh token and the old one stops working. ``token_fail``: answer that HTTP status."""
+
+    def post(self):
+        try:
+            body = ujson.loads(self.request.body)
+        except ValueError:
+            body = {k: self.get_body_argument(k, "") for k in ("grant_type", "client_id", "refresh_token",
+                                                               "redirect_uri")}
+        rt = body.get("refresh_token") or ""
+        sub = rt.split("-")[1] if rt.startswith("rt-") and rt.count("-") >= 2 else None
+        if sub is not None:
+            self.state.record(sub, {"method": "POST", "path": self.request.path, "grant": body, "time": time.time()})
+        plan = self.state.plans.get(sub) or {}
+        if plan.get("token_fail"):
+            return self.json(plan["token_fail"], {"error": "server_error"})
+        if body.get("grant_type") != "refresh_token" or not body.get("client_id") or sub is None \
+                or rt in self.state.revoked:
+            return self.json(403, {"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."})
+        ttl = plan.get("token_ttl", 864000)  # about ten days, as ChatGPT gives
+        answer = {"access_token": mint_jwt(sub, int(time.time() + ttl)), "expires_in": ttl, "token_type": "Bearer",
+                  "id_token": "fake", "scope": "openid profile email offline_access"}
+        if plan.get("rotate"):
+            self.state.revoked.add(rt)
+            answer["refresh_token"] = "rt-%s-%s" % (sub, uuid.uuid4().hex)
+        self.json(200, answer)
+
+
+class ActiveHandler(FakeHandler):
+    """``GET /_fake/active``: conversations being answered now, per key (for tests)."""
+
+    def get(self):
+        self.json(200, {k: v for k, v in self.state.active.items() if v})
+
+
 class PlanHandler(FakeHandler):
     def post(self):
         plan = ujson.loads(self.request.body)
@@ -487,6 +622,8 @@ def make_app(state=None):
         (r"/_fake/redirect", RedirectHandler),
         (r"/_fake/bytes", BytesHandler, args),
         (r"/_fake/plan", PlanHandler, args),
+        (r"/(?:_fake/)?oauth/token", TokenHandler, args),
+        (r"/_fake/active", ActiveHandler, args),
         (r"/_fake/log", LogHandler, args),
         (r"/_fake/release", ReleaseHandler, args),
     ])

@@ -2,11 +2,15 @@
 
 A scenario says *what* the upstream answers (a list of ``Msg``); this module says *how* the
 upstream streams it: the late-2023 dialect repeats the whole message in every event
-(``legacy_events``, docs/upstream.md "The stream: three forms", 1); the 2024 dialect sends each message
-once and then patches to it (``v1_events``, form 2). Rendering both dialects from one script
-keeps their transcripts of one scenario from drifting apart.
+(``legacy_events``, docs/upstream.md "The stream: three forms", 1); the v1 dialect sends each
+message once and then patches to it, in the form live accounts send in 2025-2026 (``v1_events``,
+the default for v1: roots with ``c``, later ones without ``p``/``o``, a hidden system root and
+the user's echo first, typed frames between everything, form 3) or in the early-2024 form
+(``v1_2024_events``, form 2). Rendering every dialect from one script keeps their transcripts
+of one scenario from drifting apart.
 """
 
+import base64
 import json
 import uuid
 
@@ -337,8 +341,8 @@ class _Patches:
         self.last = ("", "patch")  # a bare {"v"} refers to the last top-level patch, not its parts
 
 
-def v1_events(script, conversation_id, user_messages, pings=True):  # noqa: C901 (one branch per message shape)
-    """The 2024 stream asked for with ``"supported_encodings": ["v1"]``: each message once
+def v1_2024_events(script, conversation_id, user_messages, pings=True):  # noqa: C901 (one branch per message shape)
+    """The early-2024 stream asked for with ``"supported_encodings": ["v1"]``: each message once
     (``add`` with ``c``), then appends to its text, citations as they become complete, and one
     final patch list with the rest of the text, status, end_turn and metadata."""
     ascii = script.ascii
@@ -432,4 +436,141 @@ def _diffed_ops(out, msg, first, parent, model, t, events, pings):
         out.patch(ops)
 
 
-RENDERERS = {"legacy": legacy_events, "v1": v1_events}
+def _jwt(conversation_id):
+    """A token shaped like the upstream's (three base64url fields); nothing reads it."""
+    claims = json.dumps({"conversation_id": conversation_id, "exp": 1893456000}).encode()
+    return "eyJhbGciOiJFUzI1NiJ9.%s.ZmFrZQ" % base64.urlsafe_b64encode(claims).decode().rstrip("=")
+
+
+def _hidden_system(parent):
+    return {"id": str(uuid.uuid4()), "author": {"role": "system", "name": None, "metadata": {}},
+            "create_time": None, "update_time": None, "content": {"content_type": "text", "parts": [""]},
+            "status": "finished_successfully", "end_turn": True, "weight": 0.0,
+            "metadata": {"is_visually_hidden_from_conversation": True}, "recipient": "all", "channel": None}
+
+
+class _Stream2025:
+    """One answer in the 2025-2026 v1 form (docs/upstream.md, form 3), event by event."""
+
+    def __init__(self, script, conversation_id, pings):
+        self.script = script
+        self.cid = conversation_id
+        self.pings = pings
+        self.events = [DELTA_ENCODING]
+        self.out = _Patches(self.events, script.ascii)
+        self.count = 0
+
+    def typed(self, obj):
+        obj.setdefault("conversation_id", self.cid)
+        self.events.append(_event(obj, self.script.ascii))
+
+    def root(self, message):
+        doc = {"message": message, "conversation_id": self.cid, "error": None, "error_code": None}
+        # The first root of a stream comes as an add at "", later ones as a bare {"v", "c"}.
+        frame = {"p": "", "o": "add", "v": doc, "c": self.count} if self.count == 0 else {"v": doc, "c": self.count}
+        self.events.append(_delta(frame, self.script.ascii))
+        self.out.last = None
+        self.count += 1
+
+    def marker(self, message_id, marker, event):
+        self.typed({"type": "message_marker", "message_id": message_id, "marker": marker, "event": event})
+
+    def message(self, msg, parent, t):
+        script = self.script
+        text = msg.text
+        first = message_dict(msg, "", False, parent, script.model, t)
+        content = first["content"]
+        if text and content.get("parts") == []:
+            content["parts"] = [""]
+        path = _text_path(content)
+        self.root(first)
+        prose = msg.role == "assistant" and msg.recipient == "all"
+        if prose:
+            self.marker(msg.id, "user_visible_token", "first")
+        if msg.diffed:  # thoughts, references being filled in: patches computed from snapshots
+            _diffed_ops(self.out, msg, first, parent, script.model, t, self.events, self.pings)
+            if prose:
+                self.marker(msg.id, "last_token", "last")
+            return
+        citations = msg.metadata.get("citations") or []
+        cited = 0
+        sent = 0
+        cuts = msg.cuts if msg.cuts is not None else list(range(msg.step, len(text), msg.step))
+        for n, cut in enumerate(cuts):
+            self.out.op(path, "append", text[sent:cut])
+            sent = cut
+            ready = [c for c in citations if c.get("end_ix", 0) <= cut]
+            if len(ready) > cited:
+                if cited == 0:
+                    self.out.op("/message/metadata", "append", {"citations": ready})
+                else:
+                    self.out.op("/message/metadata/citations", "append", ready[cited:])
+                cited = len(ready)
+            if self.pings and n == len(cuts) // 2:
+                self.events.append(PING)
+            if n == 0 and prose:
+                self.typed({"type": "server_ste_metadata", "metadata": {
+                    "plan_type": "free", "model_slug": "i-mini", "tool_name": None, "tool_invoked": False,
+                    "resume_with_websockets": False, "turn_use_case": "text"}})
+        final = message_dict(msg, text, True, parent, script.model, t)
+        ops = []
+        if text[sent:]:
+            ops.append({"p": path, "o": "append", "v": text[sent:]})
+        if msg.final_parts:
+            ops.append({"p": "/message/content/parts", "o": "append", "v": msg.final_parts})
+        ops.append({"p": "/message/status", "o": "replace", "v": final["status"]})
+        if final["end_turn"] is not None:
+            ops.append({"p": "/message/end_turn", "o": "replace", "v": final["end_turn"]})
+        metadata = {k: v for k, v in final["metadata"].items() if first["metadata"].get(k) != v}
+        if metadata:
+            ops.append({"p": "/message/metadata", "o": "append", "v": metadata})
+        self.out.patch(ops)
+        if prose:
+            self.marker(msg.id, "last_token", "last")
+
+    def render(self, user_messages):
+        script = self.script
+        parent = user_messages[-1]["id"] if user_messages else str(uuid.uuid4())
+        self.typed({"type": "resume_conversation_token", "kind": "conduit", "token": _jwt(self.cid)})
+        self.root(_hidden_system(parent))
+        for m in user_messages:
+            echo = _echo(m)
+            if (echo.get("author") or {}).get("role", "user") not in ("user", "system"):
+                continue
+            self.typed({"type": "input_message", "input_message": echo})
+            self.root(echo)
+        t = 1767225600.5
+        for i, msg in enumerate(script.messages):
+            self.message(msg, parent, t)
+            parent = msg.id
+            if i == 0:
+                self.typed({"type": "title_generation", "title": script.title})
+        self.typed({"type": "moderation", "message_id": parent, "is_completion": True,
+                    "moderation_response": {"flagged": script.blocked, "blocked": script.blocked,
+                                            "moderation_id": "modr-demo"}})
+        if script.error:
+            self.typed({"message": None, "error": script.error, "error_code": script.error_code})
+        self.typed({"type": "conversation_detail_metadata", "banner_info": None, "blocked_features": [],
+                    "model_limits": [], "limits_progress": [{"feature_name": "deep_research", "remaining": 25,
+                                                             "reset_after": "2026-02-01T00:00:00+00:00"}],
+                    "default_model_slug": "auto"})
+        if script.done:
+            self.typed({"type": "message_stream_complete"})
+            self.typed({"type": "title_generation", "title": script.title})  # a title may come again
+            self.events.append(b"data: [DONE]\n\n")
+        return self.events
+
+
+def v1_events(script, conversation_id, user_messages, pings=True):
+    """The v1 stream as live accounts send it in 2025-2026 (the default for v1): the resume
+    token, a hidden system root, the echo of each user message (``input_message`` and a root),
+    then each message of the answer: a root with ``c`` (no ``p``/``o`` after the first), text
+    appends (bare ``{"v"}`` continuations; thoughts and ``content_references`` as patches
+    computed from snapshots, references in the same list as their text), an end-of-message
+    patch list; latency markers, telemetry,
+    the title (twice), moderation and quotas between them; ``message_stream_complete`` and
+    ``[DONE]`` at the end."""
+    return _Stream2025(script, conversation_id, pings).render(user_messages)
+
+
+RENDERERS = {"legacy": legacy_events, "v1": v1_events, "v1-2024": v1_2024_events}

@@ -12,12 +12,15 @@ import time
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 
+from pgw import pool as account_pool
 from pgw.conf import gpts
+from pgw.conf.settings import SettingsError
 from pgw.gizmos import GizmoStore
 from pgw.attachments import Attachments
 from pgw.media import MediaStore
 from pgw.metrics import Metrics
 from pgw.runtime import StreamWatch
+from pgw.tokens import FileStore, Tokens
 from pgw.upstream import UpstreamClient, UpstreamHealth
 from pgw.usage import TokenCounter
 
@@ -39,10 +42,51 @@ class Gateway:
         self.watch.metrics = self.metrics
         self.upstream_health = UpstreamHealth(self.upstream)
         self._sweeper = None
+        self.redis = None
+        self.access_tokens, self.pool = self._account_pool(settings)
+
+    def _account_pool(self, settings):
+        """The account pool (``pgw.pool``): in memory, or in Redis with REDIS_URL."""
+        try:
+            accounts, access_keys = account_pool.load_accounts(settings)
+        except account_pool.AccountsError as e:
+            raise SettingsError(str(e)) from None
+        if settings.redis_url:
+            from pgw import pool_redis
+            self.redis = pool_redis.connect(settings)
+            tokens = Tokens(settings, self.upstream.http, pool_redis.RedisTokenStore(self.redis, settings))
+            return tokens, pool_redis.RedisPool(settings, accounts, access_keys, tokens, self.redis)
+        tokens = Tokens(settings, self.upstream.http, FileStore(settings.data_dir))
+        return tokens, account_pool.MemoryPool(settings, accounts, access_keys, tokens)
+
+    async def _fetch_gizmos(self):
+        """GPTs' details, fetched with KEY_FOR_GPTS_INFO; when that is one of the pool's access
+        keys, with the first account's upstream key instead (an access key means nothing upstream)."""
+        key = self.settings.key_for_gpts_info
+        if key and self.pool.is_access_key(key) and self.pool.accounts:
+            account = next(iter(self.pool.accounts.values()))
+            try:
+                self.gizmos.key = await self.pool.key_for(account)
+            except Exception as e:
+                log.warning("GPTs' details: no upstream key from account %s: %s", account.label, e)
+                return
+        await self.gizmos.fetch_all()
+
+    async def reload_accounts(self):
+        """Re-read the accounts file and keys (SIGHUP, POST /admin/accounts/reload); streams in
+        flight keep their leases. Raises ``AccountsError`` and keeps the old ones on a bad file."""
+        accounts, access_keys = account_pool.load_accounts(self.settings)
+        await self.pool.reload(accounts, access_keys)
+        self.access_tokens.warm(accounts)
+        log.info("accounts reloaded: %d accounts, %d access keys", len(accounts), len(access_keys))
+        return len(accounts), len(access_keys)
 
     def start(self):
         self.watch.start()
-        IOLoop.current().spawn_callback(self.gizmos.fetch_all)  # in the background: start-up stays fast
+        self.pool.start()
+        self.access_tokens.start()
+        self.access_tokens.warm(self.pool.accounts.values())
+        IOLoop.current().spawn_callback(self._fetch_gizmos)  # in the background: start-up stays fast
         max_age = self.settings.images_max_age_hours * 3600
         if max_age:
             # A sweep a tenth of the age apart (at most hourly): files outlive their age by 10% at most.
@@ -52,6 +96,8 @@ class Gateway:
 
     def close(self):
         self.watch.stop()
+        self.pool.close()
+        self.access_tokens.stop()
         if self._sweeper is not None:
             self._sweeper.stop()
         self.upstream.close()

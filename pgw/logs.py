@@ -25,7 +25,7 @@ def mask(secret):
 
 def setup(level, to_file, directory="log"):
     """Console logging, plus daily rotated files under ``log/`` when asked for."""
-    handlers = [logging.StreamHandler()]
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
     if to_file:
         os.makedirs(directory, exist_ok=True)
         handlers.append(logging.handlers.TimedRotatingFileHandler(

@@ -108,6 +108,8 @@ class StreamSink:
         self._direct = False  # set once the headers are out on a chunked HTTP/1.1 response
 
     def start(self):
+        if self.started:
+            return  # started early: a request that waited in the account queue got its headers then
         self.started = True
         h = self.handler
         h.set_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -254,7 +256,7 @@ class Relay:
         self.perform = perform          # async function: action -> text
         self.closed = False             # the client went away
         self.last_upstream = time.monotonic()
-        self._queue = collections.deque()
+        self._queue: collections.deque = collections.deque()
         self._busy = True               # hold everything until begin(): the sink is not ready
         self._idle = None
 
@@ -509,6 +511,7 @@ class ConversationRun:
         downloads.conversion = self.conversion
         self.relay = Relay(self.conversion, sink, downloads.perform)
         self.transfer = None
+        self.refused = None   # (status or None, body) when the upstream refused before any answer byte
 
     @property
     def closed(self):
@@ -533,6 +536,7 @@ class ConversationRun:
                 await transfer.done
                 if relay.closed:
                     return
+                self.refused = (status, bytes(transfer.error_body))
                 if status is None:
                     raise no_answer_error(transfer)
                 raise from_upstream(status, bytes(transfer.error_body), transfer.headers)

@@ -28,10 +28,12 @@ import tornado.web
 
 from pgw.conf import gpts
 from pgw import logs
+from pgw import pool as account_pool
 from pgw import metrics as pgw_metrics
 from pgw.balance import BalancedHTTPServer, ConnectionCounts
 from pgw.conf import settings as conf_settings
 from pgw.gateway import Gateway
+from pgw.handlers.admin import AccountsHandler, ReloadHandler
 from pgw.handlers.base import NotFoundHandler
 from pgw.handlers.chat import ChatCompletionsHandler
 from pgw.handlers.health import HealthHandler, ReadyHandler
@@ -122,6 +124,8 @@ def routes(settings):
         (_api(prefix, "v1/images/generations"), ImageGenerationsHandler),
         (r"/images/(.*)", SavedFileHandler),
         (r"/healthz", HealthHandler),
+        (r"/admin/accounts", AccountsHandler),
+        (r"/admin/accounts/reload", ReloadHandler),
         (r"/readyz", ReadyHandler),
         (r"/metrics", MetricsHandler),
     ]
@@ -140,6 +144,29 @@ def make_app(gateway, xheaders=True):
     return app
 
 
+def pool_start_problem(settings):
+    """Why the account pool cannot start with these settings (one line), or None."""
+    try:
+        accounts, _keys = account_pool.load_accounts(settings)
+    except account_pool.AccountsError as e:
+        return str(e)
+    if accounts and settings.process_workers > 1 and not settings.redis_url:
+        return ("PROCESS_WORKERS=%d with an account pool needs REDIS_URL (one limit per account across processes); "
+                "set REDIS_URL=redis://127.0.0.1:6379/0 or PROCESS_WORKERS=1" % settings.process_workers)
+    return None
+
+
+def reload_on_sighup(gateway):
+    """SIGHUP re-reads the accounts file; answers in flight keep their accounts."""
+    loop = tornado.ioloop.IOLoop.current()
+
+    async def reload():
+        try:
+            await gateway.reload_accounts()
+        except account_pool.AccountsError as e:
+            log.error("SIGHUP: the accounts were not reloaded: %s", e)
+
+    signal.signal(signal.SIGHUP, lambda *_: loop.add_callback_from_signal(reload))
 class StartupError(Exception):
     """Start-up cannot go on; the message is the one line the operator reads."""
 
@@ -276,6 +303,10 @@ def serve(argv=None):
     except conf_settings.SettingsError as e:
         print("settings: %s" % e, file=sys.stderr)
         return 2
+    hint = pool_start_problem(settings)
+    if hint:
+        print("settings: %s" % hint, file=sys.stderr)
+        return 2
     check_writable(settings.images_dir, "IMAGES_DIR")
     for warning in startup_warnings(settings):
         log.warning("%s", warning)
@@ -286,6 +317,7 @@ def serve(argv=None):
     setup_metrics(settings)
     counts = None
     if settings.process_workers > 1:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent: each worker reloads its own pool
         counts = ConnectionCounts(settings.process_workers)  # before forking: shared memory
         parent = os.getpid()
         tornado.process.fork_processes(settings.process_workers)
@@ -305,6 +337,7 @@ def serve(argv=None):
         server.balance(counts, tornado.process.task_id())
     server.add_sockets(sockets)
     gateway.start()
+    reload_on_sighup(gateway)
     log.info("listening on http://%s:%d (pid %d)", settings.host, port, tornado.process.task_id() or 0)
     if not args.demo and not tornado.process.task_id():  # one probe, not one per worker
         tornado.ioloop.IOLoop.current().spawn_callback(probe_base_url, gateway)

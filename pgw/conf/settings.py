@@ -42,6 +42,22 @@ def _directory(name, raw):
     return os.path.normpath(os.path.join(root, value))
 
 
+def _file(name, raw):
+    """A file path; relative paths are below the project directory (where server.py is)."""
+    value = _text(name, raw)
+    if not value:
+        return ""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.normpath(os.path.join(root, value))
+
+
+def _redis_url(name, raw):
+    value = _text(name, raw)
+    if value and urllib.parse.urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError("%s must be a redis:// URL such as redis://127.0.0.1:6379/0, got %s" % (name, mask(value)))
+    return value
+
+
 def _url(name, raw):
     value = _text(name, raw).rstrip("/")
     if not value.isascii():
@@ -198,6 +214,27 @@ SPEC = {
     "UPSTREAM_CONNECT_TIMEOUT": (_number(0.1, 600), ()),
     "UPSTREAM_IDLE_TIMEOUT": (_number(1, 86400), ()),
     "UPSTREAM_MAX_TRANSFERS": (_integer(1, 100000), ()),
+    "ACCOUNTS_FILE": (_file, ()),
+    "UPSTREAM_KEYS": (_text, ()),
+    "ACCESS_KEYS": (_text, ()),
+    "ACCESS_KEYS_REQUIRED": (_boolean, ()),
+    "MAX_CONCURRENT_PER_ACCOUNT": (_integer(1, 1000), ()),
+    "QUEUE_TIMEOUT": (_number(0.01, 86400), ()),
+    "QUEUE_MAX": (_integer(1, 1000000), ()),
+    "RETRY_ATTEMPTS": (_integer(1, 20), ()),
+    "BUSY_BENCH": (_number(0, 3600), ()),
+    "FORBIDDEN_BENCH": (_number(0, 86400), ()),
+    "UNHEALTHY_RECHECK": (_number(0.01, 86400), ()),
+    "REFRESH_URL": (_url, ()),
+    "REFRESH_CLIENT_ID": (_text, ()),
+    "REFRESH_REDIRECT_URI": (_text, ()),
+    "REFRESH_AHEAD": (_number(0, 30 * 86400), ()),
+    "CLIENT_REFRESH_TOKENS": (_boolean, ()),
+    "DATA_DIR": (_directory, ()),
+    "REDIS_URL": (_redis_url, ()),
+    "REDIS_PREFIX": (_path_prefix, ()),
+    "LEASE_TTL": (_number(1, 3600), ()),
+    "ADMIN_KEY": (_text, ()),
     "MAX_REQUEST_BODY": (_integer(1024, 1 << 30), ()),
     "UPSTREAM_ENCODING": (_choice("auto", "legacy", "v1"), ()),
     "FILE_MAX_BYTES": (_integer(1, 1 << 30), ()),
@@ -212,7 +249,7 @@ SPEC = {
 # The settings that name the late-2023 models (their slugs and facts are in models.json)
 ALIAS_SETTINGS = ("GPT_4_S_NEW_NAME", "GPT_4_MOBILE_NEW_NAME", "GPT_3_5_NEW_NAME")
 
-_SECRET_WORDS = ("KEY", "TOKEN", "SECRET")
+_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "REDIS_URL")  # a Redis URL may hold a password
 
 
 class Settings:
@@ -241,7 +278,7 @@ class Settings:
         lines = []
         for name in SPEC:
             value = self._values[name]
-            if any(word in name for word in _SECRET_WORDS):
+            if isinstance(value, str) and any(word in name for word in _SECRET_WORDS):
                 value = mask(value)
             lines.append("%s=%s" % (name, value))
         return lines

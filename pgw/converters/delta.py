@@ -1,6 +1,6 @@
 """The v1 dialect (``"supported_encodings": ["v1"]``): each message once, then patches to it.
 
-The one place that knows how v1 frames apply (docs/upstream-protocol.md sections 4 and 5.1):
+The one place that knows how v1 frames apply (docs/upstream.md, "The stream: three forms", 2 and 3):
 
 - A frame that carries ``c`` (or has no path, or the empty one) and whose ``v`` holds a
   ``message`` is a new document ``{"message": ..., "conversation_id": ..., "error": ...}``,
@@ -35,7 +35,17 @@ Operations or paths this stage cannot apply are skipped and noted once in ``warn
 handler logs them): a new kind of patch must not break an answer.
 """
 
-from pgw.converters.events import DONE, Warnings, content_text, read_event
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pgw.converters.events import DONE, Message, Warnings, content_text, read_event
+
+if TYPE_CHECKING:
+    from pgw.converters.legacy import LegacyDialect
+    from pgw.converters.sse import Event
+
+JSON = Any  # a decoded JSON value
 
 _CONTENT = "/message/content"
 _PROBE = "\x00pgw text probe\x00"  # a string no upstream sends; only its identity matters
@@ -51,12 +61,12 @@ class _Skip(Exception):
     """A patch that cannot be applied; the message says why (without the value)."""
 
 
-def is_patch(obj):
+def is_patch(obj: dict[str, JSON]) -> bool:
     """Whether a decoded event object is a v1 frame (as opposed to a typed or whole-message event)."""
     return "o" in obj or "p" in obj or ("v" in obj and "message" not in obj and "type" not in obj)
 
 
-def _tokens(path):
+def _tokens(path: str) -> list[str]:
     """``/message/content/parts/0`` -> ``["message", "content", "parts", "0"]`` (JSON pointer)."""
     if path == "":
         return []
@@ -68,12 +78,12 @@ def _tokens(path):
     return tokens
 
 
-def _overlaps(a, b):
+def _overlaps(a: str, b: str) -> bool:
     """One path is the other or lies inside it."""
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
-def _index(container, token, path, size_ok=False):
+def _index(container: list[JSON], token: str, path: str, size_ok: bool = False) -> int:
     try:
         i = int(token)
     except ValueError:
@@ -84,7 +94,7 @@ def _index(container, token, path, size_ok=False):
     return i
 
 
-def _child(node, token, path):
+def _child(node: JSON, token: str, path: str) -> JSON:
     if isinstance(node, dict):
         if token not in node:
             raise _Skip("%r has no %r" % (path, token))
@@ -94,7 +104,7 @@ def _child(node, token, path):
     raise _Skip("%r goes through a %s" % (path, type(node).__name__))
 
 
-def _appended(current, value, path):
+def _appended(current: JSON, value: JSON, path: str) -> JSON:
     if isinstance(current, str) and isinstance(value, str):
         return current + value
     if isinstance(current, list):
@@ -113,7 +123,7 @@ def _appended(current, value, path):
     raise _Skip("cannot append a %s to the %s at %r" % (type(value).__name__, type(current).__name__, path))
 
 
-def _truncated(current, length):
+def _truncated(current: JSON, length: JSON) -> JSON:
     if not isinstance(current, (str, list)):
         raise _Skip("nothing to truncate")
     if type(length) is not int or length < 0:
@@ -121,7 +131,7 @@ def _truncated(current, length):
     return current[:length]
 
 
-def _apply_one(doc, path, op, value):  # noqa: C901 (one branch per operation and container kind)
+def _apply_one(doc: JSON, path: str, op: str, value: JSON) -> JSON:  # noqa: C901 (one branch per operation and container kind)
     """Apply one plain operation to ``doc``; return the document (a new one for the root)."""
     if op not in ("add", "replace", "append", "truncate", "remove"):
         raise _Skip("unknown operation")
@@ -169,10 +179,11 @@ def _apply_one(doc, path, op, value):  # noqa: C901 (one branch per operation an
     return doc
 
 
-_CITATIONS = ("/message/metadata/citations", "/message/metadata/content_references")
+_CITATIONS = ("citations", "content_references")
+_METADATA = "/message/metadata/"
 
 
-def _touched(path, value):
+def _touched(path: str, value: JSON) -> int:
     """Which part of the document a patch at ``path`` (with ``value``) changes."""
     if not path.startswith("/message/"):
         return _ROOT
@@ -182,17 +193,17 @@ def _touched(path, value):
         if not isinstance(value, dict) or "citations" in value or "content_references" in value:
             return _META
         return _OTHER
-    if path.startswith(_CITATIONS) and (path in _CITATIONS or path[len("/message/metadata/"):].find("/") > 0):
+    if path.startswith(_METADATA) and path[len(_METADATA):].split("/", 1)[0] in _CITATIONS:
         return _META
     return _OTHER
 
 
-def _text_field(content):
+def _text_field(content: dict[str, JSON]) -> tuple[Any, Any, str] | None:
     """Where the text of ``content`` is appended to, if one string field is all of it: the
     ``(container, key, path)`` of the field whose string ``content_text`` returns unchanged, or
     None. Found by probing each string field, so the fast path follows ``content_text``'s rule
     wherever it is changed (thoughts, recaps), without a second copy of it."""
-    candidates = []
+    candidates: list[tuple[Any, Any, str]] = []
     parts = content.get("parts")
     if isinstance(parts, list):
         candidates += [(parts, i, "%s/parts/%d" % (_CONTENT, i)) for i, p in enumerate(parts) if isinstance(p, str)]
@@ -214,27 +225,27 @@ class DeltaDialect:
     """``legacy``: the ``LegacyDialect`` whose answer stage, warnings and state this one shares
     (it may have read the events that came before the stream showed its dialect)."""
 
-    def __init__(self, legacy):
+    def __init__(self, legacy: LegacyDialect) -> None:
         self._legacy = legacy
         self._answer = legacy.answer
         self.warnings: Warnings = legacy.warnings
-        self._doc = None            # the document being patched
-        self._msg = None            # the Message of the document's message
-        self._last = None           # path and operation of the last top-level patch
-        self._last_plain = None     # ... of the last one that was not a list
-        self._hot = None            # path of the current message's text field (the fast path)
-        self._field = None          # (container, key) of that field
-        self._pending = None        # text appended to the field, not yet joined into it: [pieces]
+        self._doc: JSON = None      # the document being patched
+        self._msg: Message | None = None  # the Message of the document's message
+        self._last: tuple[str, str] | None = None  # path and operation of the last top-level patch
+        self._last_plain: tuple[str, str] | None = None  # ... of the last one that was not a list
+        self._hot: str | None = None  # path of the current message's text field (the fast path)
+        self._field: tuple[Any, Any] | None = None  # (container, key) of that field
+        self._pending: list[str] | None = None  # the field's text, as pieces not yet joined
         self._pending_len = 0       # length of the field's text, pieces included
         self._dirty = 0             # what the change being applied touched (_ROOT, _TEXTS...)
-        self._grown = None          # text appended by the fast path inside the change
-        self._before = None         # the text sent so far, when the change touched the content
+        self._grown: list[str] | None = None  # text appended by the fast path inside the change
+        self._before: str | None = None  # the text sent so far, when the change touched the content
 
     @property
-    def conversation_id(self):
+    def conversation_id(self) -> str | None:
         return self._legacy.conversation_id
 
-    def event(self, ev):
+    def event(self, ev: Event) -> None:
         """One SSE event."""
         obj = read_event(ev)
         if obj is None:
@@ -250,11 +261,11 @@ class DeltaDialect:
         if type(obj) is dict:
             self.frame(obj)
 
-    def close(self):
+    def close(self) -> None:
         self._flush()
         self._legacy.close()
 
-    def frame(self, obj):
+    def frame(self, obj: dict[str, JSON]) -> None:
         """One decoded event object: a new document, a patch, or something else."""
         value = obj.get("v")
         path = obj.get("p")
@@ -295,20 +306,20 @@ class DeltaDialect:
 
     # applying patches
 
-    def _new_document(self, doc):
+    def _new_document(self, doc: dict[str, JSON]) -> None:
         self._flush()
         self._doc = doc
         self._last = self._last_plain = None
         self._legacy.payload(doc)
         self._follow(doc["message"])
 
-    def _apply(self, path, op, value):
+    def _apply(self, path: str, op: str, value: JSON) -> None:
         if op == "patch":
             if not isinstance(value, list):
                 return self.warnings.note("skipped a 'patch' at %r whose value is not a list" % path)
             # Inside a list, a sub-patch without "p"/"o" reuses the previous one of the same list;
             # the list as a whole is what a later top-level bare {"v": ...} refers to.
-            prev = (path, None)
+            prev: tuple[str, Any] = (path, None)
             for sub in value:
                 if not isinstance(sub, dict):
                     self.warnings.note("skipped a %s in a patch list at %r" % (type(sub).__name__, path))
@@ -347,7 +358,7 @@ class DeltaDialect:
             return self.warnings.note("skipped %r at %r: %s" % (op, path, e), (op, path))
         self._dirty |= touched
 
-    def _changed(self):
+    def _changed(self) -> None:
         """A top-level change has been applied: tell the later stages what it changed."""
         dirty, grown, before = self._dirty, self._grown, self._before
         self._dirty = 0
@@ -379,13 +390,14 @@ class DeltaDialect:
         tracked = legacy.track(m, bool(dirty & (_META | _ROOT)))
         if tracked is not None:
             text = content_text(tracked.content)
-            if before is not None and tracked is self._msg and not text.startswith(before):
+            same = tracked is self._msg  # (not in the condition: mypy would narrow tracked by it)
+            if before is not None and same and not text.startswith(before):
                 self._taken_back(tracked, before, text)
             legacy.passed_on(tracked, text)
             legacy.ended(tracked, m)
         self._follow(m)
 
-    def _taken_back(self, msg, before, text):
+    def _taken_back(self, msg: Message, before: str, text: str) -> None:
         """The change took back text the client has (``before``): it cannot be unsent, so the
         text is passed on from where the two part, keeping everything the upstream adds later."""
         lo, hi = 0, min(len(before), len(text))
@@ -401,7 +413,7 @@ class DeltaDialect:
         else:
             self.warnings.note("the upstream rewrote text of a message after it was sent")
 
-    def _follow(self, m):
+    def _follow(self, m: dict[str, JSON]) -> None:
         """After the document was read whole: which message it is, and where its text grows."""
         self._msg = msg = self._legacy.message(m.get("id"))
         self._hot = self._field = None
@@ -414,9 +426,10 @@ class DeltaDialect:
 
     # text
 
-    def _append_text(self, text):
+    def _append_text(self, text: str) -> None:
         """Keep ``text`` as one more piece of the text field (joined by ``_flush``)."""
         if self._pending is None:
+            assert self._field is not None  # the fast path is on only while the field is known
             container, key = self._field
             base = container[key]
             self._pending = [base, text]
@@ -425,7 +438,7 @@ class DeltaDialect:
             self._pending.append(text)
             self._pending_len += len(text)
 
-    def _pass_on(self, text):
+    def _pass_on(self, text: str) -> None:
         """``text`` was just appended to the text field: pass on what lies past what was sent."""
         msg = self._msg
         after = self._pending_len
@@ -436,10 +449,11 @@ class DeltaDialect:
         msg.sent = after
         self._answer.text(msg, new)
 
-    def _flush(self):
+    def _flush(self) -> None:
         """Join the text kept as pieces into the document (and so into ``Message.content``)."""
         pending = self._pending
         if pending is not None:
             self._pending = None
+            assert self._field is not None  # pieces are kept only while the field is known
             container, key = self._field
             container[key] = "".join(pending)

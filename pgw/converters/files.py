@@ -143,6 +143,8 @@ def _image(data, where):
         raise file_error(where, "the image has more pixels than this gateway accepts", "invalid_image") from None
     except Exception:
         return None
+    if fmt not in IMAGE_FORMATS:
+        return None
     return IMAGE_FORMATS[fmt], width, height
 
 

@@ -14,11 +14,18 @@ text back, the client keeps it, the log gets a note, and the text added later is
 the new end.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import ujson
 
-from pgw.converters.events import DONE, Message, Warnings, content_text, read_event
+from pgw.converters.events import DONE, AnswerStage, Message, Warnings, content_text, read_event
 
-# Typed frames that say nothing the answer needs (docs/upstream-protocol.md section 5.2).
+if TYPE_CHECKING:
+    from pgw.converters.sse import Event
+
+# Typed frames that say nothing the answer needs (docs/upstream.md, "The stream: three forms", 3).
 IGNORED = frozenset((
     "input_message", "message_marker", "title_generation", "server_ste_metadata", "conversation_detail_metadata",
     "url_moderation", "safety_review_update", "conversation_async_status", "num_variants_in_stream", "moderation",
@@ -29,15 +36,16 @@ class LegacyDialect:
     """``answer``: the answer stage it calls (``converters.answer.Answer`` or a stand-in);
     ``warnings``: where to note what the upstream did that the client may notice."""
 
-    def __init__(self, answer, warnings=None):
+    def __init__(self, answer: AnswerStage, warnings: Warnings | None = None) -> None:
         self.answer = answer
         self.warnings = Warnings() if warnings is None else warnings
-        self.conversation_id = None
-        self._messages = {}
-        self._current = None
-        self._cited = {}  # message id -> (number of citations, content_references) last announced
+        self.conversation_id: str | None = None
+        self._messages: dict[Any, Message] = {}
+        self._current: Message | None = None
+        # message id -> (number of citations, content_references) last announced
+        self._cited: dict[Any, tuple[int, Any]] = {}
 
-    def event(self, ev):
+    def event(self, ev: Event) -> None:
         """One SSE event."""
         obj = read_event(ev)
         if obj is DONE:
@@ -45,12 +53,12 @@ class LegacyDialect:
         elif type(obj) is dict:
             self.payload(obj)
 
-    def done(self):
+    def done(self) -> None:
         """``[DONE]``: the end of the upstream's answer."""
         self._end_current()
         self.answer.done()
 
-    def payload(self, obj):
+    def payload(self, obj: dict[str, Any]) -> None:
         """A decoded event object that is not a patch (shared with the delta dialect): a whole
         message, a root object with an error, or a typed frame. Typed frames are never text."""
         cid = obj.get("conversation_id")
@@ -88,14 +96,14 @@ class LegacyDialect:
             self.warnings.note("ignored an upstream frame of a type the gateway does not know: %r" % (kind,),
                                ("type", kind))
 
-    def snapshot(self, m):
+    def snapshot(self, m: dict[str, Any]) -> None:
         """A whole message as the upstream has it now."""
         msg = self.track(m)
         if msg is not None:
             self.passed_on(msg, content_text(msg.content))
             self.ended(msg, m)
 
-    def track(self, m, metadata_changed=None):
+    def track(self, m: dict[str, Any], metadata_changed: bool | None = None) -> Message | None:
         """Note message ``m`` (start it if it is new) and its content and metadata; tell the
         answer stage when its citations changed. ``metadata_changed``: whether they did, when the
         caller knows (the delta dialect changes the dicts in place, so they cannot be compared
@@ -125,7 +133,7 @@ class LegacyDialect:
             self.answer.update(msg)
         return msg
 
-    def passed_on(self, msg, text):
+    def passed_on(self, msg: Message, text: str) -> None:
         """``text`` is the message's whole text now: pass on what lies past what was sent."""
         sent = msg.sent
         if len(text) > sent:
@@ -135,7 +143,7 @@ class LegacyDialect:
             msg.sent = len(text)
             self.warnings.note("the upstream shortened a message after part of it was sent")
 
-    def ended(self, msg, m):
+    def ended(self, msg: Message, m: dict[str, Any]) -> None:
         """End ``msg`` if message ``m``'s status says it is over."""
         status = m.get("status")
         if status and status != "in_progress":
@@ -144,15 +152,15 @@ class LegacyDialect:
             msg.ended = True
             self.answer.end(msg)
 
-    def message(self, message_id):
+    def message(self, message_id: Any) -> Message | None:
         """The ``Message`` of an upstream message id seen so far, or None."""
         return self._messages.get(message_id)
 
-    def close(self):
+    def close(self) -> None:
         """The upstream body ended: end a message still open."""
         self._end_current()
 
-    def _end_current(self):
+    def _end_current(self) -> None:
         msg = self._current
         if msg is not None and not msg.ended:
             msg.ended = True

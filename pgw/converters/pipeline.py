@@ -9,70 +9,71 @@ client should see next; ``close`` is called once when the upstream body has ende
 the rest. The stream and non-stream handlers both use this one object: non-stream is the
 stream, collected.
 
-Which dialect the upstream speaks is decided per stream from what arrives (``_Detect``), not
-from what was asked for: an upstream may ignore ``supported_encodings``. ``warnings`` collects
-what the stages could not understand, once each, for the handler to log.
+Which dialect the upstream speaks is decided per stream from what arrives (``_Detect`` reads
+the first events and hands its choice back), not from what was asked for: an upstream may
+ignore ``supported_encodings``. ``warnings`` collects what the stages could not understand,
+once each, for the handler to log.
 """
 
-import ujson
+from __future__ import annotations
+
+from typing import Any, Protocol
 
 from pgw.converters.answer import Answer
 from pgw.converters.delta import DeltaDialect, is_patch
-from pgw.converters.events import Warnings
+from pgw.converters.events import DONE, Renderer, Warnings, read_event
 from pgw.converters.legacy import LegacyDialect
-from pgw.converters.sse import SSEDecoder
+from pgw.converters.sse import Event, SSEDecoder
 from pgw.errors import ApiError
 
 
-class _Detect:
-    """The dialect stage until the stream shows its dialect.
+class _Dialect(Protocol):
+    """A dialect stage: SSE events in, calls on the answer stage out."""
 
-    ``event: delta_encoding`` / ``event: delta`` or a patch-shaped object -> delta; a whole
+    def event(self, ev: Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Detect:
+    """Reads the first events until the stream shows its dialect, and says which it is.
+
+    ``event: delta_encoding`` / ``event: delta`` or a patch-shaped object -> v1; a whole
     message -> legacy. Events that say neither (pings, typed events, errors) go to the legacy
     stage, whose state the delta stage then takes over.
     """
 
-    def __init__(self, conversion, asked):
-        self._conversion = conversion
-        self._asked = asked
-        self._legacy = conversion._legacy
+    def __init__(self, legacy: LegacyDialect) -> None:
+        self._legacy = legacy
 
-    def event(self, ev):
+    def event(self, ev: Event) -> tuple[str, _Dialect] | None:
+        """Read ``ev``; once it shows the dialect, ``(name, stage for the rest)``."""
+        legacy = self._legacy
         if ev.event in ("delta_encoding", "delta"):
-            self._choose(DeltaDialect(self._legacy)).event(ev)
-            return
-        if ev.event == "ping" or ev.data == b"[DONE]":
-            self._legacy.event(ev)
-            return
-        try:
-            obj = ujson.loads(ev.data)
-        except ValueError:
-            return
-        if not isinstance(obj, dict):
-            return
+            delta = DeltaDialect(legacy)
+            delta.event(ev)
+            return "v1", delta
+        obj = read_event(ev)
+        if obj is DONE:
+            legacy.done()
+            return None
+        if type(obj) is not dict:
+            return None
         if is_patch(obj):
-            self._choose(DeltaDialect(self._legacy)).frame(obj)
-            return
+            delta = DeltaDialect(legacy)
+            delta.frame(obj)
+            return "v1", delta
+        legacy.payload(obj)
         if isinstance(obj.get("message"), dict):
-            self._choose(self._legacy)
-        self._legacy.payload(obj)
+            return "legacy", legacy
+        return None
 
-    def close(self):
+    def close(self) -> None:
         self._legacy.close()
-
-    def _choose(self, dialect):
-        conversion = self._conversion
-        conversion._dialect = dialect
-        conversion.dialect = "legacy" if dialect is self._legacy else "v1"
-        if self._asked == "v1" and conversion.dialect == "legacy":
-            conversion.warnings.note("asked for the v1 delta encoding, the upstream answered with whole messages")
-        elif self._asked == "legacy" and conversion.dialect == "v1":
-            conversion.warnings.note("asked for whole messages, the upstream answered with v1 deltas")
-        return dialect
 
 
 class Conversion:
-    def __init__(self, renderer, encoding="auto", echo_ids=()):
+    def __init__(self, renderer: Renderer, encoding: str = "auto", echo_ids: Any = ()) -> None:
         """``encoding``: what the request asked the upstream for (the UPSTREAM_ENCODING setting);
         ``echo_ids``: ids of the upstream messages the request carried (never part of the answer)."""
         self._sse = SSEDecoder()
@@ -80,40 +81,57 @@ class Conversion:
         self._renderer = renderer
         self._answer = Answer(renderer, echo_ids)
         self._legacy = LegacyDialect(self._answer, self.warnings)
-        self.dialect = None  # "legacy" or "v1" once the stream has shown it
-        self._dialect = _Detect(self, encoding)
+        self._asked = encoding
+        self.dialect: str | None = None  # "legacy" or "v1" once the stream has shown it
+        self._detect = _Detect(self._legacy)
+        self._dialect: _Dialect | None = None
         self.produced = False  # the client has been given something to show
 
     @property
-    def conversation_id(self):
+    def conversation_id(self) -> str | None:
         return self._legacy.conversation_id
 
-    def feed(self, data):
+    def feed(self, data: bytes) -> list[Any]:
         events = self._sse.feed(data)
         if not events:
             return events  # a piece of an event larger than a network read
         self._events(events)
         return self._merge(self._renderer.take())
 
-    def _events(self, events):
+    def _events(self, events: list[Event]) -> None:
         """SSE events through the stages. An event no stage can read (a shape no upstream has
         sent yet) is skipped and noted once, so the rest of the answer still arrives; what the
         stages passed on before they failed on it stays passed on."""
+        dialect = self._dialect
         for ev in events:
             try:
-                self._dialect.event(ev)
+                if dialect is not None:
+                    dialect.event(ev)
+                    continue
+                chosen = self._detect.event(ev)
+                if chosen is not None:
+                    dialect = self._chose(*chosen)
             except Exception as e:
                 self.warnings.note("skipped an upstream event the gateway could not read (%s: %s)"
                                    % (type(e).__name__, e))
 
-    def close(self):
+    def _chose(self, name: str, dialect: _Dialect) -> _Dialect:
+        self.dialect = name
+        self._dialect = dialect
+        if self._asked == "v1" and name == "legacy":
+            self.warnings.note("asked for the v1 delta encoding, the upstream answered with whole messages")
+        elif self._asked == "legacy" and name == "v1":
+            self.warnings.note("asked for whole messages, the upstream answered with v1 deltas")
+        return dialect
+
+    def close(self) -> list[Any]:
         self._events(self._sse.close())
-        self._dialect.close()
+        (self._dialect or self._detect).close()
         self._answer.close()
         self._renderer.close()
         return self._merge(self._renderer.take())
 
-    def outcome(self, cut=False):
+    def outcome(self, cut: bool = False) -> tuple[str | None, ApiError | None]:
         """After ``close``: ``(finish_reason, None)`` or ``(None, ApiError)``.
 
         ``cut``: the transfer itself failed (connection dropped, timeout). An answer is only a
@@ -143,15 +161,15 @@ class Conversion:
                                   "upstream_error", "empty_answer")
         return answer.finish_reason or "stop", None
 
-    def _merge(self, items):
+    def _merge(self, items: list[Any]) -> list[Any]:
         """Join neighbouring strings so one network chunk becomes at most one client chunk."""
         if not items:
             return items
         self.produced = True
         if len(items) == 1:
             return items  # what most chunks of a long answer bring
-        merged = []
-        texts = []
+        merged: list[Any] = []
+        texts: list[str] = []
         for item in items:
             if type(item) is str:
                 texts.append(item)

@@ -10,33 +10,34 @@ megabytes of events, so not decoding them twice matters.
 """
 
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
 class Event:
-    __slots__ = ("event", "data")
+    """One dispatched event: its ``event:`` name (None when it had none) and its data."""
+    event: str | None
+    data: bytes
 
-    def __init__(self, event, data):
-        self.event = event  # str or None
-        self.data = data    # bytes
-
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "Event(%r, %r)" % (self.event, self.data)
-
-    def __eq__(self, other):
-        return isinstance(other, Event) and (self.event, self.data) == (other.event, other.data)
 
 
 BOM = b"\xef\xbb\xbf"
 
 
 class SSEDecoder:
-    def __init__(self):
-        self._head = b""         # the stream's first bytes until a BOM is ruled out; then None
-        self._partial = []       # pieces of the line not yet terminated
+    def __init__(self) -> None:
+        self._head: bytes | None = b""  # the stream's first bytes until a BOM is ruled out; then None
+        self._partial: list[memoryview] = []  # pieces of the line not yet terminated
         self._partial_data = False  # ... known to be a ``data: `` line, prefix already cut off
         self._skip_lf = False    # the last chunk ended in CR: a leading LF belongs to it
-        self._event = None
-        self._data = []
+        self._event: str | None = None
+        self._data: list[bytes] = []
 
-    def feed(self, chunk):  # noqa: C901 (the hot loop is inlined on purpose: bench S2)
+    def feed(self, chunk: bytes) -> list[Event]:  # noqa: C901 (the hot loop is inlined on purpose: bench S2)
         """Take the next network chunk; return the events it completed (a list, maybe empty).
 
         A long answer's events are larger than a network chunk, so each byte of event data is
@@ -66,7 +67,7 @@ class SSEDecoder:
             if chunk:  # (empty when the chunk was only the LF of a CRLF already seen)
                 self._keep(chunk, 0)
             return []
-        events = []
+        events: list[Event] = []
         start = 0
         if self._partial:
             self._partial.append(memoryview(chunk)[:end])
@@ -93,24 +94,24 @@ class SSEDecoder:
             self._keep(chunk, start)
         return events
 
-    def _keep(self, chunk, start):
+    def _keep(self, chunk: bytes, start: int) -> None:
         """``chunk[start:]`` is part of a line that has not ended: keep a view of it."""
         if not self._partial and chunk.startswith(b"data: ", start):
             self._partial_data = True
             start += 6
         self._partial.append(memoryview(chunk)[start:] if start else memoryview(chunk))
 
-    def close(self):
+    def close(self) -> list[Event]:
         """End of stream. Per the spec an event not closed by a blank line is discarded,
         but a last line without its line end still counts as a line."""
-        events = []
+        events: list[Event] = []
         if self._head:
             self._keep(self._head, 0)  # a stream of one or two bytes that began like a BOM
         if self._partial:
             self._joined_line(events)
         return events
 
-    def _joined_line(self, events):
+    def _joined_line(self, events: list[Event]) -> None:
         """The line kept in ``_partial`` has ended: join its pieces."""
         line = b"".join(self._partial)
         self._partial = []
@@ -120,7 +121,7 @@ class SSEDecoder:
         else:
             self._line(line, events)
 
-    def _dispatch(self, events):
+    def _dispatch(self, events: list[Event]) -> None:
         """A blank line: the event so far is complete."""
         if self._data:
             data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
@@ -128,7 +129,7 @@ class SSEDecoder:
         self._event = None
         self._data = []
 
-    def _line(self, line, events):
+    def _line(self, line: bytes, events: list[Event]) -> None:
         if line.startswith(b"data:"):
             self._data.append(line[6:] if line[5:6] == b" " else line[5:])
         elif not line:

@@ -19,13 +19,15 @@ class ChatCompletionsHandler(ConversationHandler):
         key = self.api_key()
         request = parse_chat_request(self.json_body())
         route = gw.models.require(request.model)
-        messages = await self.while_connected(gw.attachments.messages(key, request, route, new_id))
-        payload = self.payload(messages, route, await self.while_connected(gw.gizmos.gizmo(route)),
-                               effort=request.reasoning_effort)
+
+        async def prepare(upstream_key):  # files go to the account that answers
+            messages = await self.while_connected(gw.attachments.messages(upstream_key, request, route, new_id))
+            return self.payload(messages, route, await self.while_connected(gw.gizmos.gizmo(route)),
+                                effort=request.reasoning_effort)
 
         encoder = openai_format.ChunkEncoder("chatcmpl-" + uuid.uuid4().hex[:29], int(time.time()), request.model)
         if request.stream:
             sink = StreamSink(self, encoder, request.include_usage, gw.tokens)
         else:
             sink = CollectSink(self, encoder, gw.tokens)
-        await self.converse(key, payload, sink, self.downloads(key), request.messages)
+        await self.converse(key, prepare, sink, self.downloads(key), request.messages, model=route.slug)

@@ -6,10 +6,15 @@ as it comes; ``while_connected`` abandons preparation work when the client leave
 """
 
 import asyncio
+import logging
 
 from pgw.converters.payload import conversation_payload
+from pgw.errors import ApiError
 from pgw.handlers.base import ClientGone, JsonBodyHandler
 from pgw.runtime import ConversationRun, MediaDownloads, new_id
+from pgw.tokens import TokenError, looks_like_refresh_token
+
+log = logging.getLogger("gateway.http")
 
 
 class ConversationHandler(JsonBodyHandler):
@@ -50,13 +55,120 @@ class ConversationHandler(JsonBodyHandler):
         """Fetching for one answer what it shows (images, files), linked at this gateway."""
         return MediaDownloads(self.gateway.upstream, self.gateway.media, key, self.public_base_url())
 
-    async def converse(self, key, payload, sink, downloads, prompt_messages, renderer=None):
+    async def converse(self, key, payload, sink, downloads, prompt_messages, renderer=None, model=None):
         """Run the upstream conversation into ``sink`` (``pgw.runtime.ConversationRun``): an
-        upstream refusal raises before anything was sent; ``renderer`` defaults to the settings'."""
+        upstream refusal raises before anything was sent; ``renderer`` defaults to the settings'.
+
+        ``payload`` is the request body, or an async function of the upstream key that builds it
+        (files are uploaded to the account that answers). A client access key is served from
+        the account pool (``converse_pooled``); any other key is forwarded as it is.
+        """
         if self._gone:
             raise ClientGone()
-        self._run = ConversationRun(self.gateway, key, payload, sink, downloads, prompt_messages, renderer)
+        pool = self.gateway.pool
+        if pool is not None and pool.is_access_key(key):
+            return await self.converse_pooled(pool, payload, sink, downloads, prompt_messages, renderer, model)
+        settings = self.gateway.settings
+        if settings.access_keys_required:
+            raise ApiError(401, "this gateway answers only its access keys (ACCESS_KEYS_REQUIRED)",
+                           "invalid_request_error", "invalid_api_key")
+        if settings.client_refresh_tokens and looks_like_refresh_token(key):
+            try:
+                key = await self.while_connected(self.gateway.access_tokens.access_token(key))
+            except TokenError as e:
+                raise ApiError(401, "your refresh token could not be exchanged: %s" % e,
+                               "invalid_request_error", "invalid_api_key") from None
+        downloads.key = key
+        body = payload if isinstance(payload, dict) else await payload(key)
+        self._run = ConversationRun(self.gateway, key, body, sink, downloads, prompt_messages, renderer)
         await self._run.run()
+
+    async def converse_pooled(self, pool, payload, sink, downloads, prompt_messages, renderer, model):  # noqa: C901
+        """Lease an account, answer through it, give it back; before the first answer byte a
+        refusal benches the account (``pgw.pool.verdict``) and the next account is tried, at most
+        RETRY_ATTEMPTS of them. Every lease is released in ``finally``: whatever happens (client
+        gone, an error, a bug), no request holds an account after its response ended."""
+        settings = self.gateway.settings
+        tried = set()
+        last = None
+        self.queued_s = 0.0
+        try:
+            while len(tried) < settings.retry_attempts:
+                try:
+                    lease = await self._lease(pool, model or "", frozenset(tried), sink)
+                except ApiError as e:
+                    if last is not None and e.code == "no_accounts":
+                        raise last from None  # every account was tried: its refusal says why
+                    raise
+                self.account_label = lease.label
+                self.queued_s += lease.queued_s
+                try:
+                    refreshed = False
+                    while True:
+                        downloads.key = lease.key
+                        body = payload if isinstance(payload, dict) else await payload(lease.key)
+                        self._run = ConversationRun(self.gateway, lease.key, body, sink, downloads,
+                                                    prompt_messages, renderer)
+                        pool.note_handoff(lease)
+                        lease.freed_at = None
+                        try:
+                            await self._run.run()
+                        except ApiError as e:
+                            if self._run.refused is None:
+                                raise
+                            last = e
+                        else:
+                            if self._run.refused is None:
+                                await pool.succeeded(lease)
+                            return
+                        if self._gone:
+                            raise ClientGone()
+                        status, raw = self._run.refused
+                        if status == 401 and not refreshed and await pool.refresh_after_401(lease):
+                            refreshed = True
+                            continue  # the same account once more, with its new token
+                        v = await pool.refused(lease, status, raw)
+                        log.warning("account %s refused (HTTP %s): %s%s", lease.label, status, last.message,
+                                    "; trying another" if v.retry else "")
+                        if not v.retry:
+                            raise last
+                        break
+                finally:
+                    await pool.release(lease)
+                tried.add(lease.label)
+            raise last
+        except ApiError as e:
+            if sink.started:  # headers went out while queued: the error goes in the stream
+                sink.fail(e)
+                return
+            raise
+
+    async def _lease(self, pool, model, tried, sink):
+        """Wait for a lease; a streaming client that waits KEEPALIVE_INTERVAL gets its headers
+        and then keep-alives (web UIs stop their timers on headers). A client that leaves is out
+        of the queue at once (``on_connection_close`` cancels the wait)."""
+        if self._gone:
+            raise ClientGone()
+        wait = asyncio.ensure_future(pool.acquire(model, tried))
+        self._pending = wait
+        interval = self.gateway.settings.keepalive_interval
+        try:
+            while True:
+                done, _ = await asyncio.wait((wait,), timeout=interval if sink.streaming and interval else None)
+                if done:
+                    return wait.result()
+                if not sink.started:
+                    sink.start()
+                else:
+                    sink.keepalive()
+        except asyncio.CancelledError:
+            if self._gone:
+                raise ClientGone() from None
+            raise
+        finally:
+            self._pending = None
+            if not wait.done():
+                wait.cancel()
 
     def on_connection_close(self):
         self._gone = True

@@ -66,7 +66,7 @@ class ImageGenerationsHandler(ConversationHandler):
         # The reply follows the settings (BOT_MODE: plain text); the pictures are fetched whatever
         # the image switches say, since they are the answer.
         await self.converse(key, payload, sink, downloads, [("user", prompt)],
-                            renderer_for(gw.settings, fetch_images=True))
+                            renderer_for(gw.settings, fetch_images=True), model=route.slug)
 
 
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}

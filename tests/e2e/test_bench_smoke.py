@@ -21,7 +21,9 @@ def test_bench_smoke_runs_and_every_text_is_exact():
     assert done.returncode == 0, out + done.stderr
     assert "exact: all texts exact" in out
     for scenario in ("S1 streams held", "S2 conversion in-process", "S2 conversion end to end",
-                     "S3 memory", "S4 one process", "S4 two processes"):
+                     "S3 memory", "S4 one process", "S4 two processes",
+                     "Q1 queue baseline (no pool, K chained clients)", "Q1 queue pool, one process",
+                     "Q1 queue pool, Redis, 2 processes"):
         assert "| %s |" % scenario in out
     rows = [line for line in out.splitlines() if line.startswith("| S1 ")]
     for dialect in DEFAULT_DIALECTS:  # both framings: late 2023 and 2025-2026

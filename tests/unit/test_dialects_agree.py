@@ -1,7 +1,7 @@
 """Both upstream dialects of every scenario give the client the same answer.
 
 The fake upstream renders one script of messages into the legacy stream (whole messages) and
-into the v1 stream (patches). Whatever the network chunking, the gateway's conversion of both
+into the v1 stream (patches), in each v1 form (2025-2026 and early 2024). Whatever the network chunking, the gateway's conversion of both
 must produce the same text, actions and outcome, whether the JSON escapes non-ASCII characters
 (as the real upstream does) or carries them as raw UTF-8 that chunks can split. The loop runs over ``SCENARIOS`` itself, so a
 scenario added later is covered without touching this file, and over ``RENDERERS``: a new
@@ -17,6 +17,7 @@ from pgw.converters.pipeline import Conversion
 from pgw.converters.render import BotRenderer, MarkdownRenderer, Reasoning
 from fakeupstream.app import split
 from fakeupstream.scenarios import SCENARIOS
+from fakeupstream.script import RENDERERS as FORMS
 from fakeupstream.script import legacy_events, v1_events
 
 # name -> a fresh renderer for one answer (Gateway.renderer builds one of these per request)
@@ -50,14 +51,17 @@ def test_legacy_and_v1_streams_convert_to_the_same_answer(scenario, renderer):
     for ascii in (True, False):
         script.ascii = ascii
         legacy = b"".join(legacy_events(script, "conv-1", user))
-        v1 = b"".join(v1_events(script, "conv-1", user))
         expected = expected or convert(legacy, make, 0)
         assert expected[0] == "legacy"
         for seed in SEEDS:
             assert convert(legacy, make, seed) == expected, "scenario %s, ascii %s, seed %d" % (scenario, ascii, seed)
-            got = convert(v1, make, seed)
-            assert got[0] == "v1"
-            assert got[1:] == expected[1:], "scenario %s, ascii %s, seed %d" % (scenario, ascii, seed)
+        # every v1 form the fake upstream speaks: 2025-2026 (the default) and early 2024
+        for form in sorted(set(FORMS) - {"legacy"}):
+            v1 = b"".join(FORMS[form](script, "conv-1", user))
+            for seed in SEEDS:
+                got = convert(v1, make, seed)
+                assert got[0] == "v1"
+                assert got[1:] == expected[1:], "scenario %s, form %s, ascii %s, seed %d" % (scenario, form, ascii, seed)
 
 
 def test_the_v1_stream_is_smaller_for_long_answers():

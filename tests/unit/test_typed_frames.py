@@ -1,4 +1,4 @@
-"""Typed frames (docs/upstream-protocol.md section 5.2): never text, each with its one meaning.
+"""Typed frames (docs/upstream.md, "The stream: three forms", 3): never text, each with its one meaning.
 
 Each stream is written out as a live account sends it (2025-2026 v1 form); what the client
 should get is written by hand. The frames go through ``LegacyDialect.payload`` in both

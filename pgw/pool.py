@@ -1,0 +1,669 @@
+"""The account pool: the one place that knows which upstream account answers a request.
+
+Operators list ChatGPT accounts (``ACCOUNTS_FILE`` / ``UPSTREAM_KEYS``) and invent access keys
+(``ACCESS_KEYS``) for their bots and users. A request carrying an access key asks the pool for
+a ``Lease`` on one account and gives it back when its answer has ended; any other key is
+forwarded as it is, as RefreshToV1Api did. One account answers one message at a time (the
+upstream's 429 "Only one message at a time"), so requests that find no free account wait in
+one FIFO queue: the earliest waiter gets the next account that frees up; among free accounts
+the least busy, then the least recently used, is chosen.
+
+``AccountPool`` is the interface handlers see; ``MemoryPool`` keeps its state in this process
+(the default) and ``pgw.pool_redis.RedisPool`` keeps it in Redis, shared by processes and
+machines. What an upstream refusal means for an account (benched, unhealthy, retry elsewhere)
+is decided here too (``verdict``), so both back ends and the handlers agree.
+"""
+
+import asyncio
+import collections
+import hmac
+import json
+import logging
+import math
+import os
+import time
+
+import ujson
+from tornado.ioloop import IOLoop
+
+from pgw.errors import ApiError
+from pgw.logs import mask
+from pgw.tokens import jwt_exp
+
+log = logging.getLogger("gateway.pool")
+
+KINDS = ("access_token", "share_token", "refresh_token")
+# How long a one-at-a-time 429 benches an account: the upstream says "or wait one minute", but
+# it usually means another client of the same account is mid-answer; answers take seconds.
+FORBIDDEN_BACKOFF_MAX = 3600.0
+HANDOFFS_KEPT = 1000  # the last handoff times kept for the admin view and the bench
+
+
+class Account:
+    """One upstream account as the operator configured it (the live token is the pool's)."""
+
+    __slots__ = ("label", "kind", "token", "account_id", "max_concurrent", "exp")
+
+    def __init__(self, label, kind, token, account_id=None, max_concurrent=None):
+        # An access token is a JWT: past its exp it is refused (401), so it is not even tried.
+        self.exp = jwt_exp(token) if kind == "access_token" else None
+        self.label = label
+        self.kind = kind              # access_token | share_token | refresh_token
+        self.token = token            # the access/share token, or the refresh token
+        self.account_id = account_id  # team accounts: sent as ChatGPT-Account-Id
+        self.max_concurrent = max_concurrent
+
+    def key_with(self, token):
+        """The upstream key for ``token``: ``"<token>,<account id>"`` for a team account."""
+        return "%s,%s" % (token, self.account_id) if self.account_id else token
+
+    def same_as(self, other):
+        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+
+    def expired(self, wall_now):
+        return self.exp is not None and self.exp <= wall_now
+
+
+class AccountsError(ValueError):
+    """The accounts file or UPSTREAM_KEYS cannot be used; the message says where."""
+
+
+def parse_accounts(data, source):
+    """``(accounts, access_keys)`` from the accounts file's JSON: a list of account objects or
+    ``{"accounts": [...], "access_keys": [...]}``."""
+    access_keys = []
+    if isinstance(data, dict):
+        access_keys = data.get("access_keys") or []
+        data = data.get("accounts") or []
+        if not isinstance(access_keys, list) or not all(isinstance(k, str) and k.strip() for k in access_keys):
+            raise AccountsError("%s: access_keys must be a list of non-empty strings" % source)
+    if not isinstance(data, list):
+        raise AccountsError("%s must hold a list of accounts or {\"accounts\": [...], \"access_keys\": [...]}"
+                            % source)
+    accounts = []
+    for i, item in enumerate(data):
+        where = "%s, account %d" % (source, i + 1)
+        if not isinstance(item, dict):
+            raise AccountsError("%s is not an object" % where)
+        given = [k for k in KINDS if item.get(k)]
+        if len(given) != 1:
+            raise AccountsError("%s needs exactly one of access_token, share_token, refresh_token" % where)
+        kind = given[0]
+        token = item[kind]
+        if not isinstance(token, str) or not token.strip() or "," in token:
+            raise AccountsError("%s: %s must be a non-empty string without commas" % (where, kind))
+        account_id = item.get("account_id") or None
+        if account_id is not None and (not isinstance(account_id, str) or "," in account_id):
+            raise AccountsError("%s: account_id must be a string" % where)
+        limit = item.get("max_concurrent")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000):
+            raise AccountsError("%s: max_concurrent must be a whole number from 1 to 1000" % where)
+        label = item.get("label") or "account-%d" % (i + 1)
+        if not isinstance(label, str):
+            raise AccountsError("%s: label must be a string" % where)
+        accounts.append(Account(label, kind, token.strip(), account_id, limit))
+    return accounts, [k.strip() for k in access_keys]
+
+
+def load_accounts(settings):
+    """The accounts and access keys the settings name: ACCOUNTS_FILE (a missing file is no
+    accounts), then UPSTREAM_KEYS (``token`` or ``token,account id``, separated by spaces or
+    ``;``... commas separate keys, so a team key is written ``token:account-id``... see README),
+    then ACCESS_KEYS. Raises ``AccountsError`` naming the problem."""
+    accounts, access_keys = [], []
+    path = settings.accounts_file
+    if path and os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise AccountsError("ACCOUNTS_FILE %s cannot be read: %s" % (path, e)) from None
+        accounts, access_keys = parse_accounts(data, "ACCOUNTS_FILE %s" % path)
+    for i, key in enumerate(k.strip() for k in settings.upstream_keys.split(",")):
+        if not key:
+            continue
+        token, _, account_id = key.partition(":") if not key.startswith("eyJ") or ":" in key else (key, "", "")
+        accounts.append(Account("key-%d" % (i + 1), "access_token", token, account_id or None))
+    access_keys += [k.strip() for k in settings.access_keys.split(",") if k.strip()]
+    labels = [a.label for a in accounts]
+    dup = {x for x in labels if labels.count(x) > 1}
+    if dup:
+        raise AccountsError("two accounts have the label %s" % sorted(dup)[0])
+    return accounts, access_keys
+
+
+class AccessKeys:
+    """The operator's access keys, compared in constant time (``hmac.compare_digest`` against
+    every key, so the time taken says nothing about which one nearly matched)."""
+
+    def __init__(self, keys):
+        self._keys = [k.encode() for k in keys]
+
+    def __len__(self):
+        return len(self._keys)
+
+    def match(self, key):
+        raw = key.encode()
+        found = False
+        for k in self._keys:
+            found |= hmac.compare_digest(k, raw)
+        return found
+
+
+class Lease:
+    """One account held by one request: ``key`` is the upstream key to send, ``queued_s`` how
+    long the request waited. Give it back with ``await pool.release(lease)`` (idempotent)."""
+
+    __slots__ = ("label", "key", "queued_s", "model", "released", "token_id", "freed_at", "since")
+
+    def __init__(self, label, key, queued_s, model, token_id=None):
+        self.label = label
+        self.key = key
+        self.queued_s = queued_s
+        self.model = model
+        self.released = False
+        self.token_id = token_id   # the Redis back end's slot id
+        self.freed_at = None       # a waiter's lease: when (monotonic) its account became free
+        self.since = time.monotonic()
+
+
+class Verdict:
+    """What an upstream refusal before the first answer byte means: ``retry`` on another
+    account or not; ``bench`` seconds for the account (or, with ``model``, the account and that
+    model); ``refresh``: try refreshing the token and the same account once more; ``unhealthy``."""
+
+    __slots__ = ("retry", "bench", "model", "why", "refresh", "unhealthy")
+
+    def __init__(self, retry, bench=0.0, model=None, why="", refresh=False, unhealthy=False):
+        self.retry = retry
+        self.bench = bench
+        self.model = model
+        self.why = why
+        self.refresh = refresh
+        self.unhealthy = unhealthy
+
+
+def _detail(body):
+    try:
+        data = ujson.loads(body)
+    except ValueError:
+        return None
+    return data.get("detail") if isinstance(data, dict) else None
+
+
+def verdict(status, body, model, settings, forbidden_streak=0):
+    """Judge an upstream refusal (``status`` None: no answer at all) of one account."""
+    if status is None or status >= 500:
+        return Verdict(True, why="upstream %s" % ("unreachable" if status is None else "HTTP %d" % status))
+    detail = _detail(body)
+    if status == 429:
+        if isinstance(detail, str) and "one message at a time" in detail.lower():
+            return Verdict(True, settings.busy_bench, why="busy with another message (429)")
+        clears_in = detail.get("clears_in") if isinstance(detail, dict) else None
+        if isinstance(clears_in, (int, float)) and not isinstance(clears_in, bool) and clears_in > 0:
+            return Verdict(True, float(clears_in), model, why="usage cap for %s (429)" % model)
+        return Verdict(True, settings.busy_bench * 6, why="rate limited (429)")
+    if status == 401:
+        return Verdict(True, settings.unhealthy_recheck, refresh=True, unhealthy=True, why="unauthorized (401)")
+    if status == 403:
+        backoff = min(settings.forbidden_bench * (2 ** forbidden_streak), FORBIDDEN_BACKOFF_MAX)
+        return Verdict(True, backoff, why="forbidden (403)")
+    return Verdict(False)
+
+
+def all_benched_error(seconds, model):
+    seconds = max(1, math.ceil(seconds))
+    error = ApiError(429, "every upstream account is resting (benched) for %s; the soonest is back in %d s"
+                     % (model or "this model", seconds), "rate_limit_error", "accounts_benched")
+    # The openai SDKs retry a 429 at once twice unless told not to: no account is back that soon.
+    error.headers = {"Retry-After": str(seconds), "x-should-retry": "false"}
+    return error
+
+
+def queue_timeout_error(waited, retry_after):
+    error = ApiError(429, "no upstream account became free within %g s (QUEUE_TIMEOUT); try again in %d s"
+                     % (waited, retry_after), "rate_limit_error", "queue_timeout")
+    error.headers = {"Retry-After": str(retry_after)}
+    return error
+
+
+def queue_full_error(limit):
+    error = ApiError(429, "%d requests are already waiting for an account (QUEUE_MAX); try again shortly" % limit,
+                     "rate_limit_error", "queue_full")
+    error.headers = {"Retry-After": "1"}
+    return error
+
+
+def all_expired_error():
+    return ApiError(503, "the access token of every upstream account has expired; put new tokens in ACCOUNTS_FILE "
+                    "and reload it (SIGHUP or POST /admin/accounts/reload), or use refresh tokens",
+                    "server_error", "accounts_expired")
+
+
+def no_accounts_error():
+    return ApiError(503, "this gateway has no upstream accounts configured (ACCOUNTS_FILE, UPSTREAM_KEYS)",
+                    "server_error", "no_accounts")
+
+
+class AccountPool:
+    """The interface handlers use; back ends implement the abstract parts.
+
+    ``acquire(model, exclude)`` waits (FIFO) for a lease or raises an ``ApiError``; ``release``
+    gives it back; ``refused(lease, status, body)`` records what a refusal means and returns its
+    ``Verdict``; ``succeeded(lease)`` clears an account's trouble; ``snapshot()`` is for the
+    admin endpoint; ``reload(accounts, access_keys)`` swaps the configuration in place.
+    """
+
+    def __init__(self, settings, accounts, access_keys, tokens):
+        self.settings = settings
+        self.tokens = tokens
+        self.access = AccessKeys(access_keys)
+        self.accounts = {a.label: a for a in accounts}
+        self.handoffs = collections.deque(maxlen=HANDOFFS_KEPT)
+
+    def is_access_key(self, key):
+        return self.access.match(key)
+
+    def usable(self):
+        """The accounts worth trying: all but those whose access token is known to have expired."""
+        now = time.time()
+        found = {label: a for label, a in self.accounts.items() if not a.expired(now)}
+        if not found and self.accounts:
+            raise all_expired_error()
+        return found
+
+    def max_concurrent(self, account):
+        return account.max_concurrent or self.settings.max_concurrent_per_account
+
+    async def key_for(self, account):
+        """The upstream key for ``account`` now (a refresh-token account's cached access token)."""
+        if account.kind == "refresh_token":
+            token = await self.tokens.access_token(account.token)
+            return account.key_with(token)
+        return account.key_with(account.token)
+
+    async def lease_key(self, label, model, queued_s, token_id=None):
+        """A ``Lease`` for an assigned account, its token resolved; a refresh that fails makes
+        the account unhealthy, gives the slot back and raises ``TokenError``."""
+        account = self.accounts.get(label)
+        lease = Lease(label, None, queued_s, model, token_id)
+        try:
+            if account is None:
+                raise KeyError(label)
+            lease.key = await self.key_for(account)
+        except BaseException as e:
+            await self.release(lease)
+            if isinstance(e, Exception) and account is not None:
+                await self.mark(label, Verdict(True, self.settings.unhealthy_recheck, unhealthy=True,
+                                               why="token refresh failed: %s" % e))
+            raise
+        return lease
+
+    async def refresh_after_401(self, lease):
+        """Refresh the leased account's token (once): the new key, or None when it cannot."""
+        account = self.accounts.get(lease.label)
+        if account is None or account.kind != "refresh_token":
+            return None
+        try:
+            token = await self.tokens.access_token(account.token, force=True)
+        except Exception as e:
+            log.warning("refreshing the token of %s failed: %s", lease.label, e)
+            return None
+        lease.key = account.key_with(token)
+        return lease.key
+
+    def note_handoff(self, lease):
+        """A waiter's request is about to call the upstream: how long its account stood free
+        in between (what queueing adds to a request; the bench and the admin view report it)."""
+        if lease.freed_at is not None:
+            self.handoffs.append(time.monotonic() - lease.freed_at)
+
+    def handoff_stats(self, values=None):
+        values = sorted(self.handoffs if values is None else values)
+        if not values:
+            return {"n": 0}
+        return {"n": len(values), "p50_ms": round(1000 * values[len(values) // 2], 3),
+                "p99_ms": round(1000 * values[min(len(values) - 1, int(0.99 * len(values)))], 3),
+                "max_ms": round(1000 * values[-1], 3)}
+
+    # -- what back ends implement
+    async def acquire(self, model, exclude=()):
+        raise NotImplementedError
+
+    async def release(self, lease):
+        raise NotImplementedError
+
+    async def mark(self, label, verdict):
+        """Record a ``Verdict`` against an account: bench it (or its model), or mark it unhealthy."""
+        raise NotImplementedError
+
+    async def succeeded(self, lease):
+        raise NotImplementedError
+
+    async def snapshot(self):
+        raise NotImplementedError
+
+    async def reload(self, accounts, access_keys):
+        raise NotImplementedError
+
+    def start(self):
+        pass
+
+    def close(self):
+        pass
+
+    async def refused(self, lease, status, body):
+        forbidden_streak = await self.forbidden_streak(lease.label) if status == 403 else 0
+        v = verdict(status, body, lease.model, self.settings, forbidden_streak)
+        account = self.accounts.get(lease.label)
+        if v.unhealthy and account is not None and account.kind == "refresh_token":
+            v.bench *= 2  # out until the re-check (at UNHEALTHY_RECHECK) brings it back; tried anyway later
+        if v.bench or v.unhealthy or v.why:
+            await self.mark(lease.label, v)
+        if v.unhealthy:
+            self.recheck_later(lease.label)
+        return v
+
+    def recheck_later(self, label):
+        """The background re-check of an unhealthy account: after UNHEALTHY_RECHECK a
+        refresh-token account exchanges its token again and, if that works, is back at once (an
+        access token cannot mend itself: that account is simply tried again then)."""
+        account = self.accounts.get(label)
+        if account is None or account.kind != "refresh_token":
+            return
+
+        async def recheck():
+            current = self.accounts.get(label)
+            if current is None or not current.same_as(account):
+                return  # reloaded meanwhile
+            try:
+                await self.tokens.access_token(account.token, force=True)
+            except Exception as e:
+                log.warning("re-check of account %s: the token still cannot be refreshed: %s", label, e)
+                return
+            log.info("re-check of account %s: new token, back in the pool", label)
+            await self.clear(label)
+        IOLoop.current().call_later(self.settings.unhealthy_recheck, lambda: IOLoop.current().spawn_callback(recheck))
+
+    async def clear(self, label):
+        """Lift an account's bench and unhealthy mark (its per-model caps stay)."""
+        raise NotImplementedError
+
+    async def forbidden_streak(self, label):
+        return 0
+
+
+class _State:
+    """What the memory back end knows about one account."""
+
+    __slots__ = ("in_flight", "last_used", "served", "benched_until", "bench_why", "models", "unhealthy",
+                 "last_error", "forbidden_streak")
+
+    def __init__(self):
+        self.in_flight = 0
+        self.last_used = 0.0
+        self.served = 0
+        self.benched_until = 0.0
+        self.bench_why = ""
+        self.models = {}          # model -> (until, why)
+        self.unhealthy = False
+        self.last_error = ""
+        self.forbidden_streak = 0
+
+    def resting(self, model, now):
+        """Seconds until this account may answer ``model`` again (0: now)."""
+        until = self.benched_until
+        m = self.models.get(model)
+        if m is not None and m[0] > until:
+            until = m[0]
+        return max(0.0, until - now)
+
+
+class _Waiter:
+    __slots__ = ("future", "model", "exclude", "since", "granted")
+
+    def __init__(self, model, exclude, since):
+        self.granted = None
+        self.future = asyncio.get_running_loop().create_future()
+        self.model = model
+        self.exclude = exclude
+        self.since = since
+
+
+class MemoryPool(AccountPool):
+    """The pool for one process: counts, queue and benches in memory.
+
+    The queue is served by ``_dispatch`` whenever a slot may have freed (a release, a bench
+    ending, a reload): the earliest waiter that some free account can serve gets it. A waiter
+    whose every account is benched is told so at once rather than left to time out.
+    """
+
+    def __init__(self, settings, accounts, access_keys, tokens):
+        super().__init__(settings, accounts, access_keys, tokens)
+        self.state = {a.label: _State() for a in accounts}
+        self.waiters = collections.deque()
+        self._hold_ewma = 5.0   # seconds an answer holds an account, for Retry-After estimates
+        self._wakeups = set()
+
+    # -- choosing
+    def _free(self, model, exclude, now, accounts):
+        best, best_rank = None, None
+        for label, account in accounts.items():
+            s = self.state[label]
+            if label in exclude or s.in_flight >= self.max_concurrent(account) or s.resting(model, now):
+                continue
+            rank = (s.in_flight, s.last_used)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = label, rank
+        return best
+
+    def _soonest(self, model, exclude, now, accounts):
+        """0 when some account not in ``exclude`` could answer ``model`` now or once a slot
+        frees; else the seconds until the first bench ends (excluded accounts count: they may
+        be tried again then), ``math.inf`` when nothing is benched (no account left to try)."""
+        soonest = math.inf
+        for label in accounts:
+            rest = self.state[label].resting(model, now)
+            if rest == 0:
+                if label not in exclude:
+                    return 0.0
+            else:
+                soonest = min(soonest, rest)
+        return soonest
+
+    def _take(self, label, now):
+        s = self.state[label]
+        s.in_flight += 1
+        s.last_used = now
+        s.served += 1
+
+    def _capacity(self):
+        return sum(self.max_concurrent(a) for a in self.accounts.values()) or 1
+
+    async def acquire(self, model, exclude=()):
+        now = time.monotonic()
+        if not self.accounts:
+            raise no_accounts_error()
+        accounts = self.usable()
+        soonest = self._soonest(model, exclude, now, accounts)
+        if soonest:
+            raise all_benched_error(soonest, model) if soonest < math.inf else no_accounts_error()
+        if not self.waiters:
+            label = self._free(model, exclude, now, accounts)
+            if label is not None:
+                self._take(label, now)
+                return await self.lease_key(label, model, 0.0)
+        if len(self.waiters) >= self.settings.queue_max:
+            raise queue_full_error(self.settings.queue_max)
+        waiter = _Waiter(model, exclude, now)
+        self.waiters.append(waiter)
+        self._dispatch()
+        timeout = self.settings.queue_timeout
+        try:
+            await asyncio.wait((waiter.future,), timeout=timeout)
+        except asyncio.CancelledError:
+            self._leave(waiter)
+            raise
+        if not waiter.future.done():
+            self._leave(waiter)
+            retry = max(1, math.ceil(self._hold_ewma * (len(self.waiters) + 1) / self._capacity()))
+            raise queue_timeout_error(timeout, retry)
+        label = waiter.future.result()  # raises the all-benched error a dispatch decided
+        lease = await self.lease_key(label, model, time.monotonic() - waiter.since)
+        lease.freed_at = waiter.granted
+        return lease
+
+    def _leave(self, waiter):
+        """The waiter gave up (timeout, client gone): out of the queue, and an account handed
+        to it in the same instant goes back."""
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            pass
+        f = waiter.future
+        if f.done() and not f.cancelled() and f.exception() is None:
+            self._put_back(f.result())
+        else:
+            f.cancel()
+
+    def _free_slots(self):
+        return sum(max(0, self.max_concurrent(a) - self.state[label].in_flight) for label, a in self.accounts.items())
+
+    def _dispatch(self):
+        """Serve waiters in order. With no slot free (the common case under load) nothing is
+        looked at: a release frees one slot, the head waiter takes it, the loop stops there."""
+        if not self.waiters:
+            return
+        now = time.monotonic()
+        served = []
+        free = self._free_slots()
+        try:
+            accounts = self.usable()
+        except ApiError as e:
+            for waiter in self.waiters:
+                if not waiter.future.done():
+                    waiter.future.set_exception(e)
+            self.waiters.clear()
+            return
+        for waiter in self.waiters:
+            if free <= 0 and not self._soonest(waiter.model, (), now, accounts):
+                break  # nothing free and some account will be: this waiter, and everyone behind, waits
+            if waiter.future.done():
+                served.append(waiter)
+                continue
+            label = self._free(waiter.model, waiter.exclude, now, accounts)
+            if label is not None:
+                self._take(label, now)
+                free -= 1
+                waiter.granted = now
+                waiter.future.set_result(label)
+                served.append(waiter)
+                continue
+            soonest = self._soonest(waiter.model, waiter.exclude, now, accounts)
+            if soonest:
+                waiter.future.set_exception(all_benched_error(soonest, waiter.model) if soonest < math.inf
+                                            else no_accounts_error())
+                served.append(waiter)
+        for waiter in served:
+            self.waiters.remove(waiter)
+
+    def _put_back(self, label):
+        s = self.state.get(label)
+        if s is not None and s.in_flight > 0:
+            s.in_flight -= 1
+        self._dispatch()
+
+    async def release(self, lease):
+        if lease.released:
+            return
+        lease.released = True
+        self._hold_ewma = 0.9 * self._hold_ewma + 0.1 * (time.monotonic() - lease.since)
+        self._put_back(lease.label)
+
+    def _wake_at(self, seconds):
+        handle = IOLoop.current().call_later(seconds + 0.001, self._woken)
+        self._wakeups.add(handle)
+
+    def _woken(self):
+        self._wakeups = {h for h in self._wakeups if h.when() > IOLoop.current().time()}
+        self._dispatch()
+
+    async def mark(self, label, v):
+        s = self.state.get(label)
+        if s is None:
+            return
+        now = time.monotonic()
+        s.last_error = v.why
+        if v.why.startswith("forbidden"):
+            s.forbidden_streak += 1
+        if v.bench:
+            if v.model is not None:
+                s.models[v.model] = (now + v.bench, v.why)
+            else:
+                s.benched_until, s.bench_why = now + v.bench, v.why
+            s.unhealthy = v.unhealthy
+            self._wake_at(v.bench)
+            log.warning("account %s benched for %g s: %s", label, v.bench, v.why)
+
+    async def forbidden_streak(self, label):
+        s = self.state.get(label)
+        return s.forbidden_streak if s is not None else 0
+
+    async def clear(self, label):
+        s = self.state.get(label)
+        if s is not None:
+            s.benched_until, s.bench_why, s.unhealthy = 0.0, "", False
+            self._dispatch()
+
+    async def succeeded(self, lease):
+        s = self.state.get(lease.label)
+        if s is not None:
+            s.forbidden_streak = 0
+            s.unhealthy = False
+
+    async def snapshot(self):
+        now, wall = time.monotonic(), time.time()
+        waiting = collections.Counter()
+        for w in self.waiters:
+            waiting[w.model] += 1
+        rows = []
+        for label, account in self.accounts.items():
+            s = self.state[label]
+            queued = sum(1 for w in self.waiters if label not in w.exclude)
+            rows.append(account_row(account, self.tokens, {
+                "in_flight": s.in_flight, "queued": queued, "served": s.served, "last_error": s.last_error or None,
+                "unhealthy": s.unhealthy and s.benched_until > now,
+                "benched_until": wall + s.benched_until - now if s.benched_until > now else None,
+                "bench_why": s.bench_why if s.benched_until > now else None,
+                "models": {m: {"until": wall + u - now, "why": why} for m, (u, why) in s.models.items() if u > now}}))
+        return {"accounts": rows, "queued": len(self.waiters), "backend": "memory", "handoff": self.handoff_stats()}
+
+    async def reload(self, accounts, access_keys):
+        """Swap in new accounts and keys; leases in flight keep their account's count (an
+        account removed while answering simply disappears when its lease comes back)."""
+        old = self.accounts
+        self.access = AccessKeys(access_keys)
+        self.accounts = {a.label: a for a in accounts}
+        state = {}
+        for a in accounts:
+            s = self.state.get(a.label)
+            if s is None or not a.same_as(old[a.label]):  # a new token starts with a clean slate
+                fresh = _State()
+                fresh.in_flight = s.in_flight if s is not None else 0
+                s = fresh
+            state[a.label] = s
+        self.state = state
+        self._dispatch()
+
+
+def account_row(account, tokens, live):
+    """One account for ``GET /admin/accounts``: nothing usable of its token."""
+    exp = tokens.expiry(account) if tokens is not None else None
+    health = "unhealthy" if live.pop("unhealthy") else ("benched" if live.get("benched_until") else "ok")
+    if account.expired(time.time()):
+        health = "expired"
+    row = {"label": account.label, "kind": account.kind, "token": mask(account.token),
+           "account_id": mask(account.account_id) if account.account_id else None, "health": health,
+           "max_concurrent": account.max_concurrent, "token_expires": exp}
+    row.update(live)
+    return row

@@ -1,0 +1,310 @@
+"""The account pool's rules without processes or clocks: the accounts file, access keys, what
+each upstream refusal means, the memory back end's FIFO queue and choice of account, and the
+refresh-token cache (against a stand-in token endpoint)."""
+
+import asyncio
+import base64
+import io
+import json
+import os
+import time
+
+import pytest
+from tornado.httpclient import HTTPResponse
+
+from pgw.conf import settings as conf_settings
+from pgw.pool import AccessKeys, Account, AccountsError, MemoryPool, Verdict, load_accounts, parse_accounts, verdict
+from pgw.tokens import FileStore, TokenError, Tokens, jwt_exp, looks_like_refresh_token
+
+ONE_AT_A_TIME = json.dumps({"detail": "Only one message at a time. Please allow any other responses to complete "
+                                      "before sending another message, or wait one minute."}).encode()
+
+
+def settings(**changes):
+    return conf_settings.load(environ={}).replace(**changes)
+
+
+def jwt(claims):
+    def part(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    return "%s.%s.sig" % (part({"alg": "RS256"}), part(claims))
+
+
+# -- the accounts file and keys
+
+def test_accounts_file_forms():
+    accounts, keys = parse_accounts([{"label": "a1", "access_token": "tok1"},
+                                     {"refresh_token": "rt", "account_id": "acc-9", "max_concurrent": 2}], "f")
+    assert [(a.label, a.kind, a.account_id, a.max_concurrent) for a in accounts] == [
+        ("a1", "access_token", None, None), ("account-2", "refresh_token", "acc-9", 2)]
+    assert keys == []
+    assert accounts[1].key_with("at") == "at,acc-9" and accounts[0].key_with("tok1") == "tok1"
+    accounts, keys = parse_accounts({"accounts": [{"share_token": "fk-x"}], "access_keys": ["k1", " k2 "]}, "f")
+    assert accounts[0].kind == "share_token" and keys == ["k1", "k2"]
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"accounts": "x"}, "list of accounts"),
+    ([{"label": "a"}], "exactly one of"),
+    ([{"access_token": "a", "refresh_token": "b"}], "exactly one of"),
+    ([{"access_token": "a,b"}], "without commas"),
+    ([{"access_token": "a", "max_concurrent": 0}], "max_concurrent"),
+    ([{"access_token": "a", "max_concurrent": True}], "max_concurrent"),
+    ({"accounts": [], "access_keys": [""]}, "access_keys"),
+    (["tok"], "not an object"),
+])
+def test_bad_accounts_files_say_what_is_wrong(data, words):
+    with pytest.raises(AccountsError, match=words):
+        parse_accounts(data, "ACCOUNTS_FILE x")
+
+
+def test_upstream_keys_and_access_keys_settings(tmp_path):
+    s = settings(accounts_file=str(tmp_path / "missing.json"), upstream_keys="t1, t2:acct-2,", access_keys="ak1,ak2")
+    accounts, keys = load_accounts(s)
+    assert [(a.token, a.account_id) for a in accounts] == [("t1", None), ("t2", "acct-2")]
+    assert keys == ["ak1", "ak2"]
+    path = tmp_path / "accounts.json"
+    path.write_text(json.dumps([{"label": "same", "access_token": "x"}, {"label": "same", "access_token": "y"}]))
+    with pytest.raises(AccountsError, match="label same"):
+        load_accounts(settings(accounts_file=str(path)))
+    path.write_text("{nope")
+    with pytest.raises(AccountsError, match="cannot be read"):
+        load_accounts(settings(accounts_file=str(path)))
+
+
+def test_access_keys_match_exactly():
+    keys = AccessKeys(["ak-secret-1", "ak-secret-2"])
+    assert keys.match("ak-secret-2") and not keys.match("ak-secret-") and not keys.match("ak-secret-22")
+    assert not AccessKeys([]).match("") and not keys.match("")
+
+
+# -- what a refusal means
+
+@pytest.mark.parametrize("status, body, expect", [
+    (429, ONE_AT_A_TIME, dict(retry=True, bench=10.0, model=None)),
+    (429, b'{"detail": {"code": "model_cap_exceeded", "message": "...", "clears_in": 252}}',
+     dict(retry=True, bench=252.0, model="gpt-4o")),
+    (401, b'{"detail": "Unauthorized"}', dict(retry=True, refresh=True, unhealthy=True)),
+    (403, b'{"detail": "Unusual activity has been detected from your device."}', dict(retry=True, bench=60.0)),
+    (502, b"bad gateway", dict(retry=True, bench=0.0)),
+    (None, b"", dict(retry=True, bench=0.0)),
+    (400, b'{"detail": {"code": "flagged_by_moderation"}}', dict(retry=False)),
+    (413, b'{"detail": {"message": "too long"}}', dict(retry=False)),
+])
+def test_verdicts(status, body, expect):
+    v = verdict(status, body, "gpt-4o", settings())
+    for name, value in expect.items():
+        assert getattr(v, name) == value, name
+
+
+def test_forbidden_backs_off_and_is_capped():
+    s = settings()
+    assert [verdict(403, b"{}", "m", s, n).bench for n in range(8)] == [60, 120, 240, 480, 960, 1920, 3600, 3600]
+
+
+# -- the memory back end
+
+class NoTokens:
+    def expiry(self, account):
+        return None
+
+
+def pool_of(n, **changes):
+    s = settings(**changes)
+    return MemoryPool(s, [Account("a%d" % i, "access_token", "tok%d" % i) for i in range(n)], ["ak"], NoTokens())
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def settle():
+    """Let every task that can run, run (a bounded number of loop turns, no clock)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_least_busy_then_least_recently_used():
+    async def go():
+        pool = pool_of(3, max_concurrent_per_account=2)
+        got = [await pool.acquire("m") for _ in range(3)]
+        assert sorted(lease.label for lease in got) == ["a0", "a1", "a2"]  # each account once before any twice
+        await pool.release(got[1])
+        nxt = await pool.acquire("m")
+        assert nxt.label == got[1].label  # the only one with nothing in flight
+        assert nxt.key == "tok" + nxt.label[1:]
+    run(go())
+
+
+def test_waiters_are_served_in_arrival_order_and_leavers_drop_out():
+    async def go():
+        pool = pool_of(1, queue_timeout=100)
+        first = await pool.acquire("m")
+        order = []
+
+        async def wait(i):
+            lease = await pool.acquire("m")
+            order.append(i)
+            return lease
+        tasks = [asyncio.ensure_future(wait(i)) for i in range(5)]
+        await settle()
+        assert len(pool.waiters) == 5
+        tasks[2].cancel()  # a client that leaves
+        await settle()
+        assert len(pool.waiters) == 4
+        await pool.release(first)
+        for i in (0, 1, 3):
+            await settle()
+            assert order[-1] == i
+            await pool.release(tasks[i].result())
+        await settle()
+        lease = tasks[4].result()
+        assert order == [0, 1, 3, 4]
+        await pool.release(lease)
+        assert pool.state["a0"].in_flight == 0
+        assert (await pool.snapshot())["queued"] == 0
+    run(go())
+
+
+def test_an_account_handed_to_a_waiter_that_left_in_the_same_instant_goes_back():
+    async def go():
+        pool = pool_of(1, queue_timeout=100)
+        first = await pool.acquire("m")
+        task = asyncio.ensure_future(pool.acquire("m"))
+        await settle()
+        await pool.release(first)   # hands the account to the waiter...
+        task.cancel()               # ...which leaves before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pool.state["a0"].in_flight == 0
+    run(go())
+
+
+def test_benched_accounts_are_skipped_and_all_benched_says_when():
+    async def go():
+        pool = pool_of(2)
+        lease = await pool.acquire("gpt-4o")
+        await pool.mark(lease.label, Verdict(True, 300, "gpt-4o", "usage cap"))
+        await pool.release(lease)
+        other = await pool.acquire("gpt-4o")
+        assert other.label != lease.label
+        await pool.mark(other.label, Verdict(True, 100, None, "busy"))
+        await pool.release(other)
+        with pytest.raises(Exception) as caught:
+            await pool.acquire("gpt-4o")
+        error = caught.value
+        assert error.status == 429 and error.code == "accounts_benched" and error.headers["Retry-After"] == "100"
+        again = await pool.acquire("gpt-4o-mini")  # the cap is per model: the first account answers others
+        assert again.label == lease.label
+    run(go())
+
+
+def test_a_waiter_whose_accounts_all_get_benched_is_told_at_once():
+    async def go():
+        pool = pool_of(1, queue_timeout=100)
+        lease = await pool.acquire("m")
+        task = asyncio.ensure_future(pool.acquire("m"))
+        await settle()
+        await pool.mark(lease.label, Verdict(True, 50, None, "forbidden (403)"))
+        await pool.release(lease)
+        with pytest.raises(Exception) as caught:
+            await task
+        assert caught.value.code == "accounts_benched"
+    run(go())
+
+
+def test_queue_full_and_no_accounts():
+    async def go():
+        pool = pool_of(1, queue_max=1, queue_timeout=100)
+        await pool.acquire("m")
+        waiting = asyncio.ensure_future(pool.acquire("m"))
+        await settle()
+        with pytest.raises(Exception) as caught:
+            await pool.acquire("m")
+        assert caught.value.code == "queue_full"
+        waiting.cancel()
+        with pytest.raises(Exception) as caught:
+            await pool_of(0).acquire("m")
+        assert caught.value.status == 503
+    run(go())
+
+
+def test_reload_keeps_leases_in_flight():
+    async def go():
+        pool = pool_of(2)
+        lease = await pool.acquire("m")
+        await pool.reload([Account(lease.label, "access_token", "new"), Account("b", "access_token", "tb")], ["k2"])
+        assert pool.state[lease.label].in_flight == 1 and pool.is_access_key("k2") and not pool.is_access_key("ak")
+        await pool.release(lease)
+        assert pool.state[lease.label].in_flight == 0
+    run(go())
+
+
+# -- tokens
+
+def test_jwt_exp_and_refresh_token_shapes():
+    assert jwt_exp(jwt({"exp": 1700000000})) == 1700000000
+    assert jwt_exp(jwt({"sub": "x"})) is None and jwt_exp("not.a.jwt") is None and jwt_exp("abc") is None
+    assert looks_like_refresh_token("Mw8zTKmLdqAqN1xVfZg4WjYb3cHs5uEoRpQi7nKtFd2")
+    assert not looks_like_refresh_token(jwt({"exp": 1}))
+    assert not looks_like_refresh_token("fk-" + "a" * 40) and not looks_like_refresh_token("short")
+    assert not looks_like_refresh_token("a" * 40 + ",acct")
+
+
+class TokenEndpoint:
+    """Answers the refresh grant like auth0: a JWT, and a rotated refresh token when asked."""
+
+    def __init__(self, rotate=False, status=200):
+        self.calls = []
+        self.rotate = rotate
+        self.status = status
+
+    async def fetch_any(self, request):
+        body = json.loads(request.body)
+        self.calls.append(body)
+        await asyncio.sleep(0)
+        if self.status != 200:
+            return HTTPResponse(request, self.status, buffer=io.BytesIO(b'{"error": "invalid_grant"}'))
+        answer = {"access_token": jwt({"exp": time.time() + 86400 * 10, "n": len(self.calls)}), "expires_in": 864000}
+        if self.rotate:
+            answer["refresh_token"] = "rotated-%d" % len(self.calls)
+        return HTTPResponse(request, 200, buffer=io.BytesIO(json.dumps(answer).encode()))
+
+
+def test_tokens_exchange_once_cache_rotate_and_persist(tmp_path):
+    async def go():
+        endpoint = TokenEndpoint(rotate=True)
+        store = FileStore(str(tmp_path / "data"))
+        tokens = Tokens(settings(), endpoint, store)
+        a, b = await asyncio.gather(tokens.access_token("rt-original"), tokens.access_token("rt-original"))
+        assert a == b and len(endpoint.calls) == 1  # concurrent askers share one exchange
+        call = endpoint.calls[0]
+        assert call["grant_type"] == "refresh_token" and call["refresh_token"] == "rt-original"
+        assert call["client_id"] == "pdlLIX2Y72MIl2rhLhTE9VV9bN905kBh" and call["redirect_uri"].startswith("com.openai")
+        assert await tokens.access_token("rt-original") == a and len(endpoint.calls) == 1
+        forced = await tokens.access_token("rt-original", force=True)
+        assert forced != a and endpoint.calls[1]["refresh_token"] == "rotated-1"  # the rotated one is used
+        path = tmp_path / "data" / "tokens.json"
+        assert os.stat(path).st_mode & 0o777 == 0o600 and "rt-original" not in path.read_text()
+        restarted = Tokens(settings(), endpoint, FileStore(str(tmp_path / "data")))
+        assert await restarted.access_token("rt-original") == forced and len(endpoint.calls) == 2
+    run(go())
+
+
+def test_a_refused_refresh_token_raises_without_showing_it():
+    async def go():
+        tokens = Tokens(settings(), TokenEndpoint(status=403), None)
+        with pytest.raises(TokenError) as caught:
+            await tokens.access_token("rt-secret-value")
+        assert "403" in str(caught.value) and "rt-secret-value" not in str(caught.value)
+    run(go())
+
+
+def test_tokens_near_expiry_are_exchanged_again():
+    async def go():
+        endpoint = TokenEndpoint()
+        tokens = Tokens(settings(refresh_ahead=86400 * 11), endpoint, None)  # always "near" expiry
+        await tokens.access_token("rt")
+        await tokens.access_token("rt")
+        assert len(endpoint.calls) == 2
+    run(go())
