@@ -135,11 +135,11 @@ CATEGORIES = [
     ("SSE framing", lambda f, p: "converters/sse.py" in p),
     ("chunk encoding", lambda f, p: "converters/openai_format.py" in p),
     ("stages (dialect, answer, render)", lambda f, p: "converters/" in p),
-    ("relay and sink (runtime.py)", lambda f, p: "pgw/runtime.py" in p),
     ("timers (curl timeouts, sweep)", lambda f, p: any(t in f for t in ("_handle_timeout", "_set_timeout",
                                                                           "StreamWatch", "PeriodicCallback",
                                                                           "call_at", "add_timeout",
                                                                           "remove_timeout", "TimerHandle"))),
+    ("relay and sink (runtime.py)", lambda f, p: "pgw/runtime.py" in p),
     ("libcurl callback (socket_action, body queue)", lambda f, p: "curl_httpclient.py" in p
      or "pgw/upstream.py" in p),
     ("Tornado write and flush", lambda f, p: any(t in p for t in ("tornado/iostream.py", "tornado/web.py",
