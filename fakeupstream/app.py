@@ -24,6 +24,14 @@ The answer comes in the v1 delta dialect when the request asks for ``"supported_
 "legacy" | "v1" | "v1-2024"`` in a plan forces one (``v1-2024``: the early-2024 v1 form). The
 log says which (``encoding``).
 
+Answers that finish elsewhere (fakeupstream/stored.py): every conversation is kept, and ``GET
+backend-api/conversation/{id}`` answers it as it stands now (a picture the image tool draws
+appears only after its delay); ``POST f/conversation/resume`` (``x-conduit-token``) streams a
+handed-off turn; ``"action": "continue"`` streams the next part of an answer cut at max_tokens;
+``GET conversation/{id}/attachment/{file}/download`` serves ``sediment://`` pictures. Plan keys:
+``continue_status`` (refuse continues with that status), ``poll_status`` (refuse the GET). The
+log records every poll, so tests can see when polling stopped.
+
 Plans are per key, so tests running against one fake upstream do not see each other. Besides
 conversations it answers the file upload (``POST files``, ``PUT upload_url``, ``POST
 files/{id}/uploaded``) and ``GET gizmos/{id}``; plan keys for those:
@@ -51,6 +59,7 @@ answers 302, ``GET /_fake/bytes?n=N`` N bytes, for tests of fetching files by UR
 
 import asyncio
 import base64
+import collections
 import hashlib
 import logging
 import os
@@ -63,7 +72,11 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from fakeupstream import files, scenarios
+from fakeupstream.stored import Stored
 from fakeupstream.script import RENDERERS
+
+
+MAX_CONVERSATIONS = 2000
 
 
 class State:
@@ -78,11 +91,20 @@ class State:
         self.gates = {}   # key -> asyncio.Event
         self.upload_tokens = {}  # token in an upload_url -> key that created the file
         self.files = {}   # file id -> {"key", "file_name", "file_size", "use_case", "put": bool}
+        # conversation id -> Stored (GET conversation/{id}, resume, continue); the oldest are
+        # forgotten past MAX_CONVERSATIONS, so a demo that runs for days stays small
+        self.conversations = collections.OrderedDict()
 
     def gate(self, key):
         if key not in self.gates:
             self.gates[key] = asyncio.Event()
         return self.gates[key]
+
+    def remember(self, stored):
+        self.conversations[stored.cid] = stored
+        while len(self.conversations) > MAX_CONVERSATIONS:
+            self.conversations.popitem(last=False)
+        return stored
 
     def record(self, key, record):
         self.log.setdefault(key, []).append(record)
@@ -220,21 +242,28 @@ class ConversationHandler(FakeHandler):
         return False
 
     async def _answer(self, key, plan, body, record):
+        # Like the real upstream: v1 only for clients that ask for it; a plan may force either.
+        encoding = plan.get("encoding") or ("v1" if "v1" in (body.get("supported_encodings") or ()) else "legacy")
+        record["encoding"] = encoding
+        if body.get("action") == "continue":
+            return await self._continue(key, body, plan, encoding)
         messages = body.get("messages") or []
         ask = ""
         for m in messages:
             parts = (m.get("content") or {}).get("parts") or []
             ask = " ".join(p for p in parts if isinstance(p, str)) or ask
-        name = plan.get("scenario") or scenarios.pick(ask)
+        name = plan.get("scenario") or scenarios.pick(ask, body.get("system_hints") or ())
         make = scenarios.SCENARIOS[name]
         options = plan.get("options") or {}
         script = make(ask, body.get("model", "gpt-4"), **options)
         script.ascii = not plan.get("raw_utf8")
         cid = str(uuid.uuid4())
-        # Like the real upstream: v1 only for clients that ask for it; a plan may force either.
-        encoding = plan.get("encoding") or ("v1" if "v1" in (body.get("supported_encodings") or ()) else "legacy")
-        record["encoding"] = encoding
-        events = RENDERERS[encoding](script, cid, messages, pings=plan.get("pings", True))
+        stored = self.state.remember(Stored(key, cid, body.get("model", "gpt-4"), messages, script, encoding))
+        record["conversation_id"] = cid
+        if stored.handoff is not None:
+            events = stored.handoff_events(messages)
+        else:
+            events = RENDERERS[encoding](script, cid, messages, pings=plan.get("pings", True))
         if plan.get("future_patches") and encoding.startswith("v1"):
             events = with_future_patches(events)
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -242,6 +271,20 @@ class ConversationHandler(FakeHandler):
         await self._write_events(events, plan, drop=not script.done, key=key)
         record["completed"] = True
 
+    async def _continue(self, key, body, plan, encoding):
+        """``"action": "continue"``: the next part of the answer cut at max_tokens."""
+        stored = self.state.conversations.get(body.get("conversation_id"))
+        if stored is None or stored.key != key:
+            return self.json(404, {"detail": "Conversation not found"})
+        if plan.get("continue_status"):
+            return self.json(plan["continue_status"], {"detail": "continue refused (planned)"})
+        stored.encoding = encoding
+        events = stored.continue_events(body.get("parent_message_id"), pings=plan.get("pings", True))
+        if events is None:
+            return self.json(400, {"detail": "parent_message_id is not the message to continue"})
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        await self._write_events(events, plan, drop=False, key=key)
+        self._record["completed"] = True
 
     async def _write_events(self, events, plan, drop, key):
         pieces = split(events, plan.get("chunking", "event"))
@@ -347,11 +390,64 @@ def split(events, chunking):
 
 
 class HideHandler(FakeHandler):
+    """``PATCH conversation/{id}`` hides it; ``GET`` answers the whole conversation as it stands
+    now (a picture drawn later, a handed-off answer, appear there in their time)."""
+
     def patch(self, prefix, conversation_id):
         key, record = self.start_record()
         if self.refuse_without_key(key):
             return
         self.json(200, {"success": True})
+
+    def get(self, prefix, conversation_id):
+        key, record = self.start_record()
+        if self.refuse_without_key(key):
+            return
+        stored = self.state.conversations.get(conversation_id)
+        if stored is None or stored.key != key:
+            return self.json(404, {"detail": "Conversation not found"})
+        status = (self.state.plans.get(key) or {}).get("poll_status")
+        if status:
+            return self.json(status, {"detail": "poll refused (planned)"})
+        self.json(200, stored.document())
+
+
+class ResumeHandler(ConversationHandler):
+    """``POST f/conversation/resume`` with ``x-conduit-token``: the rest of a handed-off turn."""
+
+    async def post(self, prefix=None):
+        key, record = self.start_record()
+        self._record = record
+        record["conduit_token"] = self.request.headers.get("x-conduit-token")
+        if self.refuse_without_key(key):
+            return
+        body = record["body"] if isinstance(record["body"], dict) else {}
+        stored = self.state.conversations.get(body.get("conversation_id"))
+        if stored is None or stored.key != key or stored.handoff is None:
+            return self.json(404, {"detail": "Conversation not found"})
+        if record["conduit_token"] != stored.handoff["token"] or body.get("offset") != 0:
+            return self.json(403, {"detail": "invalid conduit token"})
+        if not stored.handoff["resume"]:
+            return self.json(404, {"detail": "resume is not available through this proxy"})
+        plan = dict(self.state.plans.get(key) or {})
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        await self._write_events(stored.resume_events(pings=plan.get("pings", True)), plan, drop=False, key=key)
+        record["completed"] = True
+
+
+class AttachmentDownloadHandler(FakeHandler):
+    """``GET conversation/{cid}/attachment/{file_id}/download``: a ``sediment://`` picture."""
+
+    def get(self, prefix, conversation_id, file_id):
+        key, record = self.start_record()
+        if self.refuse_without_key(key):
+            return
+        stored = self.state.conversations.get(conversation_id)
+        if stored is None or stored.key != key or files.image_bytes(file_id) is None:
+            return self.json(404, {"detail": "File not found"})
+        self.json(200, {"status": "success", "file_name": file_id + ".png", "file_size_bytes": 74,
+                        "download_url": "%s://%s/_fake/blob/file/%s?sig=demo" % (
+                            self.request.protocol, self.request.host, file_id)})
 
 
 class FileDownloadHandler(FakeHandler):
@@ -610,6 +706,9 @@ def make_app(state=None):
     args = {"state": state}
     return tornado.web.Application(log_function=_log_request, handlers=[
         (r"/(?:(.+)/)?backend-api/conversation", ConversationHandler, args),
+        (r"/(?:(.+)/)?backend-api/f/conversation", ConversationHandler, args),
+        (r"/(?:(.+)/)?backend-api/f/conversation/resume", ResumeHandler, args),
+        (r"/(?:(.+)/)?backend-api/conversation/([^/]+)/attachment/([^/]+)/download", AttachmentDownloadHandler, args),
         (r"/(?:(.+)/)?backend-api/conversation/([^/]+)", HideHandler, args),
         (r"/(?:(.+)/)?backend-api/conversation/([^/]+)/interpreter/download", InterpreterDownloadHandler, args),
         (r"/(?:(.+)/)?backend-api/files/([^/]+)/download", FileDownloadHandler, args),

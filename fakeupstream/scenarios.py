@@ -3,12 +3,16 @@
 A demo user picks one with a word in the message (``/code``, ``/code2``, ``/search``,
 ``/browse``, ``/draw``, ``/draw2``, ``/chart``, ``/file``, ``/long``, ``/error``, ``/think``
 and ``/o1`` (a thinking model, 2025-2026 and 2025 forms), ``/cite`` (2025-2026 citations),
-``/blocked``, ``/limit``; a request that mentions DALL·E, as the images endpoint's does, draws); a
+``/blocked``, ``/limit``, ``/image`` (the 2025 image tool: the picture comes seconds after the
+stream), ``/handoff`` (the answer is handed off to the resume endpoint), ``/cut`` (an answer cut
+at max_tokens that continues); a request that mentions DALL·E, as the images endpoint's does,
+draws; one with ``system_hints: ["picture_v2"]`` and nothing else uses the image tool); a
 test picks one for its key through ``POST /_fake/plan``. Each builds a ``Script`` from the
 request so answers can quote what was asked.
 """
 
 import re
+import uuid
 
 from fakeupstream.files import MISSING_PREFIX
 from fakeupstream.script import Msg, Script
@@ -286,6 +290,111 @@ def usage_limit(ask, model):
                   error_code="usage_limit")
 
 
+# The 2025 image tool (gpt-4o / gpt-image, docs/upstream-protocol.md 5.5). Its pictures live at
+# sediment:// pointers fetched through the conversation; a fresh id per answer, so two answers'
+# pictures differ (fakeupstream/files.py colours a PNG by its id).
+IMAGE_TOOL = "t2uay3k.sj1i4kz"
+IMAGE_PROMPT = "A watercolor otter floating on calm water at sunset, 1024x1024"
+IMAGE_QUOTA_TEXT = ("You've hit the Free plan limit for image generation requests. You can create more images "
+                    "when the limit resets in 23 hours and 59 minutes.")
+IMAGE_DONE_TEXT = "图片画好了。Here is your otter."
+
+
+def _sediment_part(file_id):
+    return {"content_type": "image_asset_pointer", "asset_pointer": "sediment://" + file_id,
+            "size_bytes": 74, "width": 8, "height": 8,
+            "metadata": {"dalle": None, "generation": {"gen_id": "gen-" + file_id[-6:], "orientation": "square"}}}
+
+
+def _image_call():
+    return Msg('{"prompt": "%s", "size": "1024x1024", "n": 1}' % IMAGE_PROMPT, recipient=IMAGE_TOOL,
+               content_type="code", step=9)
+
+
+def _placeholder(task):
+    return Msg("Processing image\n\nLots of people are creating images right now, so this might take a bit.",
+               role="tool", name=IMAGE_TOOL, content_type="text", step=200,
+               metadata={"image_gen_async": True, "image_gen_task_id": task, "async_task_type": "image_gen"})
+
+
+def image_gen(ask, model, delay=5.0, text_after=True, pictures=1, dropped=False):
+    """The image tool, as live accounts answer: the SSE ends at the placeholder; the picture
+    shows up in ``GET conversation/{id}`` ``delay`` seconds later as an update of the placeholder
+    (``script.later``), followed by the assistant's words when ``text_after``. ``dropped``: the
+    connection drops before the stream's end."""
+    task = "task_" + uuid.uuid4().hex[:12]
+    placeholder = _placeholder(task)
+    script = Script([_image_call(), placeholder], model, done=not dropped)
+    done = Msg("", role="tool", name=IMAGE_TOOL, content_type="multimodal_text",
+               final_parts=[_sediment_part("file_0000%s" % uuid.uuid4().hex[:24]) for _ in range(pictures)],
+               metadata={"image_gen_async": True, "image_gen_task_id": task, "async_task_type": "image_gen",
+                         "image_gen_title": "Otter at sunset"})
+    done.id = placeholder.id
+    later = [done]
+    if text_after:
+        later.append(Msg(IMAGE_DONE_TEXT, end_turn=True))
+    script.later = {"delay": float(delay), "messages": later}
+    return script
+
+
+def image_gen_inline(ask, model):
+    """The image tool's picture patched into the placeholder inside the SSE itself."""
+    task = "task_" + uuid.uuid4().hex[:12]
+    return Script([
+        _image_call(),
+        Msg("", role="tool", name=IMAGE_TOOL, content_type="multimodal_text",
+            final_parts=[_sediment_part("file_0000%s" % uuid.uuid4().hex[:24])],
+            metadata={"image_gen_async": True, "image_gen_task_id": task, "async_task_type": "image_gen"}),
+        Msg(IMAGE_DONE_TEXT, step=4, end_turn=True),
+    ], model)
+
+
+def image_quota(ask, model):
+    """An account out of image quota: the tool answers with a system_error."""
+    return Script([
+        _image_call(),
+        Msg(IMAGE_QUOTA_TEXT, role="tool", name=IMAGE_TOOL, content_type="system_error", step=200,
+            extra_content={"name": "ChatGPTAgentToolRateLimitException"}),
+        Msg("I can't create more images right now.", step=5, end_turn=True),
+    ], model)
+
+
+HANDOFF_TEXT = "这是交给另一端点完成的回答。The answer came from the resumed stream, whole and exact."
+
+
+def handoff(ask, model, resume=True, delay=1.0):
+    """A turn handed off (5.6): the POST's SSE carries only the resume token and
+    ``stream_handoff``; ``POST f/conversation/resume`` streams the answer (``resume=False``:
+    it is refused, and the answer only shows up finished in ``GET conversation/{id}`` after
+    ``delay`` seconds)."""
+    script = Script([Msg(HANDOFF_TEXT, step=6, end_turn=True)], model)
+    script.handoff = {"resume": bool(resume), "delay": float(delay)}
+    return script
+
+
+def handoff_refused(ask, model, delay=1.0):
+    return handoff(ask, model, resume=False, delay=delay)
+
+
+CUT_PARTS = ("第一段：这个回答很长，", "第二段：被截断后继续，", "第三段：终于写完了。The end.")
+
+
+def cut(ask, model, same_id=True, parts=CUT_PARTS):
+    """An answer cut at max_tokens that ``"action": "continue"`` carries on, part by part
+    (``script.continuations``); ``same_id``: the continuation streams the same message again
+    (its whole text so far, then more), else a new message with only the new text."""
+    last = len(parts) == 1
+    first = Msg(parts[0], step=4, end_turn=True if last else None,
+                metadata={} if last else {"finish_details": {"type": "max_tokens"}, "is_complete": False})
+    script = Script([first], model)
+    script.continuations = {"parts": list(parts[1:]), "same_id": bool(same_id)}
+    return script
+
+
+def cut_new_id(ask, model):
+    return cut(ask, model, same_id=False)
+
+
 SCENARIOS = {
     "hello": hello, "long": long, "empty": empty, "stream_error": stream_error, "drop": drop,
     "max_tokens": max_tokens, "blocked": blocked, "code": code, "search": search,
@@ -293,6 +402,8 @@ SCENARIOS = {
     "dalle_missing": dalle_missing, "no_image": no_image, "chart": chart, "sandbox_file": sandbox_file,
     "think": think, "o1": o1, "cite": cite, "cite_same_list": cite_same_list, "cite_before": cite_before,
     "usage_limit": usage_limit,
+    "image_gen": image_gen, "image_gen_inline": image_gen_inline, "image_quota": image_quota,
+    "handoff": handoff, "handoff_refused": handoff_refused, "cut": cut, "cut_new_id": cut_new_id,
 }
 
 # words a demo user can put in a message to pick a scenario (longer words first: "/code2"
@@ -300,13 +411,16 @@ SCENARIOS = {
 KEYWORDS = {"/code2": "code_rounds", "/code": "code", "/search": "search", "/browse": "browse",
             "/draw2": "dalle_two", "/draw": "dalle", "/chart": "chart", "/file": "sandbox_file",
             "/long": "long", "/error": "stream_error", "/think": "think", "/o1": "o1", "/cite": "cite",
-            "/blocked": "blocked", "/limit": "usage_limit"}
+            "/blocked": "blocked", "/limit": "usage_limit", "/image": "image_gen", "/handoff": "handoff",
+            "/cut": "cut"}
 
 
-def pick(ask):
+def pick(ask, hints=()):
     for word, name in KEYWORDS.items():
         if word in ask:
             return name
     if "dall" in ask.lower():
         return "dalle"  # asked to draw (the images endpoint says DALL·E in its prompt)
+    if "picture_v2" in hints:
+        return "image_gen"  # the image tool asked for (gpt-image-* at the images endpoint)
     return "hello"

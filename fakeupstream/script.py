@@ -93,30 +93,31 @@ def _thoughts_at(thoughts, n):
     streamed: whole thoughts, then the one being written (summary first, then content)."""
     out = []
     left = n
-    for i, (summary, content) in enumerate(thoughts):
-        if i and out_text(out):
+    written = False  # a thought with text is in the list: the next one's text is apart by "\n\n"
+    for summary, content in thoughts:
+        has_text = bool(summary or content)
+        if has_text and written:
             if left < 2:
                 break
             left -= 2
-        if left <= 0 and (summary or content):
+        if has_text and left <= 0:
             break
         t = {"summary": summary[:left], "content": "", "chunks": [], "finished": False}
         out.append(t)
         left -= len(t["summary"])
-        if content and summary:
+        if len(t["summary"]) < len(summary):
+            break
+        if summary and content:
             if left < 2:
                 break
             left -= 2
-        t["content"] = content[:max(left, 0)]
+        t["content"] = content[:left]
         left -= len(t["content"])
         if len(t["content"]) < len(content):
             break
         t["finished"] = True
+        written = written or has_text
     return out
-
-
-def out_text(thoughts):
-    return any(t["summary"] or t["content"] for t in thoughts)
 
 
 def _references_at(msg, text, final):

@@ -19,7 +19,7 @@ from pgw.gizmos import GizmoStore
 from pgw.attachments import Attachments
 from pgw.media import MediaStore
 from pgw.metrics import Metrics
-from pgw.runtime import StreamWatch
+from pgw.runtime import SavedFiles, StreamWatch
 from pgw.tokens import FileStore, Tokens
 from pgw.upstream import UpstreamClient, UpstreamHealth
 from pgw.usage import TokenCounter
@@ -38,6 +38,7 @@ class Gateway:
         self.tokens = TokenCounter()
         self.watch = StreamWatch(settings.keepalive_interval, settings.upstream_idle_timeout)
         self.media = MediaStore(settings.images_dir)
+        self.saved_files = SavedFiles()  # upstream files saved by this process: none saved twice
         self.metrics = Metrics() if settings.metrics_enabled else None
         self.watch.metrics = self.metrics
         self.upstream_health = UpstreamHealth(self.upstream)

@@ -5,24 +5,28 @@ sans-IO ``Conversion`` and hands what comes out to a sink, in order, performing 
 image to fetch) in between without blocking other streams; ``StreamSink`` writes OpenAI chunks
 as they come, ``CollectSink`` gathers them into one ``chat.completion`` (non-stream is the stream
 collected); ``StreamWatch`` sends keep-alives and enforces upstream silence for all streams with
-one timer. ``MediaDownloads`` fetches and saves what one answer shows; ``ConversationRun`` is
-one upstream conversation from the POST to the sink's last byte. Handlers (chat, images) build
-these; nothing here knows HTTP routes.
+one timer. ``MediaDownloads`` fetches and saves what one answer shows (``SavedFiles``: one
+upstream file saved once per process); ``ConversationRun`` is one upstream conversation from the
+POST to the sink's last byte, following the answer past the SSE body when it goes on elsewhere
+(a picture drawn later: polls of the conversation; a hand-off: the resume endpoint, else polls;
+an answer cut at max_tokens: continue), all of it fed to the same ``Conversion``. Handlers
+(chat, images) build these; nothing here knows HTTP routes.
 """
 
+import asyncio
 import collections
 import logging
 import time
 import urllib.parse
 import uuid
 import weakref
-from typing import Optional
+from typing import Any, Optional
 
 from tornado.concurrent import Future, future_set_result_unless_cancelled
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.iostream import StreamClosedError
 
-from pgw.converters import openai_format
+from pgw.converters import followup, openai_format
 from pgw.converters.pipeline import Conversion
 from pgw.converters.render import BotRenderer, FetchImage, FetchSandboxFile, MarkdownRenderer, Reasoning
 from pgw.errors import ApiError, from_upstream
@@ -271,6 +275,14 @@ class Relay:
         if items:
             self._emit(items)
 
+    def follow(self, message=None, reopen=None):
+        """The answer goes on past the upstream body that ended: a polled message, or a new
+        body about to stream (``Conversion.follow``); what it gives reaches the sink in order."""
+        self.last_upstream = time.monotonic()
+        items = self.conversion.follow(message, reopen)
+        if items:
+            self._emit(items)
+
     def begin(self):
         """The sink has started: pass on what arrived before, then everything as it comes."""
         items = list(self._queue)
@@ -389,12 +401,13 @@ class MediaDownloads:
     actions whose fetch failed (the images endpoint answers from these).
     """
 
-    def __init__(self, upstream, media, key, public_base):
+    def __init__(self, upstream, media, key, public_base, known=None):
         self.upstream = upstream
         self.media = media
         self.key = key
         self.public_base = public_base
-        self.conversion = None   # set by ConversationRun: sandbox files need the conversation id
+        self.known = known       # SavedFiles of this process: one upstream file is saved once
+        self.conversion = None   # set by ConversationRun: sandbox files and sediment:// need the conversation id
         self.saved = []
         self.failed = []
         self._fetched = {}       # upstream file -> (saved name, bytes), for this answer
@@ -435,21 +448,51 @@ class MediaDownloads:
         Failures (refused, unreachable, a malformed URL, a full disk) are logged; the answer
         then shows a short notice instead.
         """
+        known = self.known
+        ident = self._identity(action)
+        if known is None or ident is None:
+            return await self._fetch_logged(action)
+        saved = await known.get(ident, self.media)
+        if saved is not None:
+            return saved
+        return await known.fetch(ident, self._fetch_logged(action))
+
+    async def _fetch_logged(self, action):
         try:
             return await self._fetch(action)
         except Exception:
             log.exception("fetching %r failed", action)
             return None
 
+    def _identity(self, action):
+        """What names the upstream file an action fetches, for ``SavedFiles``: per key (a copy
+        is only ever linked for the account that could fetch it)."""
+        cid = self.conversion.conversation_id if self.conversion is not None else None
+        if type(action) is FetchImage:
+            image = action.image
+            # a sediment:// id is only unique within its conversation
+            return (self.key, image.store, cid if image.store == "sediment" else None, image.file_id)
+        if type(action) is FetchSandboxFile and cid:
+            return (self.key, "sandbox", cid, action.file.message_id, action.file.path)
+        return None
+
     async def _fetch(self, action):
         t = type(action)
         key = self.key
+        cid = self.conversion.conversation_id if self.conversion is not None else None
         if t is FetchImage:
             what = action.image.file_id
-            url, reason = await self.upstream.download_url(key, "files/%s/download" % urllib.parse.quote(what, safe=""))
+            quoted = urllib.parse.quote(what, safe="")
+            if action.image.store == "sediment":
+                if not cid:
+                    log.warning("image %s: no conversation id to fetch it with", what)
+                    return None
+                path = "conversation/%s/attachment/%s/download" % (urllib.parse.quote(cid, safe=""), quoted)
+            else:
+                path = "files/%s/download" % quoted
+            url, reason = await self.upstream.download_url(key, path)
         elif t is FetchSandboxFile:
             what = action.file.path
-            cid = self.conversion.conversation_id if self.conversion is not None else None
             if not cid:
                 log.warning("sandbox file %s: no conversation id to fetch it with", what)
                 return None
@@ -474,6 +517,69 @@ class MediaDownloads:
             log.warning("download of %s did not give an image (%d bytes)", what, len(data))
             return None
         return name, data
+
+
+class SavedFiles:
+    """The upstream files this process has saved: a picture shown again (a conversation polled
+    after the stream showed it, a later answer about the same file) links the copy saved the
+    first time instead of saving another. A fetch under way is shared by whoever asks meanwhile.
+    Bounded (least recently used go first); a file the age sweep deleted is fetched again."""
+
+    def __init__(self, limit=4096):
+        self.limit = limit
+        self._entries = collections.OrderedDict()  # identity -> saved name, or Future while fetching
+
+    async def get(self, ident, media):
+        """``(saved name, bytes)`` of a file saved before, or None."""
+        entry = self._entries.get(ident)
+        if entry is None:
+            return None
+        if isinstance(entry, Future):
+            return await entry
+        path = media.path(entry)
+        if path is None:
+            del self._entries[ident]
+            return None
+        self._entries.move_to_end(ident)
+        with open(path, "rb") as f:
+            return entry, f.read()
+
+    async def fetch(self, ident, fetching):
+        """Await ``fetching`` (giving ``(name, bytes)`` or None) as the one fetch of ``ident``."""
+        future: "Future[Any]" = Future()
+        self._entries[ident] = future
+        result = None
+        try:
+            result = await fetching
+        finally:
+            if result is None:
+                self._entries.pop(ident, None)
+            else:
+                self._entries[ident] = result[0]
+                while len(self._entries) > self.limit:
+                    self._entries.popitem(last=False)
+            future_set_result_unless_cancelled(future, result)
+        return result
+
+
+class _Waiting:
+    """What the stream watch holds for a run while it polls the conversation instead of reading
+    a transfer: ``cancel`` (the client left, or the upstream went silent) ends the wait at once."""
+
+    def __init__(self):
+        self.failure = None
+        self.cancelled = False
+        self._wake: "Future[None]" = Future()
+
+    def cancel(self, reason="cancelled"):
+        if not self.cancelled:
+            self.cancelled = True
+            self.failure = reason
+            future_set_result_unless_cancelled(self._wake, None)
+
+    async def sleep(self, seconds):
+        if not self.cancelled:
+            await asyncio.wait([self._wake], timeout=seconds)
 
 
 def no_answer_error(transfer) -> ApiError:
@@ -510,7 +616,11 @@ class ConversationRun:
                                      gateway.settings.upstream_encoding, echo_ids)
         downloads.conversion = self.conversion
         self.relay = Relay(self.conversion, sink, downloads.perform)
-        self.transfer = None
+        self.transfer: Any = None  # the conversation's POST (its status is the answer's upstream status)
+        self.reading: Any = None   # what the answer is read from now: that Transfer, a resumed or
+        #                            continued one, or _Waiting while the conversation is polled
+        self.polls = 0            # GET conversation/{id} calls made while the answer finished elsewhere
+        self._continued = True    # False once the upstream refused to continue a cut answer
         self.refused = None   # (status or None, body) when the upstream refused before any answer byte
 
     @property
@@ -522,13 +632,13 @@ class ConversationRun:
         relay = self.relay
         if not relay.closed:
             relay.closed = True
-            if self.transfer is not None:
-                self.transfer.cancel(reason)
+            if self.reading is not None:
+                self.reading.cancel(reason)
 
     async def run(self):
         gw = self.gateway
         relay, sink, key = self.relay, self.sink, self.key
-        transfer = self.transfer = gw.upstream.start_conversation(key, self.payload, relay.on_chunk)
+        transfer = self.transfer = self.reading = gw.upstream.start_conversation(key, self.payload, relay.on_chunk)
         gw.watch.add(relay, transfer)
         try:
             status = await transfer.accepted
@@ -545,9 +655,14 @@ class ConversationRun:
             await transfer.done
             if relay.closed:
                 return
+            error = await self._follow() if transfer.failure is None else None
+            if relay.closed:
+                return
             relay.finish_input()
             await relay.drained()
-            reason, error = self.conversion.outcome(cut=transfer.failure is not None)
+            transfer = self.reading  # the last body read (a resumed or continued turn, or the polls)
+            if error is None:
+                reason, error = self.conversion.outcome(cut=transfer.failure is not None)
             if error is not None:
                 if transfer.failure:
                     error.message += " (%s)" % transfer.failure
@@ -562,3 +677,156 @@ class ConversationRun:
             cid = self.conversion.conversation_id
             if cid and gw.settings.need_delete_conversation_after_response:
                 IOLoop.current().add_callback(gw.upstream.hide_conversation, key, cid)
+
+    # Following an answer past its SSE body: pictures drawn later, hand-offs, cut answers.
+
+    # Conversations being polled in this process: one poller per conversation.
+    _polled: "set[str]" = set()
+    # Follow-ups of one answer at most (hand-offs, polls, continuations together): no endless chase.
+    MAX_FOLLOWUPS = 32
+
+    async def _follow(self):
+        """After the SSE body ended: follow the answer where it goes on until nothing is left
+        to wait for. Returns an ``ApiError`` that ends the answer, or None (then the
+        conversion's outcome decides). Everything new goes through the same ``Conversion``."""
+        settings = self.gateway.settings
+        answer = self.conversion._answer
+        handled_images: "set[str]" = set()
+        continues = 0
+        for _ in range(self.MAX_FOLLOWUPS):
+            await self.relay.drained()
+            if self.relay.closed or answer.upstream_error or self.reading.failure is not None or not answer.complete:
+                return None  # nothing to follow: the client left, or this body already failed the answer
+            if answer.handoff_to is not None:
+                error = await self._follow_handoff(answer)
+            elif set(answer.image_tasks) - handled_images:
+                pending = set(answer.image_tasks) - handled_images
+                handled_images |= pending
+                error = await self._poll(lambda messages, ids=pending: followup.images_ready(messages, ids),
+                                         settings.image_wait_timeout, ApiError(
+                                             504, "no picture after waiting %g s (IMAGE_WAIT_TIMEOUT) for the "
+                                             "upstream to finish drawing it" % settings.image_wait_timeout,
+                                             "upstream_error", "image_timeout"))
+            elif (answer.finish_reason == "length" and self._continued and continues < settings.auto_continue
+                  and answer.last_prose_id):
+                continues += 1
+                error = await self._continue(answer)
+            else:
+                return None
+            if error is not None:
+                return error
+        log.warning("answer for key %s: stopped following after %d follow-ups", mask(self.key), self.MAX_FOLLOWUPS)
+        return None
+
+    def _read(self, transfer):
+        """Read ``transfer`` (a new upstream body of this answer) instead of the last one."""
+        self.reading = transfer
+        self.gateway.watch.add(self.relay, transfer)
+
+    async def _follow_handoff(self, answer):
+        """``stream_handoff``: stream the rest from ``f/conversation/resume``; if that is
+        refused or unreachable, poll the conversation until its last answer has finished."""
+        cid = self.conversion.conversation_id
+        token = answer.resume_conversation_token
+        settings = self.gateway.settings
+        if not cid:
+            return ApiError(502, "the upstream handed the answer off without naming the conversation",
+                            "upstream_error", "upstream_handoff")
+        self.relay.follow()  # a new body of the same answer (this also clears the hand-off)
+        limit = settings.handoff_wait_timeout
+        deadline = time.monotonic() + limit
+        if token:
+            transfer = self.gateway.upstream.resume_conversation(self.key, token, cid, self.relay.on_chunk)
+            self._read(transfer)
+            # the whole hand-off, resumed stream included, is bounded (silence alone is UPSTREAM_IDLE_TIMEOUT)
+            timer = IOLoop.current().call_later(
+                limit, transfer.cancel, "the handed-off answer took longer than %g s (HANDOFF_WAIT_TIMEOUT)" % limit)
+            try:
+                status = await transfer.accepted
+                await transfer.done
+            finally:
+                IOLoop.current().remove_timeout(timer)
+            if status == 200 or transfer.cancelled:
+                return None
+            if self.relay.closed:
+                return None
+            why = ("unreachable: %s" % transfer.failure if status is None
+                   else "refused: HTTP %s %s" % (status, bytes(transfer.error_body[:200]).decode("utf-8", "replace")))
+            log.info("resuming conversation %s for key %s %s; polling it instead", cid, mask(self.key), why)
+        error = await self._poll(followup.turn_ready, max(deadline - time.monotonic(), 0), ApiError(
+            504, "the answer was handed off (stream_handoff) and had not finished after %g s (HANDOFF_WAIT_TIMEOUT)"
+            % limit, "upstream_error", "handoff_timeout"))
+        if error is None and not self.relay.closed and self.reading.failure is None:
+            answer.done()  # the polled turn has ended: that is this answer's completion
+        return error
+
+    async def _continue(self, answer):
+        """``finish_details: max_tokens``: post ``"action": "continue"`` after the cut message
+        and stream the rest into the same answer. A refused continuation leaves the answer as it
+        was: cut, finishing with ``length``."""
+        cid = self.conversion.conversation_id
+        parent = answer.last_prose_id
+        if not cid:
+            return None
+        body = followup.continue_payload(self.payload, cid, parent)
+        self.relay.follow(reopen=parent)
+        answer.finish_reason = None  # the continuation says how the answer ends now
+        previous = self.reading
+        transfer = self.gateway.upstream.start_conversation(self.key, body, self.relay.on_chunk)
+        self._read(transfer)
+        status = await transfer.accepted
+        await transfer.done
+        if status != 200 and not self.relay.closed:
+            log.warning("continuing the cut answer in %s for key %s failed: %s", cid, mask(self.key),
+                        transfer.failure or "HTTP %s" % status)
+            self.reading = previous  # nothing of it was read: the answer stays as it was, cut
+            answer.done()
+            answer.finish_reason = "length"
+            self._continued = False
+        return None
+
+    async def _poll(self, ready, timeout, timeout_error):
+        """Poll ``GET conversation/{id}`` every IMAGE_POLL_INTERVAL until ``ready(messages of its
+        current branch)`` gives the messages to pass on, then read them into the answer. The
+        stream stays registered with the watch (keep-alives flow); the client leaving ends the
+        wait at once; ``timeout`` seconds without ``ready`` is ``timeout_error``."""
+        gw = self.gateway
+        cid = self.conversion.conversation_id
+        if not cid:
+            return ApiError(502, "the answer goes on elsewhere, but the upstream named no conversation to follow",
+                            "upstream_error", "upstream_incomplete")
+        if cid in ConversationRun._polled:
+            return ApiError(409, "conversation %s is already being followed" % cid, "upstream_error", "already_polled")
+        ConversationRun._polled.add(cid)
+        waiting = _Waiting()
+        self._read(waiting)
+        interval = gw.settings.image_poll_interval
+        request_timeout = min(gw.settings.upstream_idle_timeout, 30)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                await waiting.sleep(min(interval, max(deadline - time.monotonic(), 0)))
+                if waiting.cancelled or self.relay.closed:
+                    return None
+                self.polls += 1
+                status, doc, raw = await gw.upstream.get_conversation(self.key, cid, request_timeout)
+                if waiting.cancelled or self.relay.closed:
+                    return None
+                self.relay.last_upstream = time.monotonic()  # the upstream answers: not silent
+                if status == 200:
+                    messages = ready(followup.path(doc))
+                    if messages is not None:
+                        for message in messages:
+                            self.relay.follow(message)
+                        return None
+                elif status != 599 and status < 500 and status != 429:
+                    # The answer has begun: a refused poll is the upstream failing it, not a bad request.
+                    error = from_upstream(status, raw)
+                    return ApiError(502, "following the answer in conversation %s failed: %s" % (cid, error.message),
+                                    "upstream_error", "upstream_poll_failed")
+                else:
+                    log.info("polling conversation %s for key %s: HTTP %s", cid, mask(self.key), status)
+                if time.monotonic() >= deadline:
+                    return timeout_error
+        finally:
+            ConversationRun._polled.discard(cid)

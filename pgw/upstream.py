@@ -298,6 +298,25 @@ class UpstreamClient:
         log.debug("conversation for key %s, model %s", mask(key), payload.get("model"))
         return Transfer(self.http, request, on_chunk)
 
+    def resume_conversation(self, key, token, conversation_id, on_chunk):
+        """POST ``f/conversation/resume`` for a turn the stream handed off (``stream_handoff``):
+        the ``x-conduit-token`` is the stream's ``resume_conversation_token``; the answer streams
+        into ``on_chunk`` as a conversation's does."""
+        headers = self._headers(key, "text/event-stream")
+        headers["x-conduit-token"] = token
+        request = HTTPRequest(
+            self.url("f/conversation/resume"), method="POST", headers=headers,
+            body=ujson.dumps({"conversation_id": conversation_id, "offset": 0}),
+            connect_timeout=self.settings.upstream_connect_timeout, request_timeout=0, follow_redirects=False)
+        log.debug("resuming conversation %s for key %s", conversation_id, mask(key))
+        return Transfer(self.http, request, on_chunk)
+
+    async def get_conversation(self, key, conversation_id, timeout=30):
+        """``GET conversation/{id}``: the whole conversation (``mapping``), polled while an
+        answer finishes elsewhere. ``(status, decoded JSON or None, raw bytes)`` as ``call``."""
+        return await self.call("GET", "conversation/" + urllib.parse.quote(conversation_id, safe=""), key,
+                               timeout=timeout)
+
     async def call(self, method, path, key, body=None, timeout=30):
         """A plain JSON call below ``backend-api``: ``(status, decoded JSON or None, raw bytes)``.
 
@@ -326,7 +345,8 @@ class UpstreamClient:
 
     async def download_url(self, key, path, **query):
         """Ask ``backend-api/<path>`` for a file's ``download_url``: ``(url, None)`` or
-        ``(None, reason)``. Used for ``files/{id}/download`` and
+        ``(None, reason)``. Used for ``files/{id}/download``,
+        ``conversation/{cid}/attachment/{file_id}/download`` (``sediment://`` pictures) and
         ``conversation/{cid}/interpreter/download``."""
         if query:
             path += "?" + urllib.parse.urlencode(query)

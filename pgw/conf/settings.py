@@ -26,6 +26,13 @@ def _text(name, raw):
     return raw.strip()
 
 
+def _required_text(name, raw):
+    value = _text(name, raw)
+    if not value:
+        raise SettingsError("%s must not be empty" % name)
+    return value
+
+
 def _prefix_text(name, raw):
     """Text put before something else: kept as written (a trailing space matters)."""
     if not isinstance(raw, str):
@@ -207,6 +214,11 @@ SPEC = {
     "BOT_MODE_ENABLED_REASONING_OUTPUT": (_boolean, ()),
     "REASONING_OUTPUT": (_choice("reasoning_content", "think", "hidden"), ()),
     "DALLE_PROMPT_PREFIX": (_prefix_text, ()),
+    "IMAGE_MODEL": (_required_text, ()),
+    "IMAGE_POLL_INTERVAL": (_number(0.01, 600), ()),
+    "IMAGE_WAIT_TIMEOUT": (_number(0.1, 86400), ()),
+    "HANDOFF_WAIT_TIMEOUT": (_number(0.1, 86400), ()),
+    "AUTO_CONTINUE": (_integer(0, 20), ()),
     "NEED_DELETE_CONVERSATION_AFTER_RESPONSE": (_boolean, ()),
     "PROCESS_WORKERS": (_integer(1, 64), ()),
     "EVENT_LOOP": (_choice("asyncio", "uvloop"), ()),

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import ujson
 
-from pgw.converters.events import Cite, Image, Message, SandboxFile
+from pgw.converters.events import Cite, Image, Message, SandboxFile, content_text
 from pgw.converters.render import Source
 
 # 【11†source】, 【11†来源】, and the 2024 form 【4:0†source】; the first number is the one
@@ -38,14 +38,18 @@ _MARKER_MAX = 64
 _CITE_WAIT = 200
 # Where prose needs a closer look: a marker, a link to a file the code interpreter wrote, a
 # private-use character (2025-2026 markers). _ANY is the one-scan test for all of them.
-_ANY = re.compile("[【(\ue000-\uf8ff]")
-_SPECIAL = re.compile("【|\\(sandbox:|[\ue000-\uf8ff]")
+_ANY = re.compile("[【(\\[\ue000-\uf8ff]")
+_SPECIAL = re.compile("【|\\(sandbox:|\\[|[\ue000-\uf8ff]")
 _PUA = re.compile("[\ue000-\uf8ff]")
 _SANDBOX = "(sandbox:"
 # A path may hold balanced brackets, as markdown link targets may: "report (1).csv".
 _SANDBOX_LINK = re.compile(r"\(sandbox:(/mnt/data/(?:[^()\n]|\([^()\n]{0,64}\)){1,255})\)")
 _SANDBOX_PREFIX = re.compile(r"\(sandbox:(?:[^()\n]|\([^()\n]{0,64}\))*(?:\([^()\n]{0,64})?\Z")
 _SANDBOX_MAX = len(_SANDBOX) + 257  # a longer "link" is not one: stop holding it back
+# The label of a markdown link, "[report.csv](sandbox:...)": held until what follows it shows
+# whether it labels a file (bot mode then writes the label and the file's bare URL).
+_LABEL = re.compile(r"\[([^\[\]\n]{0,255})\]")
+_LABEL_OPEN = re.compile(r"\[[^\[\]\n]{0,255}\Z")
 
 # 2025-2026 markers: U+E200 opens, U+E202 separates fields, U+E201 closes.
 OPEN, CLOSE, SEP = "\ue200", "\ue201", "\ue202"
@@ -56,6 +60,7 @@ _REF_MARKER_MAX = 4096
 # the reference in the same list as the marker's last character or the next event; holding for
 # ever would stall the stream on a reference that never comes.
 _REF_WAIT = 1000
+_ALT_LINK = re.compile(r"\[([^\[\]\n]+)\]\((https?://[^()\s]+)\)")
 _CITATION_TYPES = frozenset(("grouped_webpages", "webpage", "grouped_webpages_model_predicted_fallback"))
 
 _FINISH: dict[Any, str] = {"stop": "stop", "max_tokens": "length", "interrupted": "stop",
@@ -65,6 +70,16 @@ PROSE, BLOCK, HIDDEN, REASONING = "prose", "block", "hidden", "reasoning"
 
 # The 2025 reasoning tool (o1, o3-mini) has an opaque name; its metadata gives it away.
 _REASONING_TOOL = "a8km123"
+_OTHER_TOOLS = frozenset(("python", "browser", "web", "web.run", "dalle.text2im", "t2uay3k.sj1i4kz", "image_gen",
+                          "file_search", "myfiles_browser", "bio", "canmore"))
+
+
+# The 2025 image tool (gpt-4o / gpt-image): its call is a prompt, as DALL·E's was.
+IMAGE_TOOLS = frozenset(("t2uay3k.sj1i4kz", "image_gen"))
+# The tool message an account out of image quota gets instead of a picture.
+IMAGE_QUOTA_ERROR = "ChatGPTAgentToolRateLimitException"
+# Where an asset pointer's file lives: scheme -> Image.store.
+_STORES = (("file-service://", "files"), ("sediment://", "sediment"))
 
 
 def _tool_call_kind(recipient):
@@ -72,15 +87,28 @@ def _tool_call_kind(recipient):
         return "code", "python"
     if recipient == "browser":
         return "browser", None
-    if recipient.startswith("dalle"):
+    if recipient.startswith("dalle") or recipient in IMAGE_TOOLS:
         return "dalle_prompt", "json"
     return "tool_call", None
 
 
-def _file_id(asset_pointer):
-    if isinstance(asset_pointer, str) and asset_pointer.startswith("file-service://"):
-        return asset_pointer[len("file-service://"):]
+def _file_id(asset_pointer: Any) -> Optional[tuple[str, str]]:
+    """``(store, file id)`` of an asset pointer the gateway can fetch, or None."""
+    if isinstance(asset_pointer, str):
+        for scheme, store in _STORES:
+            if asset_pointer.startswith(scheme) and len(asset_pointer) > len(scheme):
+                return store, asset_pointer[len(scheme):]
     return None
+
+
+def _call_prompt(text: str) -> Optional[str]:
+    """The prompt of an image tool call (``{"prompt": "...", "size": ...}``), or None."""
+    try:
+        call = ujson.loads(text)
+    except ValueError:
+        return None
+    prompt = call.get("prompt") if isinstance(call, dict) else None
+    return prompt if isinstance(prompt, str) else None
 
 
 def is_reasoning(msg: Message) -> bool:
@@ -89,7 +117,11 @@ def is_reasoning(msg: Message) -> bool:
         return True
     metadata = msg.metadata
     if msg.role == "tool":
-        return msg.name == _REASONING_TOOL or "initial_text" in metadata or "finished_text" in metadata
+        if msg.name == _REASONING_TOOL:
+            return True
+        # Other names of the same tool: its status lines give it away (tools that do other
+        # work keep their role even if they ever carry such lines).
+        return msg.name not in _OTHER_TOOLS and ("initial_text" in metadata or "finished_text" in metadata)
     if msg.role == "assistant" and msg.recipient == "all":
         # A thinking preamble ("I'll look that up first") says what the model is about to do
         # while it thinks: the web client shows it with the thoughts, never as the answer.
@@ -158,6 +190,10 @@ class Answer:
         self.resume_conversation_token: Optional[str] = None  # a token for resuming this turn elsewhere
         self.handoff_to: Optional[tuple] = None  # (turn_exchange_id, options): the answer goes on elsewhere
         self.complete = False          # the upstream said the answer is complete
+        # What the answer still waits for when its SSE body ends (pgw.runtime follows it):
+        self.image_tasks: dict = {}    # placeholder tool message id -> image task id: no picture yet
+        self.image_prompt: Optional[str] = None  # the prompt of the last image tool call
+        self.last_prose_id: Optional[str] = None  # the last assistant message (a continuation's parent)
         self.blocked = False           # moderation blocked the answer
         self._open: Optional[str] = None  # kind of the block being written, if any
         self._role: dict = {}          # message id -> PROSE / BLOCK / HIDDEN / REASONING
@@ -213,6 +249,7 @@ class Answer:
         role = self._role.get(msg.id)
         if role is PROSE:
             self._flush_held()
+            self.last_prose_id = msg.id
             details = msg.metadata.get("finish_details") or {}
             reason = _FINISH.get(details.get("type"))
             if reason:
@@ -220,6 +257,8 @@ class Answer:
             self._footnotes(msg)
         elif role is BLOCK:
             self._close_block()
+            if msg.recipient in IMAGE_TOOLS:
+                self.image_prompt = _call_prompt(content_text(msg.content)) or self.image_prompt
         elif role is REASONING and msg.role == "tool":
             finished = msg.metadata.get("finished_text")
             if isinstance(finished, str) and finished:
@@ -280,20 +319,38 @@ class Answer:
             self._renderer.block_close(self._open)
             self._open = None
 
-    def _images(self, msg):
-        """Images a tool made: DALL·E parts, and charts the code interpreter displayed."""
-        for part in msg.content.get("parts") or ():
+    def _images(self, msg: Message) -> None:
+        """Images a tool made: DALL·E's and the image tool's parts, and charts the code
+        interpreter displayed. The image tool's placeholder (``async_task_type: image_gen``)
+        without a picture yet is noted in ``image_tasks``: the picture comes later, in a poll of
+        the conversation that reads this message again. An account out of image quota gets a
+        ``system_error`` message instead: a rate limit, with the upstream's words."""
+        content = msg.content
+        if content.get("content_type") == "system_error" and content.get("name") == IMAGE_QUOTA_ERROR:
+            self.error(content_text(content) or "the image generation quota is used up", "usage_limit")
+            self.image_tasks.pop(msg.id, None)
+            return
+        shown = 0
+        for part in content.get("parts") or ():
             if isinstance(part, dict):
-                file_id = _file_id(part.get("asset_pointer"))
-                if file_id:
+                asset = _file_id(part.get("asset_pointer"))
+                if asset:
                     dalle = (part.get("metadata") or {}).get("dalle") or {}
-                    self._renderer.image(Image(file_id, dalle.get("prompt"), "dalle"))
-        aggregate = msg.metadata.get("aggregate_result") or {}
+                    source = "dalle" if msg.name and msg.name.startswith("dalle") else "image_gen"
+                    self._renderer.image(Image(asset[1], dalle.get("prompt") or self.image_prompt, source, asset[0]))
+                    shown += 1
+        metadata = msg.metadata
+        if metadata.get("async_task_type") == "image_gen" or metadata.get("image_gen_async"):
+            if shown:
+                self.image_tasks.pop(msg.id, None)
+            else:
+                self.image_tasks[msg.id] = metadata.get("image_gen_task_id")
+        aggregate = metadata.get("aggregate_result") or {}
         for item in aggregate.get("messages") or ():
             if isinstance(item, dict) and item.get("message_type") == "image":
-                file_id = _file_id(item.get("image_url"))
-                if file_id:
-                    self._renderer.image(Image(file_id, None, "python"))
+                asset = _file_id(item.get("image_url"))
+                if asset:
+                    self._renderer.image(Image(asset[1], None, "python", asset[0]))
 
     # prose and citation markers
 
@@ -324,6 +381,8 @@ class Answer:
                 next_pos = self._sandbox_link(msg, text, start, final)
             elif c == "【":
                 next_pos = self._marker(msg, text, start, final)
+            elif c == "[":
+                next_pos = self._labelled_link(msg, text, start, final)
             elif c == OPEN:
                 next_pos = self._reference_marker(msg, text, start, final, base)
             else:
@@ -392,6 +451,9 @@ class Answer:
             sources = _sources(ref.get("items"))
             if not sources and isinstance(ref.get("url"), str):
                 sources = _sources([ref])
+            if not sources and isinstance(ref.get("alt"), str):
+                # only the ready rendering: "([OpenAI Help Center](https://help.openai.com/…))"
+                sources = _sources([{"attribution": t, "url": u} for t, u in _ALT_LINK.findall(ref["alt"])])
             renderer.links(sources)
         else:
             renderer.links(())  # hidden, unresolved and kinds without text vanish
@@ -426,6 +488,32 @@ class Answer:
                 sources = _sources(ref.get("sources"))
                 if sources:
                     self._renderer.footnote(sources)
+
+    def _labelled_link(self, msg: Message, text: str, start: int, final: bool) -> Optional[int]:
+        """A ``[`` at ``start``: ``[label](sandbox:/mnt/data/x)`` is one file with its label;
+        anything else passes through (held while it could still become one)."""
+        m = _LABEL.match(text, start)
+        if m is None:
+            if not final and _LABEL_OPEN.match(text, start):
+                self._held, self._held_msg = text[start:], msg  # the label is still arriving
+                return None
+        else:
+            after = m.end()
+            link = _SANDBOX_LINK.match(text, after)
+            if link:
+                label = _strip_markers(m.group(1), False)[0]  # no marker inside a label either
+                self._renderer.sandbox_file(SandboxFile(link.group(1), msg.id), label)
+                return link.end()
+            rest = text[after:after + len(_SANDBOX)]
+            if len(rest) < len(_SANDBOX):
+                arriving = _SANDBOX.startswith(rest)
+            else:
+                arriving = len(text) - after < _SANDBOX_MAX and _SANDBOX_PREFIX.match(text, after) is not None
+            if arriving and not final:
+                self._held, self._held_msg = text[start:], msg
+                return None
+        self._renderer.prose("[")
+        return start + 1
 
     def _sandbox_link(self, msg: Message, text: str, start: int, final: bool) -> Optional[int]:
         """``(sandbox:`` at ``start``: the link's target is the file (the renderer writes it)."""

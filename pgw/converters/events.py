@@ -177,10 +177,12 @@ class Cite:
 
 @dataclass(slots=True)
 class Image:
-    """An image the upstream holds (``file-service://file-XXXX``), to fetch and show."""
+    """An image the upstream holds, to fetch and show (``store``: where its ``file_id`` lives)."""
     file_id: str
     prompt: str | None = None
     source: str = "dalle"
+    store: str = "files"   # where file_id lives: "files" (file-service://) or "sediment" (sediment://, fetched
+    #                        through the conversation: the 2025 image tool's pictures)
 
     def __repr__(self) -> str:
         return "Image(%r, %r)" % (self.file_id, self.source)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from pgw.converters.answer import Answer
 from pgw.converters.delta import DeltaDialect, is_patch
-from pgw.converters.events import DONE, Renderer, Warnings, read_event
+from pgw.converters.events import DONE, Renderer, Warnings, content_text, read_event
 from pgw.converters.legacy import LegacyDialect
 from pgw.converters.sse import Event, SSEDecoder
 from pgw.errors import ApiError
@@ -129,6 +129,44 @@ class Conversion:
         (self._dialect or self._detect).close()
         self._answer.close()
         self._renderer.close()
+        return self._merge(self._renderer.take())
+
+    def follow(self, message: dict[str, Any] | None = None, reopen: str | None = None) -> list[Any]:
+        """The answer goes on past the SSE body that ended (``pgw.runtime`` follows it there).
+
+        With ``message``, a whole message dict from a polled conversation (``GET
+        conversation/{id}``): it is read as the legacy stage reads a streamed snapshot, so it
+        renders exactly as if it had been streamed. A message the answer has already ended is
+        read again only when it changed (a placeholder that now holds its picture).
+        Without: a new upstream body follows (a resumed or continued turn). Its framing and
+        dialect start afresh and it must complete the answer again; ``reopen`` names the message
+        it goes on with (an answer cut at max_tokens), whose text so far counts as sent, so a
+        continuation that repeats it adds only what is new. Returns what the client should see."""
+        answer = self._answer
+        if message is None:
+            self._events(self._sse.close())
+            self._sse = SSEDecoder()
+            self._asked = self.dialect or self._asked  # the same dialect is expected again
+            self._detect = _Detect(self._legacy)
+            self._dialect = None
+            answer.complete = False
+            answer.handoff_to = None
+            msg = self._legacy.message(reopen) if reopen else None
+            if msg is not None:
+                msg.ended = False
+        else:
+            msg = self._legacy.message(message.get("id"))
+            if msg is not None and msg.ended:
+                content = message.get("content") or {}
+                # A placeholder still waiting is read again whatever it looks like: the delta
+                # stage may have patched its dicts in place after it ended.
+                if (msg.id not in answer.image_tasks and content == msg.content
+                        and message.get("status") == msg.status):
+                    return []
+                msg.ended = False
+                if msg.role == "tool":  # a placeholder's "Processing image" was never shown
+                    msg.sent = min(msg.sent, len(content_text(content)))
+            self._legacy.snapshot(message)
         return self._merge(self._renderer.take())
 
     def outcome(self, cut: bool = False) -> tuple[str | None, ApiError | None]:

@@ -116,9 +116,10 @@ def image_text(lead: str, style: Optional[str], url: Optional[str]) -> str:
     return "%s![image](%s)\n[download](%s)\n" % (lead, url, url)
 
 
-def _file_link(url: Optional[str]) -> str:
-    """A sandbox file inside its markdown link: ``(sandbox:/mnt/data/x)`` -> ``(url)``."""
-    return "(%s)" % (url if url is not None else FILE_FAILED)
+def _file_link(label: Optional[str], url: Optional[str]) -> str:
+    """A sandbox file as a markdown link: ``[label](sandbox:/mnt/data/x)`` -> ``[label](url)``
+    (``label`` None: the link's label was already written)."""
+    return "%s(%s)" % ("" if label is None else "[%s]" % label, url if url is not None else FILE_FAILED)
 
 
 def _file_line(lead: str, url: Optional[str]) -> str:
@@ -242,11 +243,12 @@ class MarkdownRenderer:
         if style is not None:
             self._last = "\n"
 
-    def sandbox_file(self, file: SandboxFile) -> None:
-        """A file the code wrote, where its link ``(sandbox:/mnt/data/x)`` stood."""
+    def sandbox_file(self, file: SandboxFile, label: Optional[str] = None) -> None:
+        """A file the code wrote, where its link ``[label](sandbox:/mnt/data/x)`` stood
+        (``label`` None: only the target was left, ``(sandbox:/mnt/data/x)``)."""
         if self._thinking:
             self._end_thinking()
-        self.out.append(FetchSandboxFile(file, _file_link))
+        self.out.append(FetchSandboxFile(file, functools.partial(_file_link, label)))
         self._last = ")"
 
     # helpers
@@ -320,6 +322,7 @@ class BotRenderer(MarkdownRenderer):
         self._sources: dict = {}   # key -> "[n] title url", in the order first cited
         self._numbers: dict = {}   # url of a 2025-2026 source -> its number
         self._hidden_block = False  # a tool block was left out: what follows starts a new line
+        self._star = ""            # a "*" held back from plain reasoning: maybe half of "**"
 
     def close(self) -> None:
         if self._thinking:
@@ -350,6 +353,24 @@ class BotRenderer(MarkdownRenderer):
             self._vanish()
             return
         self._write("".join("[%d]" % self._number(s) for s in sources))
+
+    def reasoning(self, text: str) -> None:
+        # Reasoning summaries mark their headings in markdown bold ("**Planning the answer**");
+        # a chat app would show the asterisks, so plain reasoning goes without them.
+        if self.reasoning_mode != "plain" or not text:
+            super().reasoning(text)
+            return
+        text = self._star + text
+        self._star = ""
+        if text.endswith("*") and not text.endswith("**"):
+            self._star, text = "*", text[:-1]  # may be half of a "**" the next piece completes
+        super().reasoning(text.replace("**", ""))
+
+    def _end_thinking(self, closing: bool = False) -> None:
+        if self._star:
+            self._star = ""
+            self.out.append(Reasoning("*", True))
+        super()._end_thinking(closing)
 
     def _number(self, source: Source) -> int:
         """The number of a 2025-2026 source in the answer's one source list."""
@@ -383,10 +404,12 @@ class BotRenderer(MarkdownRenderer):
                 text = "\n" + text
         super().prose(text)
 
-    def sandbox_file(self, file: SandboxFile) -> None:
+    def sandbox_file(self, file: SandboxFile, label: Optional[str] = None) -> None:
         if not self.plain_files:
-            super().sandbox_file(file)
+            super().sandbox_file(file, label)
             return
+        if label:
+            self._write(label)  # the file's name as text, its URL on a line of its own
         if self._thinking:
             self._end_thinking()
         self.out.append(FetchSandboxFile(file, functools.partial(_file_line, self._lead())))

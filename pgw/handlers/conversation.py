@@ -26,22 +26,24 @@ class ConversationHandler(JsonBodyHandler):
     """
 
     _gone = False
-    _pending = None
-    _run = None
+    _pending: frozenset = frozenset()   # preparation and queue waits to cancel when the client leaves
+    _run = None       # the conversation (the first, when several run: the images endpoint)
+    _runs = ()
 
     async def while_connected(self, awaitable):
         """Await preparation work, abandoning it as soon as the client disconnects."""
         if self._gone:
             raise ClientGone()
-        self._pending = asyncio.ensure_future(awaitable)
+        pending = asyncio.ensure_future(awaitable)
+        self._pending = self._pending | {pending}
         try:
-            return await self._pending
+            return await pending
         except asyncio.CancelledError:
             if self._gone:
                 raise ClientGone() from None
             raise
         finally:
-            self._pending = None
+            self._pending = self._pending - {pending}
 
     def payload(self, messages, route, gizmo=None, hints=(), effort=None):
         """The upstream request body, asking for the stream encoding the settings choose;
@@ -53,7 +55,8 @@ class ConversationHandler(JsonBodyHandler):
 
     def downloads(self, key):
         """Fetching for one answer what it shows (images, files), linked at this gateway."""
-        return MediaDownloads(self.gateway.upstream, self.gateway.media, key, self.public_base_url())
+        gw = self.gateway
+        return MediaDownloads(gw.upstream, gw.media, key, self.public_base_url(), gw.saved_files)
 
     async def converse(self, key, payload, sink, downloads, prompt_messages, renderer=None, model=None):
         """Run the upstream conversation into ``sink`` (``pgw.runtime.ConversationRun``): an
@@ -80,8 +83,16 @@ class ConversationHandler(JsonBodyHandler):
                                "invalid_request_error", "invalid_api_key") from None
         downloads.key = key
         body = payload if isinstance(payload, dict) else await payload(key)
-        self._run = ConversationRun(self.gateway, key, body, sink, downloads, prompt_messages, renderer)
-        await self._run.run()
+        await self._new_run(key, body, sink, downloads, prompt_messages, renderer).run()
+
+    def _new_run(self, key, body, sink, downloads, prompt_messages, renderer):
+        """A ``ConversationRun``, known to ``on_connection_close`` (the images endpoint runs
+        several at once; a pooled request one per account it tries). ``_run`` is the first."""
+        run = ConversationRun(self.gateway, key, body, sink, downloads, prompt_messages, renderer)
+        self._runs = (*self._runs, run)
+        if self._run is None:
+            self._run = run
+        return run
 
     async def converse_pooled(self, pool, payload, sink, downloads, prompt_messages, renderer, model):  # noqa: C901
         """Lease an account, answer through it, give it back; before the first answer byte a
@@ -107,23 +118,22 @@ class ConversationHandler(JsonBodyHandler):
                     while True:
                         downloads.key = lease.key
                         body = payload if isinstance(payload, dict) else await payload(lease.key)
-                        self._run = ConversationRun(self.gateway, lease.key, body, sink, downloads,
-                                                    prompt_messages, renderer)
+                        run = self._new_run(lease.key, body, sink, downloads, prompt_messages, renderer)
                         pool.note_handoff(lease)
                         lease.freed_at = None
                         try:
-                            await self._run.run()
+                            await run.run()
                         except ApiError as e:
-                            if self._run.refused is None:
+                            if run.refused is None:
                                 raise
                             last = e
                         else:
-                            if self._run.refused is None:
+                            if run.refused is None:
                                 await pool.succeeded(lease)
                             return
                         if self._gone:
                             raise ClientGone()
-                        status, raw = self._run.refused
+                        status, raw = run.refused
                         if status == 401 and not refreshed and await pool.refresh_after_401(lease):
                             refreshed = True
                             continue  # the same account once more, with its new token
@@ -150,7 +160,7 @@ class ConversationHandler(JsonBodyHandler):
         if self._gone:
             raise ClientGone()
         wait = asyncio.ensure_future(pool.acquire(model, tried))
-        self._pending = wait
+        self._pending = self._pending | {wait}
         interval = self.gateway.settings.keepalive_interval
         try:
             while True:
@@ -166,13 +176,13 @@ class ConversationHandler(JsonBodyHandler):
                 raise ClientGone() from None
             raise
         finally:
-            self._pending = None
+            self._pending = self._pending - {wait}
             if not wait.done():
                 wait.cancel()
 
     def on_connection_close(self):
         self._gone = True
-        if self._pending is not None:
-            self._pending.cancel()
-        if self._run is not None:
-            self._run.cancel("the client disconnected")
+        for pending in self._pending:
+            pending.cancel()
+        for run in self._runs:
+            run.cancel("the client disconnected")

@@ -1,14 +1,19 @@
 """Images: ``POST /v1/images/generations`` and ``GET /images/<name>`` (the saved files).
 
-Drawing is a chat answer in disguise: the prompt goes to a model that can call DALL·E, and
-the answer runs through the same conversation path as chat completions (``converse``) into
-``ImageSink``, which keeps the images the answer showed (fetched and saved by the gateway) and
-the assistant's words. No image means the model declined: an error carrying its words.
+Drawing is a chat answer in disguise: the prompt goes to a model that can draw, and the answer
+runs through the same conversation path as chat completions (``converse``): for ``dall-e-*`` and
+drawing aliases one conversation with a DALL·E model into ``ImageSink``; for ``gpt-image-*`` one
+conversation per image with IMAGE_MODEL and the image tool (``system_hints: ["picture_v2"]``),
+concurrently, each followed until its picture arrives (the runtime polls), into ``ImageGather``.
+Both keep the images the answer showed (fetched and saved by the gateway) and the assistant's
+words. No image means the model declined: an error carrying its words.
 """
 
+import asyncio
 import base64
 import time
 
+from pgw.conf.models import Route
 from pgw.converters.payload import image_prompt, parse_image_request
 from pgw.converters.render import FetchImage
 from pgw.errors import ApiError
@@ -16,6 +21,9 @@ from pgw.handlers.base import ApiHandler
 from pgw.handlers.conversation import ConversationHandler
 from pgw.runtime import GatherSink, renderer_for
 from pgw.media import MediaStore
+
+# OpenAI's names for the image tool's model: one conversation with IMAGE_MODEL per picture.
+IMAGE_TOOL_MODELS = ("gpt-image-1", "gpt-image-2")
 
 
 class ImageSink(GatherSink):
@@ -28,24 +36,50 @@ class ImageSink(GatherSink):
 
     def finish(self, reason, prompt_messages):
         reply = "".join(self.texts)
-        images = [(url, raw, action.image.prompt) for action, url, raw in self.downloads.saved
-                  if type(action) is FetchImage]
+        images = saved_images(self.downloads)
         if not images:
-            failed = sum(type(action) is FetchImage for action in self.downloads.failed)
-            if failed:
-                error = ApiError(502, "the upstream drew %d image(s) but they could not be fetched" % failed,
-                                       "upstream_error", "image_download_failed")
-            else:
-                error = ApiError(400, "no image was generated; the model answered: %s" % reply.strip(),
-                                       "invalid_request_error", "no_image_generated", "prompt")
-            return self.fail(error)
-        data = []
-        for url, raw, revised in images:
-            item = {"url": url} if self.request.response_format == "url" else {
-                "b64_json": base64.b64encode(raw).decode("ascii")}
-            item["revised_prompt"] = revised or self.request.prompt
-            data.append(item)
-        self.handler.write_json({"created": int(time.time()), "data": data, "reply": reply})
+            return self.fail(no_image_error(self.downloads, reply))
+        self.handler.write_json(images_response(self.request, images, reply))
+
+
+def saved_images(downloads):
+    """``[(url, bytes, prompt)]`` of the images an answer showed and the gateway saved."""
+    return [(url, raw, action.image.prompt) for action, url, raw in downloads.saved if type(action) is FetchImage]
+
+
+def no_image_error(downloads, reply):
+    failed = sum(type(action) is FetchImage for action in downloads.failed)
+    if failed:
+        return ApiError(502, "the upstream drew %d image(s) but they could not be fetched" % failed,
+                        "upstream_error", "image_download_failed")
+    return ApiError(400, "no image was generated; the model answered: %s" % reply.strip(),
+                    "invalid_request_error", "no_image_generated", "prompt")
+
+
+def images_response(request, images, reply):
+    """OpenAI's images response, with RefreshToV1Api's ``reply`` (the answers as chat shows them)."""
+    data = []
+    for url, raw, revised in images:
+        item = {"url": url} if request.response_format == "url" else {
+            "b64_json": base64.b64encode(raw).decode("ascii")}
+        item["revised_prompt"] = revised or request.prompt
+        data.append(item)
+    return {"created": int(time.time()), "data": data, "reply": reply}
+
+
+class ImageGather(GatherSink):
+    """One of the conversations of a ``gpt-image-*`` request: keeps its words and how it ended;
+    the handler answers once all of them have."""
+
+    def __init__(self, handler):
+        super().__init__(handler)
+        self.error = None
+
+    def finish(self, reason, prompt_messages):
+        pass
+
+    def fail(self, error):
+        self.error = error
 
 
 class ImageGenerationsHandler(ConversationHandler):
@@ -53,6 +87,8 @@ class ImageGenerationsHandler(ConversationHandler):
         gw = self.gateway
         key = self.api_key()
         request = parse_image_request(self.json_body(), gw.models.first_drawing_model())
+        if request.model in IMAGE_TOOL_MODELS and all(r.name != request.model for r in gw.models.routes()):
+            return await self.draw_with_image_tool(key, request)
         route = gw.models.drawing_route(request.model)
         if route is None or not route.can_draw:
             raise ApiError(400 if route else 404, "The model `%s` cannot draw; use one of: %s" % (
@@ -67,6 +103,37 @@ class ImageGenerationsHandler(ConversationHandler):
         # the image switches say, since they are the answer.
         await self.converse(key, payload, sink, downloads, [("user", prompt)],
                             renderer_for(gw.settings, fetch_images=True), model=route.slug)
+
+    async def draw_with_image_tool(self, key, request):
+        """``gpt-image-*``: ``n`` conversations with IMAGE_MODEL at once (``n`` is at most 4), one
+        picture each, each followed until its picture arrives; the pictures that came, or the
+        first failure when none did (a quota hit is a 429 with the upstream's words)."""
+        gw = self.gateway
+        name = gw.settings.image_model
+        route = gw.models.resolve(name) or Route(name, name, can_draw=True, accepts_files=True)
+        prompt = "%s\n\nImage size: %s." % (request.prompt, request.size)
+
+        async def one():
+            payload = self.payload([("user", prompt)], route, hints=("picture_v2",))
+            payload.setdefault("system_hints", ["picture_v2"])  # even in a late-2023 body: this asks for the tool
+            downloads = self.downloads(key)
+            sink = ImageGather(self)
+            try:
+                await self.converse(key, payload, sink, downloads, [("user", prompt)],
+                                    renderer_for(gw.settings, fetch_images=True))
+            except ApiError as e:
+                sink.error = e
+            return sink, downloads
+
+        results = await asyncio.gather(*(one() for _ in range(request.n)))
+        if self._gone:
+            return
+        images = [image for _, downloads in results for image in saved_images(downloads)]
+        reply = "\n\n".join("".join(sink.texts) for sink, _ in results if sink.texts)
+        if not images:
+            errors = [sink.error for sink, _ in results if sink.error is not None]
+            raise errors[0] if errors else no_image_error(results[0][1], reply)
+        self.write_json(images_response(request, images, reply))
 
 
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}

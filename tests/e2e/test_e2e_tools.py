@@ -147,7 +147,7 @@ def test_bot_mode_everything_on_with_plain_urls(gateway_factory, upstream, key):
     upstream.plan(key, scenario="sandbox_file")
     text = ask(client, True)
     m = re.fullmatch(r"import pandas as pd\npd\.DataFrame\(\{'a': \[1, 2\]\}\)\.to_csv\('/mnt/data/report\.csv'\)\n"
-                     r"文件在这里：\[report\.csv\]\nhttps://img\.example\.com/gw/images/(\S+\.csv)\n，请下载。", text)
+                     r"文件在这里：report\.csv\nhttps://img\.example\.com/gw/images/(\S+\.csv)\n，请下载。", text)
     assert m, text
     assert served(gw.url + "/images/" + m.group(1))[1] == b"path,rows\n/mnt/data/report.csv,2\n"
     assert "```" not in text and "](" not in text

@@ -1,5 +1,6 @@
 """Errors that point at the fix, as an SDK user sees them (real server, fake upstream)."""
 
+import re
 import json
 import socket
 
@@ -67,4 +68,4 @@ def test_an_unreachable_upstream_names_base_url_and_no_internal_code(gateway_fac
     status, _, raw = chat(gw, key)
     message = json.loads(raw)["error"]["message"]
     assert status == 502 and "could not be reached" in message and "BASE_URL" in message
-    assert "599" not in message
+    assert not re.search(r"\b599\b", message)  # a port such as 59995 may hold the digits

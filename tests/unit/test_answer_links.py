@@ -7,7 +7,7 @@ from pgw.converters.events import Message, SandboxFile
 class Recorder:
     """Stands in for the renderer: records what the answer stage passes on, in order (prose as
     ``str``, ``Cite`` and ``SandboxFile`` values as they are: a sandbox file stands for the
-    whole link target, brackets included); ``take()`` as a renderer's."""
+    whole link, its label and brackets included); ``take()`` as a renderer's."""
 
     def __init__(self):
         self.out = []
@@ -22,7 +22,9 @@ class Recorder:
     def cite(self, cite):
         self.out.append(cite)
 
-    def sandbox_file(self, file):
+    def sandbox_file(self, file, label=None):
+        if label is not None:
+            self.out.append("[%s]" % label)  # the link's label, passed with the file
         self.out.append(file)
 
 
@@ -90,3 +92,17 @@ def test_sandbox_path_with_brackets_is_one_link():
 def test_unbalanced_bracket_ends_the_sandbox_link():
     out, _ = prose("(sandbox:/mnt/data/x.csv)) and (sandbox:/mnt/data/y (2.csv) z")
     assert texts(out) == "<SandboxFile('/mnt/data/x.csv')>) and (sandbox:/mnt/data/y (2.csv) z"
+
+
+def test_the_label_of_a_file_link_travels_with_the_file_however_it_is_split():
+    text = "见 [报告 (1).csv](sandbox:/mnt/data/报告 (1).csv) 与 [a](https://x) [b]。"
+    for cut in range(len(text) + 1):
+        out, _ = prose(text[:cut], text[cut:])
+        [i] = [i for i, x in enumerate(out) if type(x) is SandboxFile]
+        assert out[i - 1] == "[报告 (1).csv]", cut  # passed with the file, not as prose before it
+        assert texts(out) == "见 [报告 (1).csv]<SandboxFile('/mnt/data/报告 (1).csv')> 与 [a](https://x) [b]。", cut
+
+
+def test_no_private_use_character_in_a_file_link_label():
+    out, _ = prose("[r\ue200cite\ue202turn0search0\ue201\ue206.csv](sandbox:/mnt/data/r.csv)")
+    assert texts(out) == "[r.csv]<SandboxFile('/mnt/data/r.csv')>"

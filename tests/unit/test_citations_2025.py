@@ -290,6 +290,13 @@ def test_two_markers_with_the_same_text_resolve_by_place():
     assert run([text], {0: refs}) == "x<%s>y<>" % U0
 
 
+def test_a_citation_with_only_its_ready_rendering_links_to_what_it_names():
+    text = "x" + CITE0
+    refs = [ref(CITE0, "grouped_webpages", text, items=[],
+                alt="([OpenAI Help Center](https://help.openai.com/en/articles/1))")]
+    assert run([text], {0: refs}) == "x<https://help.openai.com/en/articles/1>"
+
+
 def test_footnote_sources_are_passed_on_at_the_end():
     text = "Answer."
     refs = [{"matched_text": " ", "start_idx": 7, "end_idx": 7, "type": "sources_footnote",
@@ -356,3 +363,59 @@ def test_any_split_and_any_reference_timing_equals_the_whole_text_rendered_at_on
         got = run(pieces, {min(when, len(pieces) - 1): refs})
     assert not PUA.search(got)
     assert got == expected
+
+
+# Property: through the whole pipeline, from fake-upstream streams of random answers whose
+# references arrive at random times (before, with or after their markers), in both dialects
+
+PROSE_WORDS = ["Tornado", " ", "中文", "。", "\n", "x", "\ue203", "\ue204", "\ue206"]
+PIPE_MARKERS = [(CITE0, {"type": "grouped_webpages", "items": [ITEM0]}, "[[tornadoweb.org](%s)]" % U0),
+                (ENTITY, {"type": "entity", "alt": "Python"}, "Python"),
+                (CITE12, {"type": "grouped_webpages", "items": ITEMS12},
+                 "[[Tornado](%s)][[Read the Docs](%s)]" % (U1, U2)),
+                (CITE9, {"type": "hidden"}, None)]
+
+
+def markdown_of(parts):
+    """The markdown renderer's text for the whole answer at once: a vanished marker after a
+    space or a line break takes the spaces after it along."""
+    out, gap = "", False
+    for p in parts:
+        if isinstance(p, int):
+            shown = PIPE_MARKERS[p][2]
+            if shown is None:
+                gap = gap or out == "" or out[-1] in " \n"
+                continue
+            text = shown
+        else:
+            text = PUA.sub("", p)
+        if gap:
+            text = text.lstrip(" ")
+            if not text:
+                continue
+            gap = False
+        out += text
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(PROSE_WORDS), st.integers(0, len(PIPE_MARKERS) - 1)), min_size=1,
+                max_size=14),
+       st.integers(-40, 40), st.booleans(), st.integers(1, 9), st.integers(0, 10 ** 6))
+def test_pipeline_any_reference_timing_and_chunking(parts, lag, live, step, seed):
+    from fakeupstream.app import split
+    from fakeupstream.script import RENDERERS as STREAMS, Msg, Script
+
+    text = "".join(PIPE_MARKERS[p][0] if isinstance(p, int) else p for p in parts)
+    refs = [dict(PIPE_MARKERS[p][1], marker=PIPE_MARKERS[p][0]) for p in parts if isinstance(p, int)]
+    expected = markdown_of(parts)
+    if not expected:
+        return  # an answer with nothing to show is an error, tested elsewhere
+    for dialect, stream in sorted(STREAMS.items()):
+        script = Script([Msg(text, step=step, end_turn=True, references=refs, refs_lag=lag, refs_live=live)],
+                        ascii=False)
+        events = stream(script, "c1", [])
+        conv = Conversion(MarkdownRenderer())
+        got = "".join(feed_all(conv, split(events, "random:%d:23" % seed)))
+        assert got == expected, dialect
+        assert conv.outcome() == ("stop", None)

@@ -31,8 +31,9 @@ def root(mid, c, content, role="assistant", name=None, metadata=None, channel=No
                "metadata": metadata or {}, "recipient": "all"}
     if channel:
         message["channel"] = channel
-    return delta({"p": "", "o": "add", "v": {"message": message, "conversation_id": "c1", "error": None,
-                                            "error_code": None}, "c": c})
+    doc = {"message": message, "conversation_id": "c1", "error": None, "error_code": None}
+    # 2025-2026 (5.1): the first root is an add at "", later ones come without p and o
+    return delta({"p": "", "o": "add", "v": doc, "c": c} if c == 0 else {"v": doc, "c": c})
 
 
 def end(*ops):
@@ -123,8 +124,9 @@ def expected(mode, reasoning, answer):
         return answer, reasoning, reasoning
     if mode == "think":
         return "<think>\n%s\n</think>\n\n%s" % (reasoning, answer), "", reasoning
-    if mode == "bot-reasoning":
-        return "%s\n\n%s" % (reasoning, answer), "", reasoning
+    if mode == "bot-reasoning":  # plain text: no markdown bold either
+        plain = reasoning.replace("**", "")
+        return "%s\n\n%s" % (plain, answer), "", plain
     return answer, "", ""  # hidden, and bot mode by default
 
 
@@ -253,3 +255,58 @@ def test_reasoning_that_resumes_after_the_answer_began():
     assert render_calls(BotRenderer(reasoning_output=True), TWICE)[0] == (
         "先搜索。\n\nLet me look.\nFound it.\nThought for 3s\n\n答案。")
     assert render_calls(BotRenderer(), TWICE) == ("Let me look.答案。", "", "")
+
+
+def test_bot_reasoning_drops_markdown_bold_however_it_is_split():
+    for cut in range(len("**Planning** it *really*")):
+        text = "**Planning** it *really*"
+        r = BotRenderer(reasoning_output=True)
+        r.reasoning(text[:cut])
+        r.reasoning(text[cut:])
+        r.prose("Done.")
+        r.close()
+        assert contents(r.take())[0] == "Planning it *really*\n\nDone.", cut
+
+
+def test_which_messages_are_reasoning():
+    from pgw.converters.answer import is_reasoning
+    from pgw.converters.events import Message
+
+    def msg(role="assistant", name=None, recipient="all", content_type="text", channel=None, **metadata):
+        m = Message("m", role, name, recipient, content_type)
+        m.channel, m.metadata = channel, metadata
+        return m
+    assert is_reasoning(msg(content_type="thoughts"))
+    assert is_reasoning(msg(content_type="reasoning_recap"))
+    assert is_reasoning(msg(channel="commentary"))
+    assert is_reasoning(msg(is_thinking_preamble_message=True))
+    assert is_reasoning(msg("tool", "a8km123"))
+    assert is_reasoning(msg("tool", "a8km456", initial_text="Reasoning"))  # the same tool, renamed
+    assert not is_reasoning(msg("tool", "web.run", initial_text="Searching the web"))
+    assert not is_reasoning(msg("tool", "python"))
+    assert not is_reasoning(msg(channel="final"))
+    assert not is_reasoning(msg())
+    assert not is_reasoning(msg(recipient="python", channel="commentary"))  # a tool call: a block
+
+
+def test_thoughts_of_any_shape_under_any_chunking_in_every_fake_dialect():
+    from hypothesis import given, settings, strategies as st
+
+    from fakeupstream.app import split
+    from fakeupstream.script import RENDERERS as STREAMS, Msg, Script
+
+    words = st.text(alphabet="ab 中文。\n😊", max_size=12)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(words, words), min_size=1, max_size=4), st.integers(1, 7), st.integers(0, 10 ** 6))
+    def check(thoughts, step, seed):
+        parts = [s + "\n\n" + c if s and c else s or c for s, c in thoughts]
+        reasoning = "\n\n".join(p for p in parts if p)  # written from the format's description
+        for dialect, stream in sorted(STREAMS.items()):
+            script = Script([Msg(thoughts=thoughts, step=step), Msg("Thought for 2s", content_type="reasoning_recap"),
+                             Msg("答案。", channel="final", end_turn=True)], ascii=False)
+            conv = Conversion(MarkdownRenderer())
+            got = contents(feed_all(conv, split(stream(script, "c1", []), "random:%d:17" % seed)))
+            want = reasoning + "\n" + "Thought for 2s" if reasoning else "Thought for 2s"
+            assert got == ("答案。", want, want), dialect
+    check()

@@ -82,11 +82,11 @@ def with_plugin(mode, blocks):
     return "".join(line for line in blocks.splitlines(keepends=True) if not line.startswith("```"))
 
 
-def file_text(mode, url):
-    """A file the code wrote, where its link target stood."""
+def file_text(mode, label, url):
+    """A file the code wrote, where its link ``[label](sandbox:...)`` stood."""
     if mode is not None and mode[3]:
-        return "\n%s\n" % url  # bot mode, plain URLs: a bare URL on its own line
-    return "(%s)" % url
+        return "%s\n%s\n" % (label, url)  # bot mode, plain URLs: its name, then a bare URL on its own line
+    return "[%s](%s)" % (label, url)
 
 
 ALL = pytest.mark.parametrize("mode", MODES, ids=mode_id)
@@ -163,8 +163,8 @@ def test_chart_from_code(mode, chunking):
 def test_sandbox_file_link(mode, chunking):
     blocks = "```python\nimport pandas as pd\npd.DataFrame({'a': [1, 2]}).to_csv('/mnt/data/report.csv')\n```\n"
     text, actions = run("sandbox_file", mode, chunking)
-    assert text == (with_plugin(mode, blocks) + "文件在这里：[report.csv]"
-                    + file_text(mode, "https://gw.example/images/report.csv") + "，请下载。")
+    assert text == (with_plugin(mode, blocks) + "文件在这里："
+                    + file_text(mode, "report.csv", "https://gw.example/images/report.csv") + "，请下载。")
     assert len(actions) == 1 and type(actions[0]) is FetchSandboxFile
     assert actions[0].file.path == "/mnt/data/report.csv"
 
@@ -185,6 +185,6 @@ def test_failed_downloads_show_a_short_notice(mode):
     assert text.endswith("这是你要的图片。")
     text, _ = run("sandbox_file", mode, fetched=False)
     if mode is not None and mode[3]:
-        assert text.endswith("文件在这里：[report.csv]\n(a file could not be fetched from the upstream)\n，请下载。")
+        assert text.endswith("文件在这里：report.csv\n(a file could not be fetched from the upstream)\n，请下载。")
     else:
         assert text.endswith("文件在这里：[report.csv](#file-unavailable)，请下载。")
