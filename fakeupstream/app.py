@@ -605,17 +605,23 @@ def gizmo_object(gizmo_id, name):
 
 class BytesHandler(FakeHandler):
     """``GET /_fake/bytes?n=5000&type=...&chunked=1``: n bytes, without Content-Length if chunked.
-    ``gate=NAME``: log the fetch under the key NAME, then wait for ``/_fake/release?key=NAME``."""
+    ``gate=NAME``: log the fetch under the key NAME, then wait for ``/_fake/release?key=NAME``;
+    the record says ``"aborted": true`` once the fetching side has closed the connection."""
+
+    _gated = None
 
     async def get(self):
         gate = self.get_argument("gate", "")
         if gate:
-            self.state.record(gate, {"method": "GET", "path": self.request.path, "query": self.request.query})
+            self._gated = self.state.record(gate, {"method": "GET", "path": self.request.path,
+                                                   "query": self.request.query, "aborted": False})
             event = self.state.gate(gate)
             for _ in range(600):  # at most a minute
-                if event.is_set():
+                if event.is_set() or self._gated["aborted"]:
                     break
                 await asyncio.sleep(0.1)
+            if self._gated["aborted"]:
+                return
         n = int(self.get_argument("n"))
         self.set_header("Content-Type", self.get_argument("type", "application/octet-stream"))
         if self.get_argument("chunked", ""):
@@ -625,6 +631,10 @@ class BytesHandler(FakeHandler):
         else:
             self.write(b"x" * n)
         self.finish()
+
+    def on_connection_close(self):
+        if self._gated is not None:
+            self._gated["aborted"] = True
 
 
 class RedirectHandler(tornado.web.RequestHandler):

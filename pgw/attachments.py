@@ -16,9 +16,16 @@ from pgw.urlguard import AddressPolicy, GuardedFetcher
 
 
 class Attachments:
+    """Files of chat requests. Per request: at most FILE_FETCH_CONCURRENCY fetches at once (on the
+    upstream client's own file handles), MAX_FILE_BYTES_PER_REQUEST in all; the first failure
+    cancels every other fetch of the request, as does the client leaving (the handler cancels
+    ``messages``; ``CancellableCurlClient.fetch_any`` then aborts the curl transfers)."""
+
     def __init__(self, settings, upstream):
         self.upstream = upstream
         self.max_bytes = settings.file_max_bytes
+        self.budget = settings.max_file_bytes_per_request
+        self.concurrency = settings.file_fetch_concurrency
         self.fetcher = GuardedFetcher(upstream, AddressPolicy(settings.file_fetch_allow), settings.file_max_bytes,
                                       settings.file_fetch_connect_timeout, settings.file_fetch_timeout,
                                       settings.file_fetch_max_redirects)
@@ -37,7 +44,7 @@ class Attachments:
         for ref in refs:
             by_url.setdefault(ref.url, ref)  # each URL loaded once
         unique = list(by_url.values())
-        loaded = await asyncio.gather(*(self._load(ref) for ref in unique))
+        loaded = await self._load_all(unique)
         info_of = {ref.url: info for ref, info in zip(unique, loaded, strict=False)}
         file_ids = {}
         for info in loaded:  # one at a time, in order: a failure names the file's step and stops there
@@ -51,6 +58,28 @@ class Attachments:
             else:
                 out.append((role, text))
         return out
+
+    async def _load_all(self, refs):
+        """Every file of ``refs`` loaded, in order; on the first failure the others are cancelled."""
+        slots = asyncio.Semaphore(self.concurrency)
+        total = [0]
+
+        async def one(ref):
+            async with slots:
+                info = await self._load(ref)
+            total[0] += info.size
+            if total[0] > self.budget:
+                raise file_error(ref.where, "the files of this request are more than %d bytes together "
+                                 "(MAX_FILE_BYTES_PER_REQUEST)" % self.budget, "files_too_large")
+            return info
+
+        tasks = [asyncio.ensure_future(one(ref)) for ref in refs]
+        try:
+            return await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()  # no-op for the finished; the rest stop fetching now
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _load(self, ref):
         """Bytes of one file, checked: a ``FileInfo``."""

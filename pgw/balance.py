@@ -23,8 +23,9 @@ import multiprocessing
 import select
 import time
 
-import tornado.httpserver
 from tornado.ioloop import IOLoop
+
+from pgw.listener import GatewayHTTPServer
 
 RECHECK = 0.001   # seconds before a worker that let connections wait looks again
 PATIENCE = 0.05   # seconds a connection waits for a less busy worker before anyone takes it
@@ -51,7 +52,7 @@ class ConnectionCounts:
         return min(self._counts)
 
 
-class BalancedHTTPServer(tornado.httpserver.HTTPServer):
+class BalancedHTTPServer(GatewayHTTPServer):
     """Tornado's HTTP server for worker ``worker`` of several sharing one listening socket."""
 
     def balance(self, counts, worker, patience=PATIENCE, clock=time.monotonic):
@@ -78,14 +79,7 @@ class BalancedHTTPServer(tornado.httpserver.HTTPServer):
             io_loop.remove_handler(sock)
             io_loop.call_later(RECHECK, self._watch_again, sock)
             return
-        for _ in range(take or BATCH):
-            try:
-                connection, address = sock.accept()
-            except BlockingIOError:
-                return  # none left: another worker took it
-            except ConnectionAbortedError:
-                continue  # the client gave up while it waited
-            self._handle_connection(connection, address)
+        self.accept_some(sock, take or BATCH)  # the listener's limits apply (pgw/listener.py)
 
     def _watch_again(self, sock):
         if self._stopped:

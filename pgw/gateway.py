@@ -22,6 +22,7 @@ from pgw.metrics import Metrics
 from pgw.runtime import SavedFiles, StreamWatch
 from pgw.tokens import FileStore, Tokens
 from pgw.upstream import UpstreamClient, UpstreamHealth
+from pgw.urlguard import download_guard
 from pgw.usage import TokenCounter
 
 log = logging.getLogger("gateway")
@@ -32,6 +33,7 @@ class Gateway:
         self.settings = settings
         self.models = models or gpts.build_models(settings)
         self.upstream = UpstreamClient(settings)
+        self.upstream.guard_downloads(download_guard(settings, self.upstream))  # pgw/urlguard.py
         self.attachments = Attachments(settings, self.upstream)
         self.gizmos = GizmoStore(self.upstream, self.models, settings.key_for_gpts_info,
                                       settings.gpts_fetch_timeout)
@@ -89,9 +91,12 @@ class Gateway:
         self.access_tokens.warm(self.pool.accounts.values())
         IOLoop.current().spawn_callback(self._fetch_gizmos)  # in the background: start-up stays fast
         max_age = self.settings.images_max_age_hours * 3600
-        if max_age:
-            # A sweep a tenth of the age apart (at most hourly): files outlive their age by 10% at most.
-            self._sweeper = PeriodicCallback(self._sweep_media, min(max_age / 10, 3600) * 1000)
+        budget = self.settings.images_max_total_mb
+        if max_age or budget:
+            # A sweep a tenth of the age apart (at most hourly): files outlive their age by 10% at
+            # most; with a size budget every minute, so it is exceeded by a minute's saves at most.
+            every = min(max_age / 10 if max_age else 3600, 60 if budget else 3600)
+            self._sweeper = PeriodicCallback(self._sweep_media, every * 1000)
             self._sweeper.start()
             IOLoop.current().spawn_callback(self._sweep_media)
 
@@ -104,13 +109,16 @@ class Gateway:
         self.upstream.close()
 
     async def _sweep_media(self):
-        """Delete saved files older than IMAGES_MAX_AGE_HOURS, off the event loop: a directory of
-        many thousands of files takes a while to list."""
-        cutoff = time.time() - self.settings.images_max_age_hours * 3600
+        """Delete saved files older than IMAGES_MAX_AGE_HOURS, then the oldest beyond
+        IMAGES_MAX_TOTAL_MB, off the event loop: a directory of many thousands of files takes a
+        while to list."""
+        hours, budget = self.settings.images_max_age_hours, self.settings.images_max_total_mb
+        cutoff = time.time() - hours * 3600 if hours else None
+        max_bytes = int(budget * 1024 * 1024) if budget else None
         try:
-            removed = await IOLoop.current().run_in_executor(None, self.media.remove_older_than, cutoff)
+            removed = await IOLoop.current().run_in_executor(None, self.media.sweep, cutoff, max_bytes)
         except OSError as e:
             log.warning("cleaning %s failed: %s", self.settings.images_dir, e)
             return
         if removed:
-            log.info("removed %d saved files older than %g hours", removed, self.settings.images_max_age_hours)
+            log.info("removed %d saved files (older than %g hours or beyond %g MB)", removed, hours, budget)

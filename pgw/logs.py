@@ -1,8 +1,18 @@
-"""Logging set-up, the access log line, and the one function that keeps keys out of logs."""
+"""Logging set-up, the access log line, and the one place that keeps keys out of logs.
 
+``mask`` is for code that names a key on purpose. ``KeyRedactor``, a filter on every handler
+``setup`` installs, is the net under everything else: a key the upstream echoes in an error
+detail, a key in a query string, an exception message quoting a header. It masks every key
+this process has seen (``remember``, called for each request's Authorization) and every word
+shaped like one (``fk-``/``sk-``/``pk-`` keys, JWT access tokens), in the message, its
+arguments and any traceback, at every level.
+"""
+
+import collections
 import logging
 import logging.handlers
 import os
+import re
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
@@ -23,6 +33,74 @@ def mask(secret):
     return "%s…%s" % (secret[:4], secret[-4:])
 
 
+# Shapes of keys and tokens whoever sent them: PandoraNext fk-/pk- share tokens, OpenAI-style
+# sk- keys, JWT access tokens (eyJ...), refresh tokens.
+_SHAPED = re.compile(r"\b(?:fk|sk|pk|rt)-[A-Za-z0-9_\-]{8,}|\beyJ[A-Za-z0-9_\-]{10,}(?:\.[A-Za-z0-9_\-]*){0,2}")
+_SEEN: "collections.OrderedDict[str, bool]" = collections.OrderedDict()
+SEEN_LIMIT = 4096   # keys remembered per process; older ones are still caught by their shape
+# Runs of the characters keys are made of: a log line is split into these and each is looked up
+# (one pass over the line, whatever the number of keys: searching the line for each of 4,096
+# keys cost ~0.4 ms per access line). Keys with other characters are searched for one by one.
+_WORD = re.compile(r"[A-Za-z0-9_\-.~]{8,}")
+_WORDY = re.compile(r"\A[A-Za-z0-9_\-.~]+\Z")
+_ODD: "collections.OrderedDict[str, bool]" = collections.OrderedDict()
+
+
+def _keep(table, part):
+    table[part] = True
+    table.move_to_end(part)
+    while len(table) > SEEN_LIMIT:
+        table.popitem(last=False)
+
+
+def remember(secret):
+    """Mask ``secret`` (and each part of a ``token,account`` key) in every later log line."""
+    if not secret:
+        return
+    for part in [secret] + secret.split(","):
+        part = part.strip()
+        if len(part) >= 8:
+            _keep(_SEEN if _WORDY.match(part) else _ODD, part)
+
+
+def _masked_word(m):
+    word = m.group(0)
+    if word in _SEEN:
+        return mask(word)
+    core = word.strip("._-~")
+    if core != word and core in _SEEN:
+        return word.replace(core, mask(core))
+    return word
+
+
+def redact(text):
+    """``text`` with every remembered or key-shaped word masked."""
+    if not text:
+        return text
+    for part in sorted((k for k in _ODD if k in text), key=len, reverse=True):
+        text = text.replace(part, mask(part))
+    if _SEEN:
+        text = _WORD.sub(_masked_word, text)
+    return _SHAPED.sub(lambda m: mask(m.group(0)), text)
+
+
+class KeyRedactor(logging.Filter):
+    """Rewrites each record with its keys masked (see the module docstring)."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
 def setup(level, to_file, directory="log"):
     """Console logging, plus daily rotated files under ``log/`` when asked for."""
     handlers: list[logging.Handler] = [logging.StreamHandler()]
@@ -36,6 +114,7 @@ def setup(level, to_file, directory="log"):
         root.removeHandler(h)
     for h in handlers:
         h.setFormatter(fmt)
+        h.addFilter(KeyRedactor())
         root.addHandler(h)
     root.setLevel(level)
     # Tornado's access log line per request is noise at INFO with thousands of streams.

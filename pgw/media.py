@@ -11,6 +11,7 @@ import mimetypes
 import os
 import re
 import secrets
+import stat
 import time
 
 import filetype
@@ -65,30 +66,69 @@ class MediaStore:
                 continue
 
     def remove_older_than(self, cutoff):
-        """Delete saved files last changed before ``cutoff`` (epoch seconds); how many went.
+        """Delete saved files last changed before ``cutoff`` (epoch seconds); how many went."""
+        return self.sweep(cutoff, None)
 
-        Only names this store gives out are touched, whatever else sits in the directory.
-        Several workers may sweep at once: a file another one removed is simply gone.
+    def sweep(self, cutoff=None, max_total_bytes=None):
+        """Delete saved files changed before ``cutoff`` (epoch seconds), then, while the rest
+        take more than ``max_total_bytes``, the oldest of them; how many went.
+
+        Only names this store gives out are touched, whatever else sits in the directory, and
+        a symlink is never followed (nor counted). Several workers may sweep at once: a file
+        another one removed is simply gone.
         """
         removed = 0
+        kept = []
         with os.scandir(self.directory) as entries:
             for entry in entries:
                 if not SAVED.match(entry.name):
                     continue
                 try:
-                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    info = entry.stat(follow_symlinks=False)
+                    if cutoff is not None and info.st_mtime < cutoff:
                         os.unlink(entry.path)
                         removed += 1
+                    else:
+                        kept.append((info.st_mtime, entry.name, info.st_size, entry.path))
                 except FileNotFoundError:
                     pass
+        if max_total_bytes is not None:
+            total = sum(size for _m, _n, size, _p in kept)
+            for _mtime, _name, size, path in sorted(kept):
+                if total <= max_total_bytes:
+                    break
+                try:
+                    os.unlink(path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+                total -= size
         return removed
 
-    def path(self, name):
-        """The saved file's path for a name from a URL, or None (not a name we give out, or gone)."""
+    def open(self, name):
+        """The saved file ``name`` (from a URL) open for reading, or None (not a name we give
+        out, gone, or not a regular file: symlinks are not followed)."""
         if not isinstance(name, str) or not NAME.match(name):
             return None
-        path = os.path.join(self.directory, name)
-        return path if os.path.isfile(path) else None
+        try:
+            fd = os.open(os.path.join(self.directory, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None  # missing, a symlink (ELOOP), unreadable
+        f = os.fdopen(fd, "rb")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            f.close()
+            return None
+        return f
+
+    def path(self, name):
+        """The saved file's path for a name from a URL, or None (not a name we give out, gone, or a symlink)."""
+        f = self.open(name)
+        if f is None:
+            return None
+        f.close()
+        return os.path.join(self.directory, name)
 
     @staticmethod
     def content_type(name, head):

@@ -33,8 +33,9 @@ from pgw.tokens import jwt_exp
 log = logging.getLogger("gateway.pool")
 
 KINDS = ("access_token", "share_token", "refresh_token")
-# How long a one-at-a-time 429 benches an account: the upstream says "or wait one minute", but
-# it usually means another client of the same account is mid-answer; answers take seconds.
+# 403s bench an account FORBIDDEN_BENCH, doubling each time, up to an hour. (A one-at-a-time 429
+# benches it BUSY_BENCH, 10 s by default: the upstream says "or wait one minute", but it usually
+# means another client of the same account is mid-answer, and answers take seconds.)
 FORBIDDEN_BACKOFF_MAX = 3600.0
 HANDOFFS_KEPT = 1000  # the last handoff times kept for the admin view and the bench
 
@@ -107,9 +108,9 @@ def parse_accounts(data, source):
 
 def load_accounts(settings):
     """The accounts and access keys the settings name: ACCOUNTS_FILE (a missing file is no
-    accounts), then UPSTREAM_KEYS (``token`` or ``token,account id``, separated by spaces or
-    ``;``... commas separate keys, so a team key is written ``token:account-id``... see README),
-    then ACCESS_KEYS. Raises ``AccountsError`` naming the problem."""
+    accounts), then UPSTREAM_KEYS (comma-separated; commas separate keys there, so a team
+    account is written ``token:account-id``), then ACCESS_KEYS. Raises ``AccountsError``
+    naming the problem."""
     accounts, access_keys = [], []
     path = settings.accounts_file
     if path and os.path.exists(path):
@@ -122,7 +123,7 @@ def load_accounts(settings):
     for i, key in enumerate(k.strip() for k in settings.upstream_keys.split(",")):
         if not key:
             continue
-        token, _, account_id = key.partition(":") if not key.startswith("eyJ") or ":" in key else (key, "", "")
+        token, _, account_id = key.partition(":")
         accounts.append(Account("key-%d" % (i + 1), "access_token", token, account_id or None))
     access_keys += [k.strip() for k in settings.access_keys.split(",") if k.strip()]
     labels = [a.label for a in accounts]
@@ -443,7 +444,6 @@ class MemoryPool(AccountPool):
         self.state = {a.label: _State() for a in accounts}
         self.waiters = collections.deque()
         self._hold_ewma = 5.0   # seconds an answer holds an account, for Retry-After estimates
-        self._wakeups = set()
 
     # -- choosing
     def _free(self, model, exclude, now, accounts):
@@ -581,12 +581,8 @@ class MemoryPool(AccountPool):
         self._put_back(lease.label)
 
     def _wake_at(self, seconds):
-        handle = IOLoop.current().call_later(seconds + 0.001, self._woken)
-        self._wakeups.add(handle)
-
-    def _woken(self):
-        self._wakeups = {h for h in self._wakeups if h.when() > IOLoop.current().time()}
-        self._dispatch()
+        """Serve the queue again when a bench ends (the account may be the one waiters need)."""
+        IOLoop.current().call_later(seconds + 0.001, self._dispatch)
 
     async def mark(self, label, v):
         s = self.state.get(label)

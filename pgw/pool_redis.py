@@ -299,18 +299,20 @@ class RedisPool(AccountPool):
         lease.freed_at = waiter.freed_at
         return lease
 
-    async def _try(self, waiter):
+    async def _try(self, waiter, release=None):
         """One ACQUIRE for ``waiter``: "ok" (its future holds the label), "wait", or a refusal
-        set on its future ("benched", "full", "error")."""
+        set on its future ("benched", "full", "error"). ``release``: ``(label, slot id)`` to give
+        back first, in the same round trip (our own release handing over to our own waiter)."""
         s = self.settings
         try:
             accounts = self.usable()
         except ApiError as e:
             self._fail(waiter, e)
             return "error"
-        call = asyncio.ensure_future(self._acquire(args=[
-            self.prefix, waiter.id, waiter.model, waiter.exclude, int(s.lease_ttl * 1000),
-            int(BEAT_TTL * 1000), s.queue_max] + self._args(accounts)))
+        args = [self.prefix, waiter.id, waiter.model, waiter.exclude, int(s.lease_ttl * 1000),
+                int(BEAT_TTL * 1000), s.queue_max] + self._args(accounts)
+        call = asyncio.ensure_future(self._acquire(args=args) if release is None
+                                     else self._release_then_acquire(release, args))
         try:
             kind, value, *more = await asyncio.shield(call)
         except asyncio.CancelledError:
@@ -338,6 +340,12 @@ class RedisPool(AccountPool):
             return "full"
         waiter.ticket = int(float(value))
         return "wait"
+
+    async def _release_then_acquire(self, release, acquire_args):
+        pipe = self.client.pipeline(transaction=False)
+        await self._release(args=[self.prefix, *release], client=pipe)
+        await self._acquire(args=acquire_args, client=pipe)
+        return (await pipe.execute())[1]
 
     def _undo(self, future, waiter):
         """The caller left while ACQUIRE ran: a slot it was given goes back, and a place in the
@@ -410,11 +418,23 @@ class RedisPool(AccountPool):
         await self._release_slot(lease.label, lease.token_id)
 
     async def _release_slot(self, label, slot_id):
+        """Give a slot back. With a waiter of ours first in line (and no retry loop running), the
+        release and its ACQUIRE go in one round trip: a handover within one process then costs
+        one round trip, not two."""
         self.held.pop(slot_id, None)
-        try:
-            await self._release(args=[self.prefix, label, slot_id])
-        except RedisError as e:
-            log.warning("giving account %s back to Redis failed (its lease expires instead): %s", label, e)
+        head = None if self._kicking else next((w for w in self.waiters if not w.future.done()), None)
+        if head is not None:
+            self._kicking = True  # no other ACQUIRE for our waiters meanwhile
+            try:
+                if await self._try(head, release=(label, slot_id)) != "wait":
+                    self._drop(head)
+            finally:
+                self._kicking = False
+        else:
+            try:
+                await self._release(args=[self.prefix, label, slot_id])
+            except RedisError as e:
+                log.warning("giving account %s back to Redis failed (its lease expires instead): %s", label, e)
         self._kick()
 
     async def _renew_all(self):

@@ -20,7 +20,6 @@ import socket
 import sys
 import tempfile
 
-import tornado.httpserver
 import tornado.ioloop
 import tornado.netutil
 import tornado.process
@@ -34,12 +33,14 @@ from pgw.balance import BalancedHTTPServer, ConnectionCounts
 from pgw.conf import settings as conf_settings
 from pgw.gateway import Gateway
 from pgw.handlers.admin import AccountsHandler, ReloadHandler
+from pgw.listener import GatewayHTTPServer
 from pgw.handlers.base import NotFoundHandler
 from pgw.handlers.chat import ChatCompletionsHandler
 from pgw.handlers.health import HealthHandler, ReadyHandler
 from pgw.handlers.metrics import MetricsHandler
 from pgw.handlers.images import ImageGenerationsHandler, SavedFileHandler
 from pgw.handlers.models import ModelHandler, ModelsHandler
+from pgw.handlers.openapi import OpenApiHandler
 
 log = logging.getLogger("gateway")
 
@@ -128,6 +129,7 @@ def routes(settings):
         (r"/admin/accounts/reload", ReloadHandler),
         (r"/readyz", ReadyHandler),
         (r"/metrics", MetricsHandler),
+        (r"/openapi.json", OpenApiHandler),
     ]
 
 
@@ -135,11 +137,11 @@ def _no_tornado_access_line(handler):
     """Tornado's own access line is replaced by the gateway's (``ApiHandler.log_request``)."""
 
 
-def make_app(gateway, xheaders=True):
-    """``xheaders``: trust X-Forwarded-* headers (the HTTPServer is built with the same value;
-    ``ApiHandler.public_base_url`` reads it for X-Forwarded-Host)."""
+def make_app(gateway):
+    """The Application. X-Forwarded-* headers count only from TRUSTED_PROXIES: the listener
+    applies them (pgw/listener.py) and ``ApiHandler.public_host`` reads X-Forwarded-Host."""
     app = tornado.web.Application(routes(gateway.settings), default_handler_class=NotFoundHandler,
-                                  compress_response=False, log_function=_no_tornado_access_line, xheaders=xheaders)
+                                  compress_response=False, log_function=_no_tornado_access_line)
     app.gateway = gateway
     return app
 
@@ -230,10 +232,10 @@ def startup_warnings(settings):
             "UPLOAD_BASE_URL is empty: links to saved images use the address each request came to, which a bot "
             "on this host or a container calls with an address its users cannot open; set UPLOAD_BASE_URL to the "
             "gateway's public address, e.g. http://<public IP>:%d" % settings.port)
-    if settings.images_max_age_hours == 0:
-        warnings.append("IMAGES_MAX_AGE_HOURS=0: saved images and files in %s are kept for ever and the directory "
-                        "only grows; set IMAGES_MAX_AGE_HOURS (e.g. 168 for a week) to have them deleted"
-                        % settings.images_dir)
+    if settings.images_max_age_hours == 0 and settings.images_max_total_mb == 0:
+        warnings.append("IMAGES_MAX_AGE_HOURS=0 and IMAGES_MAX_TOTAL_MB=0: saved images and files in %s are kept "
+                        "for ever and the directory only grows; set IMAGES_MAX_AGE_HOURS (e.g. 168 for a week) or "
+                        "IMAGES_MAX_TOTAL_MB to have them deleted" % settings.images_dir)
     return warnings
 
 
@@ -311,7 +313,7 @@ def serve(argv=None):
     for warning in startup_warnings(settings):
         log.warning("%s", warning)
     use_event_loop(settings.event_loop)  # before forking and before any loop is made
-    raise_fd_limit()
+    descriptors = raise_fd_limit()
     sockets = listen_sockets(settings)
     port = sockets[0].getsockname()[1]
     setup_metrics(settings)
@@ -329,16 +331,19 @@ def serve(argv=None):
         print("settings: %s" % e, file=sys.stderr)
         return 2
     # A lone worker keeps Tornado's server; several balance their connections (balance.py).
-    server_class = BalancedHTTPServer if counts is not None else tornado.httpserver.HTTPServer
-    app = make_app(gateway)
-    server = server_class(app, max_body_size=max(settings.max_request_body * 4, 64 << 20),
-                          xheaders=app.settings["xheaders"])
+    server_class = BalancedHTTPServer if counts is not None else GatewayHTTPServer
+    # Connection limits and trusted proxies: pgw/listener.py. X-Forwarded-* only from TRUSTED_PROXIES.
+    server = server_class(
+        make_app(gateway), max_body_size=max(settings.max_request_body * 4, 64 << 20),
+        max_header_size=settings.max_header_bytes, body_timeout=settings.body_timeout)
+    max_connections = server.limit(settings, descriptors)
     if counts is not None:
         server.balance(counts, tornado.process.task_id())
     server.add_sockets(sockets)
     gateway.start()
     reload_on_sighup(gateway)
-    log.info("listening on http://%s:%d (pid %d)", settings.host, port, tornado.process.task_id() or 0)
+    log.info("listening on http://%s:%d (pid %d, at most %d connections of %d descriptors)", settings.host, port,
+             tornado.process.task_id() or 0, max_connections, descriptors)
     if not args.demo and not tornado.process.task_id():  # one probe, not one per worker
         tornado.ioloop.IOLoop.current().spawn_callback(probe_base_url, gateway)
     tune_gc()

@@ -21,7 +21,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders
 
 from pgw.errors import ApiError, from_upstream
-from pgw.logs import mask
+from pgw.logs import mask, remember
 
 log = logging.getLogger("gateway.upstream")
 
@@ -139,9 +139,22 @@ class CancellableCurlClient(CurlAsyncHTTPClient):
     async def fetch_any(self, request):
         """Fetch and always return a response: Tornado raises for transport failures (code 599)
         even with ``raise_error=False``, and raises whatever setting up the transfer raised (a
-        URL curl cannot take, say); here all of them are responses with ``code`` 599."""
+        URL curl cannot take, say); here all of them are responses with ``code`` 599.
+
+        Cancelling the awaiting task ends the transfer too (Tornado's future would otherwise be
+        dropped while libcurl goes on fetching or uploading)."""
         try:
-            return await self.fetch(request, raise_error=False)
+            future = self.fetch(request, raise_error=False)
+        except Exception as e:
+            return HTTPResponse(request, 599, error=e)
+        try:
+            # Shielded: a cancelled Tornado future would make the abort below log an ERROR
+            # ("Exception after Future was cancelled") each time a client leaves mid-fetch.
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
+            self.cancel(request)
+            raise
         except Exception as e:
             return HTTPResponse(request, 599, error=e)
 
@@ -270,6 +283,14 @@ class UpstreamClient:
         prefix = settings.proxy_api_prefix
         self.root = settings.base_url + ("/" + prefix if prefix else "")
         self.http = CancellableCurlClient(force_instance=True, max_clients=settings.upstream_max_transfers)
+        # Files (client URLs, download URLs, uploads) have their own handles: a burst of slow
+        # file URLs waits for these FILE_FETCH_MAX_TRANSFERS, never for the conversations' pool.
+        self.files_http = CancellableCurlClient(force_instance=True, max_clients=settings.file_fetch_max_transfers)
+        self.downloads = None   # a urlguard.GuardedFetcher for download URLs (set by Gateway via guard_downloads)
+
+    def guard_downloads(self, fetcher):
+        """Send the upstream's ``download_url`` fetches through ``fetcher`` (``urlguard.GuardedFetcher``)."""
+        self.downloads = fetcher
 
     def url(self, path):
         """``path`` below ``backend-api``, e.g. ``conversation``."""
@@ -280,6 +301,7 @@ class UpstreamClient:
         ``<token>,<account id>`` (a Team/Business account, the convention among gateways) is sent
         as the token plus ``ChatGPT-Account-Id``; keys stay plain strings everywhere else."""
         token, account = split_key(key)
+        remember(key)  # a pool account's token, refreshed or not, is masked in every log line too
         headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json",
                    "Accept": accept, "Oai-Language": "en-US", "User-Agent": USER_AGENT}
         if account:
@@ -357,7 +379,10 @@ class UpstreamClient:
         return None, describe(status, raw)
 
     async def fetch_url(self, url, max_bytes=DOWNLOAD_LIMIT, timeout=60):
-        """GET a plain URL the upstream gave (a ``download_url``), at most ``max_bytes`` of it."""
+        """GET a plain URL the upstream gave (a ``download_url``), at most ``max_bytes`` of it,
+        through the address guard when one is set (``guard_downloads``): a ``Fetched``."""
+        if self.downloads is not None:
+            return await self.downloads.get(url, max_bytes, timeout)
         return await self._fetch_limited(url, max_bytes, self.settings.upstream_connect_timeout, timeout,
                                          lambda curl: None, follow=True)
 
@@ -380,6 +405,14 @@ class UpstreamClient:
                 curl.setopt(pycurl.CONNECT_TO, ["%s:%d:%s:%d" % (host, port, target, port)])
         return await self._fetch_limited(url, max_bytes, connect_timeout, timeout, pin, follow=False)
 
+    @staticmethod
+    def failed_fetch(reason):
+        """A ``Fetched`` for a GET that never started (``reason``: why)."""
+        result = Fetched()
+        result.status = 599
+        result.failure = reason
+        return result
+
     async def _fetch_limited(self, url, max_bytes, connect_timeout, timeout, prepare_more, follow):
         """A GET whose body is kept only up to ``max_bytes`` (then the transfer is aborted)."""
         result = Fetched()
@@ -397,7 +430,7 @@ class UpstreamClient:
             curl.setopt(pycurl.MAXFILESIZE_LARGE, max_bytes)  # refuses early when Content-Length says so
             prepare_more(curl)
 
-        response = await self.http.fetch_any(HTTPRequest(
+        response = await self.files_http.fetch_any(HTTPRequest(
             url, headers={"User-Agent": USER_AGENT, "Accept": "*/*"}, connect_timeout=connect_timeout,
             request_timeout=timeout, follow_redirects=follow, max_redirects=3, prepare_curl_callback=prepare))
         result.status = response.code
@@ -427,7 +460,7 @@ class UpstreamClient:
         if status != 200 or not isinstance(data, dict) or not data.get("file_id") or not data.get("upload_url"):
             raise _upload_error(1, "POST backend-api/files", status, raw)
         file_id = data["file_id"]
-        response = await self.http.fetch_any(HTTPRequest(
+        response = await self.files_http.fetch_any(HTTPRequest(
             self.upload_url(data["upload_url"]), method="PUT", body=info.data,
             headers={"x-ms-blob-type": "BlockBlob", "Content-Type": info.mime, "User-Agent": USER_AGENT},
             connect_timeout=self.settings.upstream_connect_timeout, request_timeout=timeout,
@@ -443,6 +476,7 @@ class UpstreamClient:
 
     def close(self):
         self.http.close()
+        self.files_http.close()
 
 
 class UpstreamHealth:

@@ -11,10 +11,16 @@ size and time are bounded.
 
 import asyncio
 import ipaddress
+import logging
 import socket
 import urllib.parse
 
 from pgw.converters.files import file_error
+from pgw.errors import ApiError
+
+log = logging.getLogger("gateway.files")
+
+REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class AddressPolicy:
@@ -89,26 +95,44 @@ class GuardedFetcher:
 
     async def fetch(self, url, where):
         """``(bytes, Content-Type)`` of a 200 answer; any problem is a 400 naming the URL."""
+        got, url = await self._follow(url, where, self.max_bytes, self.timeout)
+        if got.too_big:
+            raise file_error(where, "%s is larger than the %d bytes this gateway takes (FILE_MAX_BYTES)"
+                             % (url, self.max_bytes), "file_too_large")
+        if got.status == 599:
+            raise file_error(where, "fetching %s failed: %s" % (url, got.failure), "file_fetch_failed")
+        if got.status in REDIRECTS:
+            raise file_error(where, "%s redirects more than %d times" % (url, self.max_redirects),
+                             "file_fetch_failed")
+        if got.status != 200:
+            raise file_error(where, "fetching %s failed: HTTP %d" % (url, got.status), "file_fetch_failed")
+        return bytes(got.body), got.headers.get("Content-Type", "")
+
+    async def get(self, url, max_bytes, timeout):
+        """GET ``url`` (a download URL the upstream gave) under the same policy: a ``Fetched``
+        whatever happens; a refused or unresolvable address is a status 599 with the reason."""
+        try:
+            got, _url = await self._follow(url, "download_url", max_bytes, timeout)
+        except ApiError as e:
+            log.warning("download URL refused: %s", e.message)
+            got = self.upstream.failed_fetch(e.message)
+        return got
+
+    async def _follow(self, url, where, max_bytes, timeout):
+        """GET ``url``, checking every redirect hop: ``(Fetched, the last URL)``."""
         for _hop in range(self.max_redirects + 1):
             url = to_uri(url)
             host, port = self._split(url, where)
             for address in await self._checked_addresses(host, port, url, where):
-                got = await self.upstream.fetch_guarded(url, host, port, address, self.max_bytes,
-                                                        self.connect_timeout, self.timeout)
+                got = await self.upstream.fetch_guarded(url, host, port, address, max_bytes,
+                                                        self.connect_timeout, timeout)
                 if not got.connect_failed:
                     break  # else try the host's next address, as browsers do on dual-stack hosts
-            if got.too_big:
-                raise file_error(where, "%s is larger than the %d bytes this gateway takes (FILE_MAX_BYTES)"
-                                 % (url, self.max_bytes), "file_too_large")
-            if got.status == 599:
-                raise file_error(where, "fetching %s failed: %s" % (url, got.failure), "file_fetch_failed")
-            if got.status in (301, 302, 303, 307, 308) and got.headers.get("Location"):
+            if got.status in REDIRECTS and got.headers.get("Location") and not got.too_big:
                 url = urllib.parse.urljoin(url, got.headers["Location"])
                 continue
-            if got.status != 200:
-                raise file_error(where, "fetching %s failed: HTTP %d" % (url, got.status), "file_fetch_failed")
-            return bytes(got.body), got.headers.get("Content-Type", "")
-        raise file_error(where, "%s redirects more than %d times" % (url, self.max_redirects), "file_fetch_failed")
+            return got, url
+        return got, url
 
     @staticmethod
     def _split(url, where):
@@ -136,3 +160,19 @@ class GuardedFetcher:
                                  "does not fetch from (FILE_FETCH_ALLOW can allow it)" % (url, refused[0]),
                                  "url_not_allowed")
         return addresses
+
+
+def download_guard(settings, upstream):
+    """The guard for the upstream's ``download_url``s: the policy of client URLs (FILE_FETCH_ALLOW),
+    plus the hosts of BASE_URL and UPLOAD_HOST_OVERRIDE.
+
+    The upstream is trusted as far as the operator pointed the gateway at it: a PandoraNext box
+    on a LAN (or the demo and test upstream on 127.0.0.1) hands out download URLs on its own
+    host, and those must work. Any other host must resolve to public addresses, as a client's
+    URL must: an upstream that is compromised, or a proxy that passes on a hostile answer, cannot
+    make the gateway fetch from 169.254.169.254 or a LAN admin page."""
+    trusted = [urllib.parse.urlsplit(url).hostname for url in (settings.base_url, settings.upload_host_override)
+               if url]
+    policy = AddressPolicy(list(settings.file_fetch_allow) + [h for h in trusted if h])
+    return GuardedFetcher(upstream, policy, settings.file_max_bytes, settings.upstream_connect_timeout,
+                          60, max(3, settings.file_fetch_max_redirects))

@@ -168,6 +168,20 @@ def _hosts_and_networks(name, raw):
     return items
 
 
+def _networks(name, raw):
+    """Comma-separated IP addresses and networks, e.g. ``127.0.0.1,10.0.0.0/8`` (no host names:
+    a peer is known by its address)."""
+    if isinstance(raw, list):
+        raw = ",".join(str(x) for x in raw)
+    items = [x.strip() for x in _text(name, raw).split(",") if x.strip()]
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SettingsError("%s: %r is not an IP address or network such as 10.0.0.0/8" % (name, item)) from None
+    return items
+
+
 def _log_level(name, raw):
     value = _text(name, raw).upper()
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -248,6 +262,22 @@ SPEC = {
     "LEASE_TTL": (_number(1, 3600), ()),
     "ADMIN_KEY": (_text, ()),
     "MAX_REQUEST_BODY": (_integer(1024, 1 << 30), ()),
+    "MAX_CONNECTIONS": (_integer(0, 1 << 20), ()),
+    "HEADER_TIMEOUT": (_number(0.1, 3600), ()),
+    "BODY_TIMEOUT": (_number(0.1, 86400), ()),
+    "IDLE_CONNECTION_TIMEOUT": (_number(0.1, 86400), ()),
+    "MAX_HEADER_BYTES": (_integer(1024, 1 << 24), ()),
+    "TRUSTED_PROXIES": (_networks, ()),
+    "MAX_JSON_DEPTH": (_integer(2, 1000), ()),
+    "MAX_JSON_CONTAINERS": (_integer(16, 1 << 30), ()),
+    "MAX_MESSAGES": (_integer(1, 1 << 24), ()),
+    "MAX_CONTENT_PARTS": (_integer(1, 1 << 24), ()),
+    "MAX_PROMPT_CHARS": (_integer(1, 1 << 31), ()),
+    "MAX_FILES_PER_REQUEST": (_integer(0, 10000), ()),
+    "MAX_FILE_BYTES_PER_REQUEST": (_integer(1, 1 << 34), ()),
+    "FILE_FETCH_CONCURRENCY": (_integer(1, 1000), ()),
+    "FILE_FETCH_MAX_TRANSFERS": (_integer(1, 100000), ()),
+    "IMAGES_MAX_TOTAL_MB": (_number(0, 1 << 30), ()),
     "UPSTREAM_ENCODING": (_choice("auto", "legacy", "v1"), ()),
     "FILE_MAX_BYTES": (_integer(1, 1 << 30), ()),
     "FILE_FETCH_CONNECT_TIMEOUT": (_number(0.1, 600), ()),

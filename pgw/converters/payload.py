@@ -6,11 +6,12 @@ client sees the message); ``conversation_payload`` builds the body of
 """
 
 import re
+from typing import Any
 
 import ujson
 
 from pgw.converters.files import FileRef
-from pgw.errors import bad_request
+from pgw.errors import ApiError, bad_request
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
          "tool": "user", "function": "user"}
@@ -126,9 +127,69 @@ def _tool_result(message, text, tool_names):
     return "[result of tool %s]\n%s" % (name, text)
 
 
-def parse_chat_request(body):
+class RequestLimits:
+    """What one request may hold (settings MAX_MESSAGES, MAX_CONTENT_PARTS, MAX_PROMPT_CHARS,
+    MAX_FILES_PER_REQUEST); ``of(settings)`` reads them."""
+    __slots__ = ("messages", "parts", "chars", "files")
+
+    def __init__(self, messages: int = 2048, parts: int = 512, chars: int = 1_000_000, files: int = 16) -> None:
+        self.messages = messages
+        self.parts = parts
+        self.chars = chars
+        self.files = files
+
+    @classmethod
+    def of(cls, settings: Any) -> "RequestLimits":
+        return cls(settings.max_messages, settings.max_content_parts, settings.max_prompt_chars,
+                   settings.max_files_per_request)
+
+
+def _limit_error(what: str, limit: int, setting: str, code: str, param: str) -> ApiError:
+    return bad_request("%s; this gateway takes at most %d (%s)" % (what, limit, setting), param, code)
+
+
+def check_chat_limits(body: object, limits: RequestLimits) -> None:
+    """Refuse a chat request bigger than ``limits`` before anything else looks at it.
+
+    Runs first and only counts (lengths of lists and strings), so a million messages cost a
+    ``len`` and a list of huge parts no more than one pass over the parts; the shape itself is
+    checked by ``parse_chat_request``."""
+    raw = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(raw, list):
+        return
+    if len(raw) > limits.messages:
+        raise _limit_error("the request has %d messages" % len(raw), limits.messages, "MAX_MESSAGES",
+                           "too_many_messages", "messages")
+    chars = 0
+    files = 0
+    for i, m in enumerate(raw):
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            if len(content) > limits.parts:
+                raise _limit_error("messages[%d] has %d content parts" % (i, len(content)), limits.parts,
+                                   "MAX_CONTENT_PARTS", "too_many_content_parts", "messages.%d.content" % i)
+            for part in content:
+                if not isinstance(part, dict):
+                    continue
+                if isinstance(part.get("text"), str):
+                    chars += len(part["text"])
+                if part.get("type") in ("image_url", "file"):
+                    files += 1
+        if chars > limits.chars:
+            raise _limit_error("the messages hold more than %d characters of text" % limits.chars, limits.chars,
+                               "MAX_PROMPT_CHARS", "prompt_too_long", "messages")
+    if files > limits.files:
+        raise _limit_error("the messages carry %d images and files" % files, limits.files,
+                           "MAX_FILES_PER_REQUEST", "too_many_files", "messages")
+
+
+def parse_chat_request(body, limits=None):
+    """``body`` (decoded JSON) -> ``ChatRequest``; ``limits``: a ``RequestLimits`` (the defaults if None)."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
+    check_chat_limits(body, limits or RequestLimits())
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required and must be a string", "model")
@@ -246,7 +307,7 @@ IMAGE_FORMATS = ("url", "b64_json")
 DEFAULT_SIZE = "1024x1024"
 
 
-def parse_image_request(body, default_model):
+def parse_image_request(body, default_model, limits=None):
     """``POST /v1/images/generations`` body -> ``ImageRequest`` (unknown fields such as
     quality, style and user are accepted and ignored, as the upstream cannot honour them)."""
     if not isinstance(body, dict):
@@ -254,6 +315,10 @@ def parse_image_request(body, default_model):
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise bad_request("'prompt' is required and must be a non-empty string", "prompt")
+    max_chars = (limits or RequestLimits()).chars
+    if len(prompt) > max_chars:
+        raise _limit_error("the prompt has %d characters" % len(prompt), max_chars, "MAX_PROMPT_CHARS",
+                           "prompt_too_long", "prompt")
     model = body.get("model")
     if model is None:
         model = default_model

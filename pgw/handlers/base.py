@@ -7,9 +7,10 @@ import time
 import ujson
 from tornado.web import RequestHandler, stream_request_body
 
-from pgw.converters import openai_format
 from pgw import logs
+from pgw.converters import openai_format
 from pgw.errors import ApiError, bad_request
+from pgw.listener import peer_address, trusted_proxies
 from pgw.metrics import ENDPOINTS
 
 log = logging.getLogger("gateway.http")
@@ -17,18 +18,64 @@ log = logging.getLogger("gateway.http")
 
 # A JSON escape of a UTF-16 surrogate: clients that cut text inside an emoji send half of one.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# A surrogate encoded as UTF-8 bytes (CESU-8, or "WTF-8"): never valid UTF-8, yet ujson 6.1
+# decodes it into a str that cannot be encoded again (a 500 later, upstream or in a log line).
+_ENCODED_SURROGATE = re.compile(rb"\xed[\xa0-\xbf]")
+# A JSON string, or the byte opening an object or array outside strings.
+_STRING_OR_OPENING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]')
 
 
-def _without_lone_surrogates(obj):
-    """The body with each lone surrogate replaced by U+FFFD: such text cannot be encoded as
-    UTF-8, so it could go neither upstream nor into an error message."""
-    if isinstance(obj, str):
-        return obj.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    if isinstance(obj, list):
-        return [_without_lone_surrogates(x) for x in obj]
-    if isinstance(obj, dict):
-        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in obj.items()}
-    return obj
+def _fix_surrogates(text):
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _containers_over(raw, limit):
+    """Whether ``raw`` opens more than ``limit`` objects and arrays, without decoding it.
+
+    Counting ``{`` and ``[`` bytes is an upper bound (C speed, ~10 ms for 30 MB); only a body
+    over it is scanned exactly, skipping strings, and the scan stops at the limit (a body of a
+    million messages: 0.2 s, and nothing decoded)."""
+    if raw.count(b"{") + raw.count(b"[") <= limit:
+        return False
+    count = 0
+    for m in _STRING_OR_OPENING.finditer(raw):
+        if m.end() - m.start() == 1:
+            count += 1
+            if count > limit:
+                return True
+    return False
+
+
+def check_depth_and_repair(body, max_depth, repair):
+    """Walk the decoded body without recursion: raise a 400 if it nests deeper than
+    ``max_depth``; with ``repair``, replace each lone surrogate by U+FFFD (such text cannot be
+    encoded as UTF-8, so it could go neither upstream nor into an error message). Returns the body."""
+    if repair and isinstance(body, str):
+        return _fix_surrogates(body)
+    stack = [(body, 1)] if isinstance(body, (list, dict)) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise bad_request("the request body nests objects and arrays more than %d deep (MAX_JSON_DEPTH)"
+                              % max_depth, code="json_too_deep")
+        if isinstance(node, list):
+            for i, v in enumerate(node):
+                if isinstance(v, (list, dict)):
+                    stack.append((v, depth + 1))
+                elif repair and isinstance(v, str):
+                    node[i] = _fix_surrogates(v)
+        else:
+            items = list(node.items())
+            if repair:
+                node.clear()
+            for k, v in items:
+                if isinstance(v, (list, dict)):
+                    stack.append((v, depth + 1))
+                elif repair and isinstance(v, str):
+                    v = _fix_surrogates(v)
+                if repair:
+                    node[_fix_surrogates(k)] = v
+    return body
 
 
 # A host name or address with an optional port, as a Host header may hold it.
@@ -138,6 +185,7 @@ class ApiHandler(RequestHandler):
         auth = self.request.headers.get("Authorization", "")
         scheme, _, key = auth.partition(" ")
         key = key.strip()
+        logs.remember(key or scheme)  # masked in every log line from now on, even for a 401
         if scheme.lower() != "bearer" or not key:
             raise ApiError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' "
                                 "(your PandoraNext fk/share token or access token).",
@@ -145,20 +193,22 @@ class ApiHandler(RequestHandler):
         return key
 
     def public_base_url(self):
-        """Where clients reach this gateway, for links to saved images: UPLOAD_BASE_URL, or
-        else the scheme and host the request came with: behind a reverse proxy (nginx) the
-        ones it forwards in X-Forwarded-Proto (applied by Tornado's ``xheaders``) and
-        X-Forwarded-Host (+ X-Forwarded-Port), when X-Forwarded-* headers are trusted."""
+        """Where clients reach this gateway, for links to saved images: UPLOAD_BASE_URL when set
+        (no header can change it); else the scheme and host the client used (``public_host``):
+        behind a reverse proxy in TRUSTED_PROXIES (nginx) the ones it forwards in
+        X-Forwarded-Proto (applied by the listener) and X-Forwarded-Host (+ X-Forwarded-Port)."""
         return self.gateway.settings.upload_base_url or "%s://%s" % (self.request.protocol, self.public_host())
 
     def forwarded_headers_trusted(self):
-        """Whether this request's X-Forwarded-* headers are believed (Tornado's ``xheaders``,
-        passed to both the server and the Application in server.py)."""
-        return bool(self.application.settings.get("xheaders"))
+        """Whether this request's X-Forwarded-* headers are believed: it came from an address
+        in TRUSTED_PROXIES (pgw/listener.py), never from just any client."""
+        return trusted_proxies(self.gateway.settings.trusted_proxies).trusts(peer_address(self.request))
 
     def public_host(self):
         """``host[:port]`` clients used: X-Forwarded-Host's first entry when trusted and well
-        formed (a link must not carry whatever a client wrote there), else the Host header."""
+        formed (a link must not carry whatever a client wrote there), else the Host header, or
+        if that is not a plain host[:port] either, the address the connection came in on. A link
+        built from the Host header goes back only to the client that sent it."""
         request = self.request
         if self.forwarded_headers_trusted():
             forwarded = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
@@ -168,7 +218,10 @@ class ApiHandler(RequestHandler):
                 if port.isdigit() and port != default and not _HAS_PORT.search(forwarded):
                     forwarded += ":" + port
                 return forwarded
-        return request.host
+        if _HOST.match(request.host or ""):
+            return request.host
+        address = request.connection.stream.socket.getsockname()
+        return "[%s]:%d" % address[:2] if ":" in address[0] else "%s:%d" % address[:2]
 
     def write_json(self, obj):
         """Finish with a JSON body, UTF-8 as is and ``/`` unescaped, as OpenAI's API writes it."""
@@ -180,7 +233,15 @@ class ApiHandler(RequestHandler):
         self.set_status(error.status)
         for name, value in error.headers.items():  # Retry-After, x-should-retry (pgw.errors)
             self.set_header(name, value)
+        if error.status == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))  # RFC 9110 wants it with a 405
         self.write_json(error.body())
+
+    def allowed_methods(self):
+        """The methods this endpoint answers: those its class implements, and OPTIONS (CORS)."""
+        own = [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+               if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
+        return own + ["OPTIONS"]
 
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -231,19 +292,31 @@ class JsonBodyHandler(ApiHandler):
             self._chunks.append(chunk)
 
     def json_body(self):
+        """The decoded body, checked: size (413), UTF-8, JSON, object count and depth (400)."""
+        settings = self.gateway.settings
         if self._size > self._limit:
-            raise ApiError(413, "the request body is larger than the %d bytes this gateway accepts" % self._limit,
-                           "invalid_request_error", "request_too_large")
+            raise ApiError(413, "the request body is larger than the %d bytes this gateway accepts (MAX_REQUEST_BODY)"
+                           % self._limit, "invalid_request_error", "request_too_large")
         raw = b"".join(self._chunks)
         self._chunks = []
         if not raw.strip():
             raise bad_request("the request body is empty; send a JSON object", code="invalid_json")
+        bad = _ENCODED_SURROGATE.search(raw)
+        if bad:
+            raise bad_request("the request body is not valid UTF-8: an encoded UTF-16 surrogate at byte %d "
+                              "(CESU-8); send text as UTF-8" % bad.start(), code="invalid_json")
+        if _containers_over(raw, settings.max_json_containers):
+            raise bad_request("the request body has more than %d objects and arrays (MAX_JSON_CONTAINERS)"
+                              % settings.max_json_containers, code="json_too_large")
         try:
-            body = ujson.loads(raw)
+            body = ujson.loads(raw)  # ujson 6.1 stops at 1024 levels itself, in C
         except ValueError as e:
+            if "depth" in str(e):
+                raise bad_request("the request body nests objects and arrays more than %d deep (MAX_JSON_DEPTH)"
+                                  % settings.max_json_depth, code="json_too_deep") from None
             raise bad_request("the request body is not valid JSON: %s" % e, code="invalid_json") from None
         self._note_request(body)
-        return _without_lone_surrogates(body) if _SURROGATE_ESCAPE.search(raw) else body
+        return check_depth_and_repair(body, settings.max_json_depth, bool(_SURROGATE_ESCAPE.search(raw)))
 
     def _note_request(self, body):
         """The model and stream flag for the access log (what the client asked, checked or not)."""

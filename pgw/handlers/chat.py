@@ -8,7 +8,7 @@ import time
 import uuid
 
 from pgw.converters import openai_format
-from pgw.converters.payload import parse_chat_request
+from pgw.converters.payload import RequestLimits, parse_chat_request
 from pgw.handlers.conversation import ConversationHandler
 from pgw.runtime import CollectSink, StreamSink, new_id
 
@@ -17,7 +17,7 @@ class ChatCompletionsHandler(ConversationHandler):
     async def post(self):
         gw = self.gateway
         key = self.api_key()
-        request = parse_chat_request(self.json_body())
+        request = parse_chat_request(self.json_body(), RequestLimits.of(gw.settings))
         route = gw.models.require(request.model)
 
         async def prepare(upstream_key):  # files go to the account that answers

@@ -8,6 +8,8 @@ as it comes; ``while_connected`` abandons preparation work when the client leave
 import asyncio
 import logging
 
+from tornado.ioloop import IOLoop
+
 from pgw.converters.payload import conversation_payload
 from pgw.errors import ApiError
 from pgw.handlers.base import ClientGone, JsonBodyHandler
@@ -94,17 +96,16 @@ class ConversationHandler(JsonBodyHandler):
             self._run = run
         return run
 
-    async def converse_pooled(self, pool, payload, sink, downloads, prompt_messages, renderer, model):  # noqa: C901
+    async def converse_pooled(self, pool, payload, sink, downloads, prompt_messages, renderer, model):
         """Lease an account, answer through it, give it back; before the first answer byte a
         refusal benches the account (``pgw.pool.verdict``) and the next account is tried, at most
         RETRY_ATTEMPTS of them. Every lease is released in ``finally``: whatever happens (client
         gone, an error, a bug), no request holds an account after its response ended."""
-        settings = self.gateway.settings
         tried = set()
         last = None
         self.queued_s = 0.0
         try:
-            while len(tried) < settings.retry_attempts:
+            while len(tried) < self.gateway.settings.retry_attempts:
                 try:
                     lease = await self._lease(pool, model or "", frozenset(tried), sink)
                 except ApiError as e:
@@ -114,37 +115,11 @@ class ConversationHandler(JsonBodyHandler):
                 self.account_label = lease.label
                 self.queued_s += lease.queued_s
                 try:
-                    refreshed = False
-                    while True:
-                        downloads.key = lease.key
-                        body = payload if isinstance(payload, dict) else await payload(lease.key)
-                        run = self._new_run(lease.key, body, sink, downloads, prompt_messages, renderer)
-                        pool.note_handoff(lease)
-                        lease.freed_at = None
-                        try:
-                            await run.run()
-                        except ApiError as e:
-                            if run.refused is None:
-                                raise
-                            last = e
-                        else:
-                            if run.refused is None:
-                                await pool.succeeded(lease)
-                            return
-                        if self._gone:
-                            raise ClientGone()
-                        status, raw = run.refused
-                        if status == 401 and not refreshed and await pool.refresh_after_401(lease):
-                            refreshed = True
-                            continue  # the same account once more, with its new token
-                        v = await pool.refused(lease, status, raw)
-                        log.warning("account %s refused (HTTP %s): %s%s", lease.label, status, last.message,
-                                    "; trying another" if v.retry else "")
-                        if not v.retry:
-                            raise last
-                        break
+                    last = await self._answer_with(pool, lease, payload, sink, downloads, prompt_messages, renderer)
                 finally:
                     await pool.release(lease)
+                if last is None:
+                    return
                 tried.add(lease.label)
             raise last
         except ApiError as e:
@@ -152,6 +127,42 @@ class ConversationHandler(JsonBodyHandler):
                 sink.fail(e)
                 return
             raise
+
+    async def _answer_with(self, pool, lease, payload, sink, downloads, prompt_messages, renderer):
+        """One account's try: None when it answered; its refusal (an ``ApiError``) when another
+        account should be tried; raises when none should. A 401 refreshes the token (when it
+        can) and tries the same account once more."""
+        refreshed = False
+        while True:
+            if self._gone:  # left in the instant its account was handed over
+                raise ClientGone()
+            pool.note_handoff(lease)  # (what the queue cost; file uploads are not its cost)
+            lease.freed_at = None
+            downloads.key = lease.key
+            body = payload if isinstance(payload, dict) else await payload(lease.key)
+            run = self._run = self._new_run(lease.key, body, sink, downloads, prompt_messages, renderer)
+            try:  # (``_run``: the access log reports the account that answered, not one that refused)
+                await run.run()
+            except ApiError as e:
+                if run.refused is None:
+                    raise
+                refusal = e
+            else:
+                if run.refused is None:  # clears the account's trouble, off the answer's path
+                    IOLoop.current().spawn_callback(pool.succeeded, lease)
+                return None
+            if self._gone:
+                raise ClientGone()
+            status, raw = run.refused
+            if status == 401 and not refreshed and await pool.refresh_after_401(lease):
+                refreshed = True
+                continue  # the same account once more, with its new token
+            v = await pool.refused(lease, status, raw)
+            log.warning("account %s refused (HTTP %s): %s%s", lease.label, status, refusal.message,
+                        "; trying another" if v.retry else "")
+            if not v.retry:
+                raise refusal
+            return refusal
 
     async def _lease(self, pool, model, tried, sink):
         """Wait for a lease; a streaming client that waits KEEPALIVE_INTERVAL gets its headers

@@ -11,10 +11,13 @@ words. No image means the model declined: an error carrying its words.
 
 import asyncio
 import base64
+import os
 import time
 
+from tornado.iostream import StreamClosedError
+
 from pgw.conf.models import Route
-from pgw.converters.payload import image_prompt, parse_image_request
+from pgw.converters.payload import RequestLimits, image_prompt, parse_image_request
 from pgw.converters.render import FetchImage
 from pgw.errors import ApiError
 from pgw.handlers.base import ApiHandler
@@ -86,7 +89,7 @@ class ImageGenerationsHandler(ConversationHandler):
     async def post(self):
         gw = self.gateway
         key = self.api_key()
-        request = parse_image_request(self.json_body(), gw.models.first_drawing_model())
+        request = parse_image_request(self.json_body(), gw.models.first_drawing_model(), RequestLimits.of(gw.settings))
         if request.model in IMAGE_TOOL_MODELS and all(r.name != request.model for r in gw.models.routes()):
             return await self.draw_with_image_tool(key, request)
         route = gw.models.drawing_route(request.model)
@@ -139,24 +142,37 @@ class ImageGenerationsHandler(ConversationHandler):
 INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
 
 
-class SavedFileHandler(ApiHandler):
-    """Serves what the gateway saved under static/images; any other name is a 404."""
+CHUNK = 64 * 1024  # bytes read from disk and written per step: a large file is never held whole
 
-    def get(self, name):
-        path = self.gateway.media.path(name)
-        if path is None:
+
+class SavedFileHandler(ApiHandler):
+    """Serves what the gateway saved under IMAGES_DIR, streamed from disk; any other name (and any
+    symlink) is a 404."""
+
+    async def get(self, name):
+        f = self.gateway.media.open(name)
+        if f is None:
             raise ApiError(404, "no such image: %s" % name[:100], "invalid_request_error", "not_found")
-        with open(path, "rb") as f:
-            data = f.read()
-        content_type = MediaStore.content_type(name, data[:262])
-        self.set_header("Content-Type", content_type)
-        # Names are never reused: a saved file never changes.
-        self.set_header("Cache-Control", "public, max-age=31536000, immutable")
-        self.set_header("X-Content-Type-Options", "nosniff")
-        # What the code interpreter wrote is whatever a prompt (or a page it read) asked for:
-        # only raster images recognised from their bytes are shown inline; anything else (an SVG
-        # or HTML with scripts, say) is a download, and nothing served here may run scripts.
-        self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
-        if content_type not in INLINE_TYPES:
-            self.set_header("Content-Disposition", 'attachment; filename="%s"' % name)
-        self.finish(data)
+        with f:
+            head = f.read(CHUNK)
+            content_type = MediaStore.content_type(name, head[:262])
+            self.set_header("Content-Type", content_type)
+            self.set_header("Content-Length", str(os.fstat(f.fileno()).st_size))
+            # Names are never reused: a saved file never changes.
+            self.set_header("Cache-Control", "public, max-age=31536000, immutable")
+            self.set_header("X-Content-Type-Options", "nosniff")
+            # What the code interpreter wrote is whatever a prompt (or a page it read) asked for:
+            # only raster images recognised from their bytes are shown inline; anything else (an SVG
+            # or HTML with scripts, say) is a download, and nothing served here may run scripts.
+            self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
+            if content_type not in INLINE_TYPES:
+                self.set_header("Content-Disposition", 'attachment; filename="%s"' % name)
+            chunk = head
+            while chunk:
+                self.write(chunk)
+                try:
+                    await self.flush()  # waits until the client took it: memory stays at one chunk
+                except StreamClosedError:
+                    return
+                chunk = f.read(CHUNK)
+        self.finish()

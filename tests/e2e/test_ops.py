@@ -6,6 +6,8 @@ import socket
 import sys
 import time
 
+import pytest
+
 from tests.helpers import ROOT, ChildProcess, http
 
 DRAW = [{"role": "user", "content": "please /draw a cat"}]
@@ -82,19 +84,25 @@ def test_readyz_is_503_while_the_upstream_does_not_answer_and_start_up_warns(gat
     assert "PROXY_API_PREFIX" in warning.group(0)
 
 
-def test_image_links_behind_a_reverse_proxy_use_the_forwarded_host_and_scheme(gateway, key):
-    status, _, raw = chat(gateway, key, {"model": "gpt-4-s", "messages": DRAW},
+@pytest.fixture(scope="module")
+def proxied(gateway_factory):
+    """Behind nginx on the same machine: its forwarded headers are believed (TRUSTED_PROXIES)."""
+    return gateway_factory(TRUSTED_PROXIES="127.0.0.1")
+
+
+def test_image_links_behind_a_reverse_proxy_use_the_forwarded_host_and_scheme(proxied, key):
+    status, _, raw = chat(proxied, key, {"model": "gpt-4-s", "messages": DRAW},
                           {"X-Forwarded-Host": "chat.example.com", "X-Forwarded-Proto": "https"})
     assert status == 200
     text = json.loads(raw)["choices"][0]["message"]["content"]
     assert re.search(r"https://chat\.example\.com/images/image_\w+\.png", text), text
 
 
-def test_a_forwarded_host_that_is_not_a_host_is_ignored(gateway, key):
-    status, _, raw = chat(gateway, key, {"model": "gpt-4-s", "messages": DRAW},
+def test_a_forwarded_host_that_is_not_a_host_is_ignored(proxied, key):
+    status, _, raw = chat(proxied, key, {"model": "gpt-4-s", "messages": DRAW},
                           {"X-Forwarded-Host": "evil.example/<script>"})
     text = json.loads(raw)["choices"][0]["message"]["content"]
-    assert status == 200 and "evil" not in text and gateway.url.split("//")[1] + "/images/" in text
+    assert status == 200 and "evil" not in text and proxied.url.split("//")[1] + "/images/" in text
 
 
 def test_the_demo_upstream_logs_under_its_own_name(tmp_path):

@@ -124,7 +124,7 @@ def test_unreadable_config_and_gpts_files_are_one_line(upstream, tmp_path):
 
 
 def test_start_up_warns_once_about_what_will_bite_later(upstream):
-    gw = Gateway({"BASE_URL": upstream.url, "BOT_MODE": "true"})
+    gw = Gateway({"BASE_URL": upstream.url, "BOT_MODE": "true", "IMAGES_MAX_TOTAL_MB": "0"})
     try:
         gw.wait_for("listening on")
         warnings = [line for line in gw.log_text().splitlines() if " WARNING " in line]

@@ -87,8 +87,10 @@ def test_upload_base_url_warning_when_links_would_point_at_the_wrong_address(env
 
 
 def test_images_kept_for_ever_warning():
-    lines = startup_warnings(settings(HOST="127.0.0.1", IMAGES_MAX_AGE_HOURS=0))
+    lines = startup_warnings(settings(HOST="127.0.0.1", IMAGES_MAX_AGE_HOURS=0, IMAGES_MAX_TOTAL_MB=0))
     assert len(lines) == 1 and lines[0].startswith("IMAGES_MAX_AGE_HOURS=0") and "IMAGES_MAX_AGE_HOURS (e.g." in lines[0]
+    # A size budget (IMAGES_MAX_TOTAL_MB, on by default) bounds the directory: nothing to warn about.
+    assert startup_warnings(settings(HOST="127.0.0.1", IMAGES_MAX_AGE_HOURS=0)) == []
 
 
 def test_a_busy_port_is_a_startup_error_naming_port_and_setting():

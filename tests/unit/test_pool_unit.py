@@ -308,3 +308,19 @@ def test_tokens_near_expiry_are_exchanged_again():
         await tokens.access_token("rt")
         assert len(endpoint.calls) == 2
     run(go())
+
+
+def test_the_background_refresh_renews_only_tokens_near_their_exp():
+    async def go():
+        endpoint = TokenEndpoint(rotate=True)
+        tokens = Tokens(settings(refresh_ahead=3600), endpoint, None)
+        first = await tokens.access_token("rt-a")
+        await tokens.access_token("rt-b")
+        await tokens._refresh_due()
+        assert len(endpoint.calls) == 2  # both valid for ten days: nothing to do
+        soon = next(e for e in tokens.entries.values() if e["access_token"] == first)
+        soon["exp"] = time.time() + 60  # within REFRESH_AHEAD
+        await tokens._refresh_due()
+        assert len(endpoint.calls) == 3 and endpoint.calls[2]["refresh_token"] == "rotated-1"
+        assert await tokens.access_token("rt-a") != first and len(endpoint.calls) == 3
+    run(go())
