@@ -9,11 +9,11 @@ word in the last user message, or planned for an API key by a test:
     POST /_fake/release?key=k1   -> let a stream held by the plan's "gate" go on
 
 Plan options: scenario, options (scenario arguments), chunking (event | whole | bytes:N |
-random:SEED), pace_ms, pings, raw_utf8 (JSON with raw UTF-8 rather than the real upstream's
-``\\uXXXX`` escapes, so that chunks split characters), status (+ detail, cloudflare, headers,
-page + content_type for a non-JSON body) for an error answer, hold_s before answering, silence
-[piece index, seconds], gate (piece index at which the stream waits for a release; headers are
-always sent at once, as the real upstream does).
+random:SEED), pace_ms, pings, raw_sse (a whole SSE body a test wrote, served verbatim), raw_utf8
+(JSON with raw UTF-8 rather than the real upstream's ``\\uXXXX`` escapes, so that chunks split
+characters), status (+ detail, cloudflare, headers, page + content_type for a non-JSON body) for an
+error answer, hold_s before answering, silence [piece index, seconds], gate (piece index at which
+the stream waits for a release; headers are always sent at once, as the real upstream does).
 
 Files (DALL·E images, charts, files the code wrote) are fetched as upstream does it: the
 backend-api call answers a ``download_url`` on this host (``/_fake/blob/...``), which a plain
@@ -242,6 +242,15 @@ class ConversationHandler(FakeHandler):
         return False
 
     async def _answer(self, key, plan, body, record):
+        raw = plan.get("raw_sse")
+        if raw is not None:
+            # A transcript a test wrote itself, served verbatim (cut by the plan's chunking): the
+            # gateway is then checked against the protocol's text, not against this fake's script.
+            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+            record["encoding"] = "raw"
+            await self._write_events([raw.encode("utf-8", "surrogatepass")], plan, drop=False, key=key)
+            record["completed"] = True
+            return
         # Like the real upstream: v1 only for clients that ask for it; a plan may force either.
         encoding = plan.get("encoding") or ("v1" if "v1" in (body.get("supported_encodings") or ()) else "legacy")
         record["encoding"] = encoding

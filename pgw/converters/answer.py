@@ -56,6 +56,8 @@ OPEN, CLOSE, SEP = "\ue200", "\ue201", "\ue202"
 # The longest marker seen in captures is a few hundred characters (a products list); an opener
 # not closed within this many is not a marker and is dropped on its own.
 _REF_MARKER_MAX = 4096
+# What an opener that never closes takes with it: the marker's kind and fields, to the first space.
+_UNCLOSED = re.compile("\ue200[^\\s\ue200\ue201]*")
 # How much prose may wait behind a closed marker whose reference has not arrived. Captures patch
 # the reference in the same list as the marker's last character or the next event; holding for
 # ever would stall the stream on a reference that never comes.
@@ -239,7 +241,12 @@ class Answer:
             self._reason(msg, text)
 
     def update(self, msg: Message) -> None:
-        """``msg``'s citations or references changed: a marker held for them may resolve now."""
+        """``msg``'s citations or references changed: a marker held for them may resolve now.
+        After its end: why it ended may have come in a patch after its status."""
+        if msg.ended:
+            if self._role.get(msg.id) is PROSE:
+                self._finish_reason(msg)
+            return
         if self._held and self._held_msg is msg:
             held, self._held = self._held, ""
             self._prose(msg, held)
@@ -250,10 +257,7 @@ class Answer:
         if role is PROSE:
             self._flush_held()
             self.last_prose_id = msg.id
-            details = msg.metadata.get("finish_details") or {}
-            reason = _FINISH.get(details.get("type"))
-            if reason:
-                self.finish_reason = reason
+            self._finish_reason(msg)
             self._footnotes(msg)
         elif role is BLOCK:
             self._close_block()
@@ -266,6 +270,12 @@ class Answer:
                 self._renderer.reasoning(_clean(finished))
         if msg.role == "tool":
             self._images(msg)
+
+    def _finish_reason(self, msg: Message) -> None:
+        details = msg.metadata.get("finish_details")
+        reason = _FINISH.get(details.get("type")) if isinstance(details, dict) else None
+        if reason:
+            self.finish_reason = reason
 
     def error(self, text: str, code: Optional[str] = None) -> None:
         """An error message in the stream (``code``: the upstream's ``error_code``)."""
@@ -416,15 +426,15 @@ class Answer:
         """A U+E200 at ``start``: held until the marker closes and its reference is known."""
         close = text.find(CLOSE, start + 1)
         reopen = text.find(OPEN, start + 1, close if close >= 0 else len(text))
-        if reopen >= 0:
-            return start + 1  # an opener that never closed: not a marker
-        if close < 0:
-            if final:
-                return len(text)  # the message ended inside the marker: all of it vanishes
-            if len(text) - start < _REF_MARKER_MAX:
-                self._held, self._held_msg = text[start:], msg
-                return None
-            return start + 1
+        if reopen < 0 and close < 0 and not final and len(text) - start < _REF_MARKER_MAX:
+            self._held, self._held_msg = text[start:], msg
+            return None
+        if reopen >= 0 or close < 0:
+            # An opener that never closed: not a marker. It vanishes with the kind and fields
+            # that follow it up to the first space, so the prose after it stays.
+            self._renderer.links(())
+            unclosed = _UNCLOSED.match(text, start)
+            return unclosed.end() if unclosed is not None else start + 1
         end = close + 1
         marker = text[start:end]
         ref = self._reference(msg, marker, base + start)

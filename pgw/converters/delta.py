@@ -2,14 +2,16 @@
 
 The one place that knows how v1 frames apply (docs/upstream.md, "The stream: three forms", 2 and 3):
 
-- A frame that carries ``c`` (or has no path, or the empty one) and whose ``v`` holds a
-  ``message`` is a new document ``{"message": ..., "conversation_id": ..., "error": ...}``,
-  with or without ``p``/``o``, whatever the previous frame was.
+- A frame that carries ``c`` (or has the empty path, or no path and no ``type``) and whose
+  ``v`` holds a ``message`` is a new document ``{"message": ..., "conversation_id": ..., "error": ...}``,
+  with or without ``p``/``o``, whatever the previous frame was; one whose ``v`` holds an
+  ``error`` and no message is an in-stream error, framed the same ways.
 - Otherwise a frame is a patch: ``add``, ``append`` (string concat, list extend, object merge),
   ``replace``, ``truncate`` (``v`` is the new length), ``remove``, or ``patch`` (a list of
   patches, paths relative to the list's path). A bare ``{"v": [...]}`` continues the last
   top-level patch (usually a ``patch`` list); a bare ``{"v": "..."}`` continues the last plain
-  patch (path and operation), even when a list came in between.
+  patch (path and operation), even when a list or a new document came in between (right after
+  a new document: the new message's text, when the previous path is not where its text is).
 - A top-level frame is one change: a ``patch`` list applies whole before anything is passed
   on, so text that a list appends and takes back never reaches the client.
 - Frames with neither ``p`` nor ``o`` that carry a ``type`` or no ``v`` (typed frames, errors)
@@ -19,7 +21,9 @@ The invariant, for each message: ``Message.sent`` (what the client has) is at mo
 of the message's text as the document holds it, and everything up to it was passed on; after
 each top-level change the text past ``sent`` is passed on (``LegacyDialect.passed_on``: the same
 rule as for snapshots, so both dialects agree). Text that the upstream takes back across changes
-cannot be unsent: a note goes to the log, and the text added later continues from the new end.
+cannot be unsent: a note goes to the log, and the text added later continues from the new end;
+text inserted before the end of what was sent (the rest of what was sent still follows it) is
+left out, so the client never reads the same text twice.
 
 What the message's text is, is defined only by ``events.content_text``. The fast path: while a
 message streams, the field whose string ``content_text`` returns as it is (found by probing it,
@@ -28,8 +32,10 @@ pieces and passed on at once, and joined into the document only when something n
 text (the message ends, or a patch touches the field in another way). That keeps the cost of an
 event proportional to what it carries, not to the length of the answer so far (bench S5). So
 while a message streams, ``Message.content`` may lag behind the text passed on; it is whole by
-the time ``answer.end`` is called. Any other patch to the content (content spread over several
-parts, thoughts) takes the general path: the change is applied, then the text is read whole.
+the time ``answer.end`` is called. The field may also be the end of the text (the last thought's
+content, after its summary and a blank line): its appends then go the same way, counted from
+where the field begins. Any other patch to the content (an earlier part, a summary, a new
+thought) takes the general path: the change is applied, then the text is read whole.
 
 Operations or paths this stage cannot apply are skipped and noted once in ``warnings`` (the
 handler logs them): a new kind of patch must not break an answer.
@@ -198,26 +204,42 @@ def _touched(path: str, value: JSON) -> int:
     return _OTHER
 
 
-def _text_field(content: dict[str, JSON]) -> tuple[Any, Any, str] | None:
-    """Where the text of ``content`` is appended to, if one string field is all of it: the
-    ``(container, key, path)`` of the field whose string ``content_text`` returns unchanged, or
-    None. Found by probing each string field, so the fast path follows ``content_text``'s rule
-    wherever it is changed (thoughts, recaps), without a second copy of it."""
+def _text_field(content: dict[str, JSON]) -> tuple[Any, Any, str, int] | None:
+    """Where the text of ``content`` is appended to, if it ends with one string field: the
+    ``(container, key, path, offset)`` of the field whose string ``content_text`` returns at its
+    end (from ``offset`` on, the same for whatever the field holds), or None. Found by probing
+    each string field, so the fast path follows ``content_text``'s rule wherever it is changed
+    (a part; a thought's content after its summary), without a second copy of it."""
     candidates: list[tuple[Any, Any, str]] = []
     parts = content.get("parts")
     if isinstance(parts, list):
         candidates += [(parts, i, "%s/parts/%d" % (_CONTENT, i)) for i, p in enumerate(parts) if isinstance(p, str)]
     candidates += [(content, k, "%s/%s" % (_CONTENT, k)) for k, v in content.items()
                    if isinstance(v, str) and "/" not in k and "~" not in k]
+    thoughts = content.get("thoughts")
+    if isinstance(thoughts, list) and thoughts and isinstance(thoughts[-1], dict):
+        last = thoughts[-1]
+        if isinstance(last.get("content"), str):
+            candidates.append((last, "content", "%s/thoughts/%d/content" % (_CONTENT, len(thoughts) - 1)))
+    text: str | None = None
     for container, key, path in candidates:
         value = container[key]
         container[key] = _PROBE
         try:
-            found = content_text(content) is _PROBE
+            probed = content_text(content)
         finally:
             container[key] = value
-        if found:
-            return container, key, path
+        if probed is _PROBE:
+            return container, key, path, 0
+        if probed.endswith(_PROBE):
+            # The text is what lies before the field and the field: true only if it holds for
+            # the field's own value too (a thought's summary is followed by a blank line only
+            # once its content has begun).
+            offset = len(probed) - len(_PROBE)
+            if text is None:
+                text = content_text(content)
+            if len(text) == offset + len(value) and text.startswith(probed[:offset]) and text.endswith(value):
+                return container, key, path, offset
     return None
 
 
@@ -233,10 +255,12 @@ class DeltaDialect:
         self._msg: Message | None = None  # the Message of the document's message
         self._last: tuple[str, str] | None = None  # path and operation of the last top-level patch
         self._last_plain: tuple[str, str] | None = None  # ... of the last one that was not a list
+        self._fresh = False         # no patch since the last root
         self._hot: str | None = None  # path of the current message's text field (the fast path)
         self._field: tuple[Any, Any] | None = None  # (container, key) of that field
         self._pending: list[str] | None = None  # the field's text, as pieces not yet joined
         self._pending_len = 0       # length of the field's text, pieces included
+        self._offset = 0            # where the field's text begins in the message's text
         self._dirty = 0             # what the change being applied touched (_ROOT, _TEXTS...)
         self._grown: list[str] | None = None  # text appended by the fast path inside the change
         self._before: str | None = None  # the text sent so far, when the change touched the content
@@ -270,9 +294,15 @@ class DeltaDialect:
         value = obj.get("v")
         path = obj.get("p")
         op = obj.get("o")
-        if (isinstance(value, dict) and isinstance(value.get("message"), dict)
-                and ("c" in obj or path in (None, "")) and op in (None, "add", "replace")):
+        if (isinstance(value, dict) and isinstance(value.get("message"), dict) and op in (None, "add", "replace")
+                and ("c" in obj or path == "" or (path is None and "type" not in obj))):
             self._new_document(value)
+            return
+        if ("c" in obj and isinstance(value, dict) and value.get("error") and path in (None, "")
+                and op in (None, "add", "replace")):
+            # A root without a message: an in-stream error, however it is framed (5.2).
+            self._flush()
+            self._legacy.payload(value)
             return
         if path is None and op is None:
             if "v" not in obj or "type" in obj:  # a typed frame, an error: patches have no type
@@ -280,7 +310,11 @@ class DeltaDialect:
                 self._legacy.payload(obj)
                 return
             last = self._last
-            if type(value) is str and last is not None and last[1] == "patch":
+            if type(value) is str and self._fresh and self._hot is not None:
+                # Right after a root, a bare string can only continue the new message's text: the
+                # previous plain patch may name a field this message does not have (thoughts).
+                last = (self._hot, "append")
+            elif type(value) is str and last is not None and last[1] == "patch":
                 last = self._last_plain
             if last is None:
                 self.warnings.note("skipped a bare value with no patch before it", "bare value")
@@ -290,6 +324,7 @@ class DeltaDialect:
             path = self._last[0] if self._last else ""
         elif op is None:
             op = self._last[1] if self._last else None
+        self._fresh = False
         if type(path) is not str or type(op) is not str:
             self.warnings.note("skipped a patch with path %r and operation %r" % (path, op), "bad patch")
             return
@@ -309,7 +344,10 @@ class DeltaDialect:
     def _new_document(self, doc: dict[str, JSON]) -> None:
         self._flush()
         self._doc = doc
-        self._last = self._last_plain = None
+        self._fresh = True
+        # The last patch is kept: a bare {"v": "..."} right after a root continues the previous
+        # plain patch (5.1), which is the previous message's text append (paths name the field,
+        # not the message).
         self._legacy.payload(doc)
         self._follow(doc["message"])
 
@@ -407,6 +445,15 @@ class DeltaDialect:
                 lo = mid
             else:
                 hi = mid - 1
+        rest = before[lo:]
+        at = text.find(rest, lo)
+        if at >= 0:
+            # Text inserted before the end of what the client has (a thought's summary that grows
+            # after its content began, 5.3): the client has the rest already, so it goes on from
+            # there; sending from the insertion would repeat all of it. The insertion is not shown.
+            msg.sent = at + len(rest)
+            self.warnings.note("the upstream inserted text into a message before what was sent")
+            return
         msg.sent = lo
         if lo == len(text):
             self.warnings.note("the upstream shortened a message after part of it was sent")
@@ -421,7 +468,7 @@ class DeltaDialect:
         if msg is not None and not msg.ended and isinstance(content, dict):
             found = _text_field(content)
             if found is not None:
-                container, key, self._hot = found
+                container, key, self._hot, self._offset = found
                 self._field = (container, key)
 
     # text
@@ -441,7 +488,7 @@ class DeltaDialect:
     def _pass_on(self, text: str) -> None:
         """``text`` was just appended to the text field: pass on what lies past what was sent."""
         msg = self._msg
-        after = self._pending_len
+        after = self._offset + self._pending_len
         if msg is None or after <= msg.sent:
             return
         before = after - len(text)

@@ -118,6 +118,11 @@ class LegacyDialect:
             self._current = msg
             self.answer.start(msg)
         elif msg.ended:
+            metadata = m.get("metadata")
+            if isinstance(metadata, dict) and "finish_details" in metadata:
+                # why it ended, patched in after its status said it had (v1 frames in any order)
+                msg.metadata = metadata
+                self.answer.update(msg)
             return None
         content = m.get("content")
         metadata = m.get("metadata")

@@ -17,12 +17,14 @@ once each, for the handler to log.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 from pgw.converters.answer import Answer
 from pgw.converters.delta import DeltaDialect, is_patch
 from pgw.converters.events import DONE, Renderer, Warnings, content_text, read_event
 from pgw.converters.legacy import LegacyDialect
+from pgw.converters.render import Reasoning
 from pgw.converters.sse import Event, SSEDecoder
 from pgw.errors import ApiError
 
@@ -72,6 +74,9 @@ class _Detect:
         self._legacy.close()
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class Conversion:
     def __init__(self, renderer: Renderer, encoding: str = "auto", echo_ids: Any = ()) -> None:
         """``encoding``: what the request asked the upstream for (the UPSTREAM_ENCODING setting);
@@ -86,6 +91,7 @@ class Conversion:
         self._detect = _Detect(self._legacy)
         self._dialect: _Dialect | None = None
         self.produced = False  # the client has been given something to show
+        self._high: dict[bool | None, str] = {}  # a high surrogate held back, per kind of text
 
     @property
     def conversation_id(self) -> str | None:
@@ -96,7 +102,7 @@ class Conversion:
         if not events:
             return events  # a piece of an event larger than a network read
         self._events(events)
-        return self._merge(self._renderer.take())
+        return self._whole(self._merge(self._renderer.take()))
 
     def _events(self, events: list[Event]) -> None:
         """SSE events through the stages. An event no stage can read (a shape no upstream has
@@ -129,7 +135,7 @@ class Conversion:
         (self._dialect or self._detect).close()
         self._answer.close()
         self._renderer.close()
-        return self._merge(self._renderer.take())
+        return self._whole(self._merge(self._renderer.take()), final=True)
 
     def follow(self, message: dict[str, Any] | None = None, reopen: str | None = None) -> list[Any]:
         """The answer goes on past the SSE body that ended (``pgw.runtime`` follows it there).
@@ -198,6 +204,44 @@ class Conversion:
             return None, ApiError(502, "the upstream finished without answering anything",
                                   "upstream_error", "empty_answer")
         return answer.finish_reason or "stop", None
+
+    def _whole(self, items: list[Any], final: bool = False) -> list[Any]:
+        """Text without lone UTF-16 surrogates, which no client can be sent (they cannot be
+        encoded as UTF-8). JSON may escape the two halves of an emoji apart, and an upstream that
+        cuts its text by UTF-16 units sends them in two appends: a high half at the end of a chunk
+        waits for the next; the halves are joined; a half without its other half becomes U+FFFD.
+        One scan of each chunk's text (C speed) when there is no surrogate."""
+        if not items and not (final and self._high):
+            return items
+        out: list[Any] = []
+        for item in items:
+            kind = type(item)
+            if kind is str:
+                text = self._unpaired(item, None, final)
+                if text:
+                    out.append(text)
+            elif kind is Reasoning:
+                text = self._unpaired(item.text, item.inline, final)
+                if text:
+                    out.append(Reasoning(text, item.inline))
+            else:
+                out.append(item)
+        if final:  # a high half the stream ended after
+            for inline in list(self._high):
+                text = self._unpaired("", inline, True)
+                out.append(text if inline is None else Reasoning(text, inline))
+        return out
+
+    def _unpaired(self, text: str, key: bool | None, final: bool) -> str:
+        high = self._high.pop(key, None)
+        if high is not None:
+            text = high + text
+        if _SURROGATE.search(text) is None:
+            return text
+        if not final and "\ud800" <= text[-1] <= "\udbff":
+            self._high[key] = text[-1]
+            text = text[:-1]
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
     def _merge(self, items: list[Any]) -> list[Any]:
         """Join neighbouring strings so one network chunk becomes at most one client chunk."""

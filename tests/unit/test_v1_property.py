@@ -13,7 +13,8 @@ become a late-2023 stream of whole-message snapshots, converted by the legacy di
 the same answer stage and renderer (markdown, think-tag reasoning, bot). What the client is
 told must be the same for both, under random network chunkings of the v1 bytes. The rule for
 text taken back is stated once here (``Reference.snapshots``): the client keeps what it has,
-and the text goes on from where the old and the new text part. Without take-backs, the client
+and the text goes on from where the old and the new text part, or, when text was inserted before
+the end of what the client has, after it (the client never reads the same text twice). Without take-backs, the client
 must get every character of each visible message's final text once and in order
 (``test_every_character_arrives_once_in_order``).
 """
@@ -149,7 +150,8 @@ class Reference:
         self.last = None        # (path, op) of the last top-level patch
         self.last_plain = None  # ... of the last one that was not a list
         self.stream = []        # the equivalent late-2023 stream
-        self.sent = {}          # message id -> the text the snapshots have given so far
+        self.sent = {}          # message id -> its text as the document held it last
+        self.view = {}          # message id -> the text the legacy stream's snapshots hold
         self.ended = set()
         self.current = None
         self.took_back = False
@@ -159,8 +161,7 @@ class Reference:
         p, o = obj.get("p"), obj.get("o")
         if isinstance(v, dict) and isinstance(v.get("message"), dict) and ("c" in obj or p in (None, "")) \
                 and o in (None, "add", "replace"):
-            self.doc = copy.deepcopy(v)
-            self.last = self.last_plain = None
+            self.doc = copy.deepcopy(v)  # the last patch stays what a bare {"v": ...} continues
         elif p is None and o is None and "v" not in obj:
             self.stream.append(b"data: " + json.dumps(obj).encode() + b"\n\n")
             return
@@ -184,19 +185,35 @@ class Reference:
             return
         text = content_text(m["content"])
         before = self.sent.get(mid, "")
-        if not text.startswith(before):
-            # Taken back: the client keeps what it has; the text goes on from where the old and
-            # the new text part. A snapshot of the common part says so in the legacy dialect.
+        view = self.view.get(mid, "")
+        if text.startswith(before):
+            view += text[len(before):]
+        else:
+            # Taken back: the client keeps what it has. When the rest of what it has still
+            # follows somewhere in the new text, something was inserted before its end: the text
+            # goes on after that rest (the insertion is not shown). Otherwise it goes on from
+            # where the old and the new text part. The legacy stream is told with snapshots of
+            # what the client is to read (``view``): a shorter one where the text parts.
             self.took_back = True
             common = 0
             while common < min(len(before), len(text)) and before[common] == text[common]:
                 common += 1
-            cut = dict(m, content={"content_type": "text", "parts": [before[:common]]}, status="in_progress")
-            self._snapshot(cut)
+            at = text.find(before[common:], common)
+            if at >= 0:
+                view += text[at + len(before) - common:]
+            else:
+                view = view[:max(0, len(view) - (len(before) - common))]
+                self._snapshot(self._viewed(m, view, "in_progress"))
+                view += text[common:]
         self.sent[mid] = text
-        self._snapshot(m)
+        self.view[mid] = view
+        self._snapshot(m if view == text else self._viewed(m, view, m.get("status")))
         if m.get("status") != "in_progress":
             self.ended.add(mid)
+
+    @staticmethod
+    def _viewed(m, view, status):
+        return dict(m, content={"content_type": m["content"].get("content_type"), "parts": [view]}, status=status)
 
     def _snapshot(self, m):
         doc = dict(self.doc, message=m)
