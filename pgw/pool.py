@@ -496,7 +496,11 @@ class MemoryPool(AccountPool):
         if len(self.waiters) >= self.settings.queue_max:
             raise queue_full_error(self.settings.queue_max)
         waiter = _Waiter(model, exclude, now)
-        self.waiters.append(waiter)
+        if exclude:  # a request moved to another account arrived before everyone who queued since
+            at = next((i for i, w in enumerate(self.waiters) if not w.exclude), len(self.waiters))
+            self.waiters.insert(at, waiter)
+        else:
+            self.waiters.append(waiter)
         self._dispatch()
         timeout = self.settings.queue_timeout
         try:
@@ -640,14 +644,19 @@ class MemoryPool(AccountPool):
         old = self.accounts
         self.access = AccessKeys(access_keys)
         self.accounts = {a.label: a for a in accounts}
+        # An account taken out while answering keeps its count until its leases come back, so
+        # one put back meanwhile (a second reload) is not handed a second message.
         state = {}
         for a in accounts:
             s = self.state.get(a.label)
-            if s is None or not a.same_as(old[a.label]):  # a new token starts with a clean slate
+            if s is None or a.label not in old or not a.same_as(old[a.label]):  # a new token: a clean slate
                 fresh = _State()
                 fresh.in_flight = s.in_flight if s is not None else 0
                 s = fresh
             state[a.label] = s
+        for label, s in self.state.items():
+            if label not in state and s.in_flight > 0:
+                state[label] = s
         self.state = state
         self._dispatch()
 

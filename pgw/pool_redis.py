@@ -92,7 +92,10 @@ end
 local waited = redis.call('ZSCORE', q, id)
 if not waited then
   if redis.call('ZCARD', q) >= qmax then return {'full', '0'} end
-  redis.call('ZADD', q, redis.call('INCR', p .. ':ticket'), id)
+  -- a request moved to another account (exclude set) goes before everyone who never tried
+  local tk = redis.call('INCR', p .. ':ticket')
+  if exclude ~= ',,' then tk = tk - 1e12 end
+  redis.call('ZADD', q, tk, id)
   redis.call('HSET', meta, id, model .. '\\n' .. exclude)
 end
 redis.call('ZADD', beats, now + beat, id)

@@ -416,7 +416,7 @@ class MediaDownloads:
     def _what(action):
         """Which upstream file an action fetches (None: not one this knows)."""
         if type(action) is FetchImage:
-            return ("file", action.image.file_id)
+            return ("file", action.image.store, action.image.file_id)
         if type(action) is FetchSandboxFile:
             return ("sandbox", action.file.message_id, action.file.path)
         return None

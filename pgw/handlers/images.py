@@ -108,9 +108,10 @@ class ImageGenerationsHandler(ConversationHandler):
                             renderer_for(gw.settings, fetch_images=True), model=route.slug)
 
     async def draw_with_image_tool(self, key, request):
-        """``gpt-image-*``: ``n`` conversations with IMAGE_MODEL at once (``n`` is at most 4), one
-        picture each, each followed until its picture arrives; the pictures that came, or the
-        first failure when none did (a quota hit is a 429 with the upstream's words)."""
+        """``gpt-image-*``: ``n`` conversations with IMAGE_MODEL (``n`` is at most 4; at once over
+        the account pool, one after another on a forwarded key's one account), one picture
+        each, each followed until its picture arrives; the pictures that came, or the first
+        failure when none did (a quota hit is a 429 with the upstream's words)."""
         gw = self.gateway
         name = gw.settings.image_model
         route = gw.models.resolve(name) or Route(name, name, can_draw=True, accepts_files=True)
@@ -128,7 +129,17 @@ class ImageGenerationsHandler(ConversationHandler):
                 sink.error = e
             return sink, downloads
 
-        results = await asyncio.gather(*(one() for _ in range(request.n)))
+        pool = gw.pool
+        if pool is not None and pool.is_access_key(key):  # each conversation its own account
+            results = await asyncio.gather(*(one() for _ in range(request.n)))
+        else:
+            # A forwarded key is one account, which answers one message at a time: at once, all
+            # but the first would get the upstream's 429 and the client fewer pictures than asked.
+            results = []
+            for _ in range(request.n):
+                results.append(await one())
+                if self._gone:
+                    return
         if self._gone:
             return
         images = [image for _, downloads in results for image in saved_images(downloads)]

@@ -178,8 +178,8 @@ class LimitedGateway(ChildProcess):
         self.url = self.match.group(1)
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/prlimit"), reason="needs prlimit (util-linux)")
 def test_descriptor_exhaustion_refuses_cheaply_and_recovers(upstream, tmp_path):
+    assert os.path.exists("/usr/bin/prlimit"), "needs prlimit (Debian package util-linux)"
     gw = LimitedGateway(upstream.url, 64, MAX_CONNECTIONS="10000", HEADER_TIMEOUT="30",
                         IMAGES_DIR=str(tmp_path))
     try:

@@ -44,7 +44,7 @@ class RedisServer(ChildProcess):
 @pytest.fixture(scope="module")
 def module_redis():
     if not os.path.exists(REDIS):
-        pytest.skip("redis-server is not installed (.ci/run installs it)")
+        pytest.fail("redis-server is not installed: run .ci/run (it installs the Debian package redis-server)")
     server = RedisServer()
     yield server
     server.stop()

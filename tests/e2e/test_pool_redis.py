@@ -14,7 +14,13 @@ import pytest
 from tests.e2e.test_pool import (REDIS, RedisServer, admin, answer_text, answered, assert_one_at_a_time, chat,
                                  conversations, new_accounts, run_threads, start_pool, wait_until)
 
-pytestmark = pytest.mark.skipif(not os.path.exists(REDIS), reason="redis-server is not installed (.ci/run installs it)")
+
+
+@pytest.fixture(autouse=True)
+def _redis_installed():
+    """No silent skip: without redis-server these tests fail and say how to get it."""
+    if not os.path.exists(REDIS):
+        pytest.fail("redis-server is not installed: run .ci/run (it installs the Debian package redis-server)")
 
 
 @pytest.fixture
