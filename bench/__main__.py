@@ -1,6 +1,8 @@
 """``./run.sh bench [--smoke] [--only S1,S2,...]``: run the scenarios and print one table.
 
-S1  streams held: a ladder of N concurrent paced streams (E events x T ms, C characters each)
+S1  streams held: a ladder of N concurrent paced streams (E events x T ms, C characters each), in
+    the late-2023 framing and in the 2025-2026 one; beside some rungs the same load through nginx
+    as a pass-through proxy (the floor: CPU per streamed event, gateway / nginx)
 S2  conversion: in-process pipeline vs the ujson parse-only floor; end to end through the server
 S3  memory: RSS per open idle stream
 S4  processes: concurrent big answers with PROCESS_WORKERS=2 vs 1
@@ -26,14 +28,20 @@ from pgw.server import raise_fd_limit
 
 # ramp: seconds over which each rung's streams connect (N/ramp new streams per second);
 # gentle: rungs repeated with 1,000 new streams per second, to tell holding from accepting.
-FULL = dict(ladder=[250, 500, 1000, 2000, 4000], events=60, interval_ms=500, chars=4, ramp=1.0,
-            gentle=[4000], big_events=4000, big_chars=4, idle=2000, s4_streams=8, s4_ramp=0.0,
-            growth_events=20000, slow_streams=10, slow_events=2000, slow_chars=8000, slow_stall=5.0,
-            queue_n=500, queue_k=5, queue_pace_ms=8)
-SMOKE = dict(ladder=[20], events=5, interval_ms=20, chars=4, ramp=0.1, gentle=[],
+# ladder: S1 rungs of the first dialect; ladder_other: of the other dialects; nginx_at: rungs
+# (of every dialect) also run through nginx.
+FULL = dict(ladder=[250, 500, 1000, 2000, 4000], ladder_other=[1000, 4000], nginx_at=[2000, 4000],
+            events=60, interval_ms=500, chars=4, ramp=1.0, gentle=[4000], big_events=4000, big_chars=4,
+            idle=2000, s4_streams=8, s4_ramp=0.0, growth_events=20000, slow_streams=10, slow_events=2000,
+            slow_chars=8000, slow_stall=5.0, queue_n=500, queue_k=5, queue_pace_ms=8)
+SMOKE = dict(ladder=[20], ladder_other=[20], nginx_at=[20], events=5, interval_ms=20, chars=4, ramp=0.1, gentle=[],
              big_events=200, big_chars=4, idle=20, s4_streams=2, s4_ramp=0.0, growth_events=2000,
              slow_streams=2, slow_events=100, slow_chars=2000, slow_stall=1.0,
              queue_n=20, queue_k=2, queue_pace_ms=2)
+
+
+# The framings S1 runs by default: the late-2023 one and the one live accounts send in 2025-2026.
+DEFAULT_DIALECTS = ["legacy", "v1-2025" if "v1-2025" in transcript.DIALECTS else "v1"]
 
 
 def _ms(seconds):
@@ -67,29 +75,111 @@ def streams(server, upstream, n, ramp, timeout, hold=None):
     return [load.Result(c) for c in clients], cpu, wall
 
 
-def s1(table, n, events, chars, interval_ms, ramp, dialect):
-    rendered, text = transcript.render(events, chars, dialect)
-    revealed = [chars_so_far for _, chars_so_far in transcript.frames(rendered)]
-    interval = interval_ms / 1000.0
-    with procs.Upstream(events, chars, interval_ms, dialect) as up, procs.Server(up.url) as server:
-        results, cpu, wall = streams(server, up, n, ramp, timeout=events * interval + ramp + 60)
-        stats = up.stats()
-        peak = server.memory_kb("VmHWM")
-        up_cpu = up.cpu_seconds()
-    ok = [r for r in results if r.ok]
-    exact = sum(1 for r in ok if r.text == text)
-    ttfb = [r.ttfb() for r in ok if r.ttfb() is not None]
+class Pinned:
+    """S1's pinning: the proxy under test on one core, the upstream and this process (the load
+    generator) on the other, as nginx and the gateway are compared. Restores this process's CPUs."""
+
+    def __init__(self):
+        self.cpus = procs.pinning()
+        self.saved = os.sched_getaffinity(0)
+
+    def __enter__(self):
+        if self.cpus is not None:
+            os.sched_setaffinity(0, self.cpus[1])
+        return self
+
+    def pin(self, proxy, upstream):
+        if self.cpus is not None:
+            proxy.pin(self.cpus[0])
+            upstream.pin(self.cpus[1])
+
+    def describe(self):
+        if self.cpus is None:
+            return "not pinned (one core)"
+        return "proxy on CPU %s, upstream + load generator on CPU %s" % (min(self.cpus[0]), min(self.cpus[1]))
+
+    def __exit__(self, *exc):
+        os.sched_setaffinity(0, self.saved)
+
+
+def _lags(results, stats, revealed, interval):
     lags = []
-    for r in ok:
+    for r in results:
         lags.extend(r.lags(stats["t0"][r.key], revealed, interval))
+    return lags
+
+
+def s1(table, n, events, chars, interval_ms, ramp, dialect, nginx=None):
+    """n paced streams through the gateway; with ``nginx`` (its binary) the same load through
+    nginx too, and the gateway's CPU per streamed event as a multiple of nginx's."""
+    rendered, text = transcript.render(events, chars, dialect)
+    frames = transcript.frames(rendered)
+    revealed = [chars_so_far for _, chars_so_far in frames]
+    interval = interval_ms / 1000.0
+    timeout = events * interval + ramp + 60
+    setup = "N=%d, %d events x %g ms, C=%d, ramp %g s, %s" % (n, events, interval_ms, chars, ramp, dialect)
+    with Pinned() as pinned:
+        with procs.Upstream(events, chars, interval_ms, dialect) as up, procs.Server(up.url) as server:
+            pinned.pin(server, up)
+            results, cpu, wall = streams(server, up, n, ramp, timeout=timeout)
+            stats = up.stats()
+            peak = server.memory_kb("VmHWM")
+            up_cpu = up.cpu_seconds()
+        ok = [r for r in results if r.ok]
+        exact = sum(1 for r in ok if r.text == text)
+        ttfb = [r.ttfb() for r in ok if r.ttfb() is not None]
+        lags = _lags(ok, stats, revealed, interval)
+        errors = sorted({r.error for r in results if not r.ok})
+        per_event = cpu / max(1, n * events)
+        table.add("S1 streams held", "%s; %s" % (setup, pinned.describe()),
+                  "completed %d, failed %d, exact %d/%d; TTFB p50/p99 %s/%s ms; added lag p50/p99 %s/%s ms; "
+                  "server CPU %.1f s (%.0f us per streamed event), peak RSS %.0f MB; upstream late p99 %s ms, "
+                  "upstream CPU %.1f s%s"
+                  % (len(ok), n - len(ok), exact, len(ok), _ms(load.percentile(ttfb, 50)),
+                     _ms(load.percentile(ttfb, 99)), _ms(load.percentile(lags, 50)), _ms(load.percentile(lags, 99)),
+                     cpu, per_event * 1e6, peak / 1024.0, _ms(stats["late_p99"]), up_cpu,
+                     ("; errors: " + "; ".join(errors[:3])) if errors else ""),
+                  exact=exact == n)
+        if nginx is not None:
+            s1_nginx(table, nginx, n, events, chars, interval_ms, ramp, dialect, rendered, frames, setup, pinned,
+                     per_event)
+
+
+def s1_nginx(table, binary, n, events, chars, interval_ms, ramp, dialect, rendered, frames, setup, pinned,
+             gateway_per_event):
+    """The same S1 load through nginx, passing the upstream's events through unchanged: the floor
+    for the cost of a streamed event (no conversion, C-level IO). Exact: every body is as long
+    as the upstream's events (message ids differ per rendering) and converts to the answer's text."""
+    interval = interval_ms / 1000.0
+    size = sum(map(len, rendered))
+    text = transcript.answer_text(events, chars)
+    offsets, total = [], 0
+    for raw, _ in frames:
+        total += len(raw)
+        offsets.append(total)
+    with procs.Upstream(events, chars, interval_ms, dialect) as up, procs.Nginx(binary, up.url) as proxy:
+        pinned.pin(proxy, up)
+        cpu0 = proxy.cpu_seconds()
+        clients = asyncio.run(load.run(proxy.url, n, ramp=ramp, timeout=events * interval + ramp + 60))
+        cpu = proxy.cpu_seconds() - cpu0
+        stats = up.stats()
+        peak = proxy.memory_kb("VmHWM")
+    results = [load.PassResult(c) for c in clients]
+    ok = [r for r in results if r.ok]
+    exact = sum(1 for r in ok if len(r.text) == size and transcript.text_of(r.text) == text)
+    ttfb = [r.ttfb() for r in ok if r.ttfb() is not None]
+    lags = _lags(ok, stats, offsets, interval)
     errors = sorted({r.error for r in results if not r.ok})
-    table.add("S1 streams held", "N=%d, %d events x %g ms, C=%d, ramp %g s, %s" % (n, events, interval_ms, chars, ramp,
-                                                                                     dialect),
+    per_event = cpu / max(1, n * events)
+    table.add("S1 nginx floor", "%s; nginx pass-through (proxy_buffering off, upstream keep-alive); %s"
+              % (setup, pinned.describe()),
               "completed %d, failed %d, exact %d/%d; TTFB p50/p99 %s/%s ms; added lag p50/p99 %s/%s ms; "
-              "server CPU %.1f s, peak RSS %.0f MB; upstream late p99 %s ms, upstream CPU %.1f s%s"
+              "nginx CPU %.2f s (%.1f us per streamed event), peak RSS %.0f MB; gateway/nginx CPU per event: "
+              "%.1fx%s"
               % (len(ok), n - len(ok), exact, len(ok), _ms(load.percentile(ttfb, 50)), _ms(load.percentile(ttfb, 99)),
-                 _ms(load.percentile(lags, 50)), _ms(load.percentile(lags, 99)), cpu, peak / 1024.0,
-                 _ms(stats["late_p99"]), up_cpu, ("; errors: " + "; ".join(errors[:3])) if errors else ""),
+                 _ms(load.percentile(lags, 50)), _ms(load.percentile(lags, 99)), cpu, per_event * 1e6,
+                 peak / 1024.0, gateway_per_event / per_event if per_event else float("inf"),
+                 ("; errors: " + "; ".join(errors[:3])) if errors else ""),
               exact=exact == n)
 
 
@@ -199,7 +289,22 @@ def s6(table, n, events, chars, stall):
               "; ".join(cells), exact=exact)
 
 
-def main(argv=None):
+def run_s1(table, cfg, dialects, no_nginx):
+    """Every S1 rung of every dialect, nginx beside the rungs in ``nginx_at``."""
+    nginx = None if no_nginx else procs.nginx_binary()
+    if nginx is None:
+        why = "--no-nginx given" if no_nginx else "nginx is missing and could not be installed"
+        print("\n*** NGINX FLOOR NOT MEASURED: %s; the gateway/nginx ratio is missing ***\n" % why, flush=True)
+        table.add("S1 nginx floor", "nginx pass-through", "NOT MEASURED: %s" % why)
+    for k, dialect in enumerate(dialects):
+        for n in cfg["ladder"] if k == 0 else cfg["ladder_other"]:
+            s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], cfg["ramp"], dialect,
+               nginx if n in cfg["nginx_at"] else None)
+        for n in cfg["gentle"] if k == 0 else ():
+            s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], n / 1000.0, dialect)
+
+
+def main(argv=None):  # noqa: C901 (one branch per option and scenario, read top to bottom)
     p = argparse.ArgumentParser(description="gateway benchmarks: prints a markdown table")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (CI)")
     p.add_argument("--only", default="S1,S2,S3,S4,S5,S6,Q1", help="comma-separated scenarios to run")
@@ -208,15 +313,27 @@ def main(argv=None):
     p.add_argument("--interval-ms", type=float, help="S1 interval between events")
     p.add_argument("--chars", type=int, help="S1 characters per event")
     p.add_argument("--ramp", type=float, help="S1 seconds over which the streams are opened")
-    p.add_argument("--dialect", default="legacy", choices=sorted(transcript.DIALECTS),
-                   help="the upstream stream format (fakeupstream/script.py renderers)")
+    p.add_argument("--gentle", help="S1 rungs repeated with 1,000 new streams a second (default 4000; "
+                                    "none when --ladder is given)")
+    p.add_argument("--dialect", default=None,
+                   help="comma-separated upstream stream formats for S1, the first also for S2-S4: %s "
+                        "(fakeupstream/script.py renderers; default %s)"
+                   % (", ".join(sorted(transcript.DIALECTS)), ",".join(DEFAULT_DIALECTS)))
+    p.add_argument("--no-nginx", action="store_true", help="skip the nginx pass-through floor")
     args = p.parse_args(argv)
     cfg = dict(SMOKE if args.smoke else FULL)
     for name in ("events", "interval_ms", "chars", "ramp"):
         if getattr(args, name) is not None:
             cfg[name] = getattr(args, name)
     if args.ladder:
-        cfg["ladder"] = [int(x) for x in args.ladder.split(",")]
+        cfg["ladder"] = cfg["ladder_other"] = [int(x) for x in args.ladder.split(",")]
+        cfg["gentle"] = []
+    if args.gentle:
+        cfg["gentle"] = [int(x) for x in args.gentle.split(",")]
+    dialects = [d.strip() for d in args.dialect.split(",")] if args.dialect else DEFAULT_DIALECTS
+    unknown = [d for d in dialects if d not in transcript.DIALECTS]
+    if unknown:
+        p.error("unknown dialect %s (known: %s)" % (", ".join(unknown), ", ".join(sorted(transcript.DIALECTS))))
     only = {s.strip().upper() for s in args.only.split(",")}
     limit = raise_fd_limit()
 
@@ -225,20 +342,18 @@ def main(argv=None):
           % (os.cpu_count(), load1, load5, load15, limit))
     table = Table()
     if "S1" in only:
-        for n in cfg["ladder"]:
-            s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], cfg["ramp"], args.dialect)
-        for n in cfg["gentle"]:
-            s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], n / 1000.0, args.dialect)
+        run_s1(table, cfg, dialects, args.no_nginx)
+    dialect = dialects[0]
     if "S2" in only:
-        s2_inprocess(table, cfg["big_events"], cfg["big_chars"], args.dialect)
-        big_answers(table, "S2 conversion end to end", cfg["big_events"], cfg["big_chars"], 1, 1, args.dialect)
+        s2_inprocess(table, cfg["big_events"], cfg["big_chars"], dialect)
+        big_answers(table, "S2 conversion end to end", cfg["big_events"], cfg["big_chars"], 1, 1, dialect)
     if "S3" in only:
-        s3(table, cfg["idle"], cfg["chars"], args.dialect)
+        s3(table, cfg["idle"], cfg["chars"], dialect)
     if "S4" in only:
         one = big_answers(table, "S4 one process", cfg["big_events"], cfg["big_chars"], cfg["s4_streams"], 1,
-                          args.dialect, cfg["s4_ramp"], rounds=3)
+                          dialect, cfg["s4_ramp"], rounds=3)
         two = big_answers(table, "S4 two processes", cfg["big_events"], cfg["big_chars"], cfg["s4_streams"], 2,
-                          args.dialect, cfg["s4_ramp"], rounds=3)
+                          dialect, cfg["s4_ramp"], rounds=3)
         table.add("S4 speed-up", "PROCESS_WORKERS=2 vs 1", "%.2fx" % (two / one))
     if "S5" in only:
         s5(table, cfg["growth_events"], cfg["big_chars"])

@@ -65,13 +65,15 @@ class Client(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def run(url, n, ramp=1.0, timeout=120.0, hold=None, stall=None, rcvbuf=None):
+async def run(url, n, ramp=1.0, timeout=120.0, hold=None, stall=None, rcvbuf=None, when_open=None):
     """Open ``n`` streams (spread over ``ramp`` seconds); return the ``Client``s when all ended.
 
     ``hold``: an async function called once every stream has shown content (or at the timeout),
-    before the streams are cut: memory of open streams is measured there. ``stall``: each
-    client reads nothing for that many seconds after sending its request; ``rcvbuf``: the
-    clients' socket receive buffer (a small one: a slow client's window).
+    before the streams are cut: memory of open streams is measured there. ``when_open``: an async
+    function called once every stream has shown content, the streams going on (bench/profile.py
+    starts counting there). ``stall``: each client reads nothing for that many seconds after
+    sending its request; ``rcvbuf``: the clients' socket receive buffer (a small one: a slow
+    client's window).
     """
     host, port = url.split("//", 1)[1].rsplit(":", 1)
     loop = asyncio.get_running_loop()
@@ -102,6 +104,11 @@ async def run(url, n, ramp=1.0, timeout=120.0, hold=None, stall=None, rcvbuf=Non
 
     tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
     deadline = loop.time() + timeout
+    if when_open is not None:
+        while loop.time() < deadline and not (len(clients) == n and all(c.has_content or c.done.done()
+                                                                          for c in clients)):
+            await asyncio.sleep(0.01)
+        await when_open()
     if hold is not None:
         while loop.time() < deadline and not (len(clients) == n and all(c.has_content for c in clients)):
             await asyncio.sleep(0.1)
@@ -226,6 +233,40 @@ class Result:
                 break
             out.append(arrivals[j][0] - (t0 + i * interval))
         return out
+
+
+class PassResult(Result):
+    """One stream through a pass-through proxy (nginx): the upstream's own events, unchanged.
+
+    ``text`` is the body's bytes (compared with the upstream's rendered events), ``arrivals``
+    count bytes so far, so ``lags`` takes the byte offsets at which each frame is complete."""
+
+    def _decode(self, reads):
+        head = b""
+        body = None
+        parts = []
+        length = 0
+        for t, data in reads:
+            if body is None:
+                head += data
+                end = head.find(b"\r\n\r\n")
+                if end < 0:
+                    continue
+                self.status = int(head.split(b" ", 2)[1])
+                body = Dechunker() if b"chunked" in head[:end].lower() else None
+                data = head[end + 4:]
+                if body is None or self.status != 200:
+                    self.error = self.error or "HTTP %d: %s" % (self.status, data[:200])
+                    return
+            got = body.feed(data)
+            if got:
+                parts.append(got)
+                length += len(got)
+                self.arrivals.append((t, length))
+        self.text = b"".join(parts)
+        self.finished = body is not None and body.ended
+        if self.error is None and not self.finished:
+            self.error = "incomplete (HTTP %s)" % self.status
 
 
 def percentile(values, p):

@@ -10,10 +10,23 @@ from pgw.converters.pipeline import Conversion
 from pgw.converters.render import MarkdownRenderer
 from fakeupstream import script as fake_script
 
-# A new dialect renderer (e.g. ``v1_events``) is one line here.
-DIALECTS = {"legacy": fake_script.legacy_events}
-if hasattr(fake_script, "v1_events"):
-    DIALECTS["v1"] = fake_script.v1_events
+
+def _dialects():
+    """The fake upstream's renderers by the bench's names: ``legacy`` (late 2023), ``v1-2024``
+    (patches, early 2024), ``v1-2025`` (what live accounts send in 2025-2026: roots with ``c``,
+    typed frames between the messages); ``v1`` is the fake upstream's own default v1 form."""
+    renderers = dict(getattr(fake_script, "RENDERERS", {"legacy": fake_script.legacy_events,
+                                                        "v1": fake_script.v1_events}))
+    found = {"legacy": renderers["legacy"], "v1": renderers["v1"]}
+    if "v1-2024" in renderers:  # the fake upstream's v1 is then the 2025-2026 form
+        found["v1-2024"] = renderers["v1-2024"]
+        found["v1-2025"] = renderers["v1"]
+    else:
+        found["v1-2024"] = renderers["v1"]
+    return found
+
+
+DIALECTS = _dialects()
 
 _BASE = "性能测试 bench 的回答，mixed 中文 and ASCII text; 每个事件 adds a few characters. "
 USER = {"id": "aaa2bench-0000-4000-8000-000000000000", "author": {"role": "user"},
@@ -31,6 +44,12 @@ def render(events, chars, dialect="legacy"):
     text = answer_text(events, chars)
     script = fake_script.Script([fake_script.Msg(text, step=chars)], model="gpt-4")
     return DIALECTS[dialect](script, CONVERSATION_ID, [USER], pings=False), text
+
+
+def text_of(stream):
+    """The answer text the gateway's converter reads from an upstream event stream (bytes)."""
+    conv = Conversion(MarkdownRenderer())
+    return "".join(x for x in conv.feed(stream) + conv.close() if type(x) is str)
 
 
 def frames(events):

@@ -86,6 +86,19 @@ def _api(prefix, *parts):
     return "".join("/+" + segment for segment in segments) + "/*"
 
 
+def use_event_loop(name):
+    """Make the loop Tornado runs on: ``asyncio`` (the standard library's) or ``uvloop`` (libuv,
+    its callbacks, futures and socket calls in C). Called before the first IOLoop is made."""
+    if name == "uvloop":
+        import asyncio
+        try:
+            import uvloop
+        except ImportError:
+            raise StartupError("EVENT_LOOP=uvloop but uvloop is not installed: pip install uvloop==0.23.0, "
+                               "or set EVENT_LOOP=asyncio") from None
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def routes(settings):
     prefix = settings.api_prefix
     return [
@@ -282,6 +295,7 @@ def serve(argv=None):
     check_writable(settings.images_dir, "IMAGES_DIR")
     for warning in startup_warnings(settings):
         log.warning("%s", warning)
+    use_event_loop(settings.event_loop)  # before forking and before any loop is made
     descriptors = raise_fd_limit()
     sockets = listen_sockets(settings)
     port = sockets[0].getsockname()[1]

@@ -235,6 +235,7 @@ SPEC = {
     "AUTO_CONTINUE": (_integer(0, 20), ()),
     "NEED_DELETE_CONVERSATION_AFTER_RESPONSE": (_boolean, ()),
     "PROCESS_WORKERS": (_integer(1, 64), ()),
+    "EVENT_LOOP": (_choice("asyncio", "uvloop"), ()),
     "KEEPALIVE_INTERVAL": (_number(0, 3600), ()),
     "UPSTREAM_CONNECT_TIMEOUT": (_number(0.1, 600), ()),
     "UPSTREAM_IDLE_TIMEOUT": (_number(1, 86400), ()),

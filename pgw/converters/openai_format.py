@@ -24,6 +24,11 @@ class ChunkEncoder:
         head = _dumps({"id": completion_id, "object": "chat.completion.chunk", "created": created,
                        "model": model, "system_fingerprint": None})
         self._head = b"data: " + head[:-1].encode() + b',"choices":[{"index":0,"delta":'
+        # content() and reasoning() run once per streamed event: their constant parts are joined
+        # once here, so each is one dumps and one join (bench S1 profile: chunk encoding 3.7%).
+        tail = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+        self._content = (self._head + b'{"content":', tail)
+        self._reasoning = (self._head + b'{"content":"","reasoning_content":', tail)
 
     def _chunk(self, delta_json: bytes, finish_reason: Optional[str] = None) -> bytes:
         tail = b',"logprobs":null,"finish_reason":%s}]}\n\n' % (
@@ -34,12 +39,14 @@ class ChunkEncoder:
         return self._chunk(b'{"role":"assistant","content":""}')
 
     def content(self, text: str) -> bytes:
-        return self._chunk(b'{"content":' + _dumps(text).encode() + b"}")
+        head, tail = self._content
+        return b"".join((head, _dumps(text).encode(), tail))
 
     def reasoning(self, text: str) -> bytes:
         """Reasoning as DeepSeek-style clients read it (``delta.reasoning_content``); ``content``
         stays an empty string so clients that add up ``delta.content`` never meet a null."""
-        return self._chunk(b'{"content":"","reasoning_content":' + _dumps(text).encode() + b"}")
+        head, tail = self._reasoning
+        return b"".join((head, _dumps(text).encode(), tail))
 
     def finish(self, reason: str) -> bytes:
         return self._chunk(b"{}", reason)

@@ -137,6 +137,12 @@ class ApiHandler(RequestHandler):
             self._bytes_out += sum(len(part) for part in self._write_buffer)
         return super().flush(include_footers)
 
+    def count_sent(self, nbytes):
+        """What ``flush`` notes, for bytes a ``StreamSink`` sent past Tornado's write path."""
+        if self._first_byte_at is None:
+            self._first_byte_at = time.time()
+        self._bytes_out += nbytes
+
     def on_finish(self):
         self.log_request()
 
