@@ -18,6 +18,8 @@ so a stream holds a bounded amount whatever its client does. A client that takes
 WRITE_TIMEOUT seconds is disconnected (and its transfer aborted).
 """
 
+from __future__ import annotations
+
 import asyncio
 import codecs
 import collections
@@ -27,7 +29,7 @@ import time
 import urllib.parse
 import uuid
 import weakref
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol, Sequence, Union
 
 from tornado.concurrent import Future, future_set_result_unless_cancelled
 from tornado.ioloop import IOLoop, PeriodicCallback
@@ -40,10 +42,59 @@ from pgw.converters.sse import EventTooLarge
 from pgw.errors import ApiError, from_upstream
 from pgw.logs import mask
 
+if TYPE_CHECKING:  # for annotations only: these modules import this one, or are not needed at run time
+    from pgw.conf.settings import Settings
+    from pgw.converters.answer import Answer
+    from pgw.converters.events import Renderer
+    from pgw.converters.followup import Message
+    from pgw.gateway import Gateway
+    from pgw.handlers.base import ApiHandler
+    from pgw.media import MediaStore
+    from pgw.metrics import Metrics
+    from pgw.upstream import Transfer, UpstreamClient
+    from pgw.usage import TokenCounter
+
+    # What a renderer asks the runtime to do (``MediaDownloads.perform``), and what one fetch
+    # saved: ``(saved name, bytes)``.
+    Action = Union[FetchImage, FetchSandboxFile]
+    Saved = tuple[str, bytes]
+    # The prompt as the token counter reads it: ``[(role, text)]``.
+    PromptMessages = Sequence[tuple[str, str]]
+
 log = logging.getLogger("gateway.runtime")
 
 
-def new_id():
+class Sink(Protocol):
+    """Where a ``ConversationRun`` puts its answer: ``StreamSink``, the ``GatherSink``s with a
+    ``finish`` (``CollectSink``, the images endpoint's ``ImageSink`` and ``ImageGather``).
+
+    ``StreamWatch`` also reads a streaming sink's ``last_write``, ``backlog()`` and
+    ``disconnect()``; only ``StreamSink`` streams, so those are ``StreamSink``'s, not here."""
+
+    @property
+    def streaming(self) -> bool: ...
+
+    @property
+    def started(self) -> bool: ...
+
+    def attach(self, run: ConversationRun) -> None: ...
+
+    def start(self) -> None: ...
+
+    def text(self, text: str) -> None: ...
+
+    def reasoning(self, text: str, inline: bool = False) -> None: ...
+
+    def keepalive(self) -> None: ...
+
+    def stalled(self, now: float, timeout: float) -> bool: ...
+
+    def finish(self, reason: str, prompt_messages: PromptMessages) -> None: ...
+
+    def fail(self, error: ApiError) -> None: ...
+
+
+def new_id() -> str:
     return str(uuid.uuid4())
 
 
@@ -58,20 +109,20 @@ class WriteBatch:
 
     _by_loop: "weakref.WeakKeyDictionary[IOLoop, WriteBatch]" = weakref.WeakKeyDictionary()
 
-    def __init__(self, loop: IOLoop):
+    def __init__(self, loop: IOLoop) -> None:
         self._loop = loop
-        self._sinks: list["StreamSink"] = []
+        self._sinks: list[StreamSink] = []
         self._due = False
 
     @classmethod
-    def current(cls) -> "WriteBatch":
+    def current(cls) -> WriteBatch:
         loop = IOLoop.current()
         batch = cls._by_loop.get(loop)
         if batch is None:
             batch = cls._by_loop[loop] = cls(loop)
         return batch
 
-    def add(self, sink: "StreamSink") -> None:
+    def add(self, sink: StreamSink) -> None:
         self._sinks.append(sink)
         if not self._due:
             self._due = True
@@ -105,7 +156,8 @@ class StreamSink:
     streaming = True
     paused = False
 
-    def __init__(self, handler, encoder, include_usage, tokens):
+    def __init__(self, handler: ApiHandler, encoder: openai_format.ChunkEncoder, include_usage: bool,
+                 tokens: TokenCounter) -> None:
         self.handler = handler
         self.encoder = encoder
         self.include_usage = include_usage
@@ -123,14 +175,14 @@ class StreamSink:
         self._stream = getattr(connection, "stream", None)  # HTTP/1: Tornado's IOStream
         self._direct = False  # set once the headers are out on a chunked HTTP/1.1 response
         self._run: Optional[ConversationRun] = None
-        self._held: Any = None          # the transfer paused for this client
+        self._held: Optional[Transfer] = None  # the transfer paused for this client
         self._progress = (0, 0.0)     # (bytes the client had taken, when that was last seen to grow)
 
-    def attach(self, run):
+    def attach(self, run: ConversationRun) -> None:
         """The conversation this sink writes: its transfer is paused and resumed from here."""
         self._run = run
 
-    def start(self):
+    def start(self) -> None:
         if self.started:
             return  # started early: a request that waited in the account queue got its headers then
         self.started = True
@@ -144,7 +196,7 @@ class StreamSink:
         self._direct = (self._stream is not None and hasattr(h, "count_sent")
                         and getattr(self._connection, "_chunking_output", False) is True)
 
-    def text(self, text):
+    def text(self, text: str) -> None:
         """Queue a content chunk; it is sent when the loop turn ends, so text that arrives in a
         burst (an upstream at full speed) leaves in one send, not one per chunk."""
         if not self.started:
@@ -155,7 +207,7 @@ class StreamSink:
         if len(self._pending) == 1:
             self._batch.add(self)
 
-    def reasoning(self, text, inline=False):
+    def reasoning(self, text: str, inline: bool = False) -> None:
         """Reasoning text: a ``reasoning_content`` chunk, or (``inline``) content that counts as
         reasoning. Either way the stream is not quiet, so keep-alives wait."""
         if self.reasonings is not None:
@@ -170,7 +222,7 @@ class StreamSink:
         if len(self._pending) == 1:
             self._batch.add(self)
 
-    def flush(self):
+    def flush(self) -> None:
         """Send what is pending (``WriteBatch`` calls this once per loop turn)."""
         pending = self._pending
         if not pending or self.ended:
@@ -178,7 +230,7 @@ class StreamSink:
         self._pending = []
         self._write(pending[0] if len(pending) == 1 else b"".join(pending))
 
-    def _write(self, data):
+    def _write(self, data: bytes) -> None:
         self.last_write = time.monotonic()
         if not self._direct:
             self.handler.write(data)
@@ -205,21 +257,21 @@ class StreamSink:
             return
         self._check_backlog()  # only what Tornado holds counts: what the socket took is gone
 
-    def keepalive(self):
+    def keepalive(self) -> None:
         if not self.started:
             self.start()  # a quiet start (a model thinking): the headers go now, UIs stop their timers
         elif not self.paused:  # a client that is not reading needs no sign of life
             self._pending.append(openai_format.KEEPALIVE)
             self.flush()
 
-    def _tail(self, last):
+    def _tail(self, last: bytes) -> bytes:
         """What is still pending, then ``last``: the stream's final write."""
         pending = self._pending
         self._pending = []
         self.ended = True
         return b"".join(pending) + last if pending else last
 
-    def finish(self, reason, prompt_messages):
+    def finish(self, reason: str, prompt_messages: PromptMessages) -> None:
         if not self.started:
             self.start()
         tail = self.encoder.finish(reason)
@@ -228,19 +280,19 @@ class StreamSink:
                                                          "".join(self.reasonings or ()), self.reasoning_inline))
         self.handler.finish(self._tail(tail + openai_format.DONE))
 
-    def fail(self, error):
+    def fail(self, error: ApiError) -> None:
         if not self.started:
             self.start()
         self.handler.finish(self._tail(openai_format.error_event(error) + openai_format.DONE))
 
-    def backlog(self):
+    def backlog(self) -> int:
         """Bytes written for this client that its socket has not taken yet."""
         stream = self._stream
         if stream is None or stream.closed():
             return 0
         return stream._total_write_index - stream._total_write_done_index  # Tornado 6.6 IOStream
 
-    def _check_backlog(self):
+    def _check_backlog(self) -> None:
         """Above the high-water mark, pause the upstream until what is written has gone out.
 
         The wait is the IOStream's own (a write of nothing resolves once everything before it
@@ -258,7 +310,7 @@ class StreamSink:
         pause()
         self._stream.write(b"").add_done_callback(self._drained)  # type: ignore[union-attr]
 
-    def _drained(self, flushed):
+    def _drained(self, flushed: Future[None]) -> None:
         if not flushed.cancelled():
             flushed.exception()  # a closed connection: the handler cancels the run
         self.paused = False
@@ -266,7 +318,7 @@ class StreamSink:
         if not self.ended and transfer is not None:
             transfer.resume()
 
-    def stalled(self, now, timeout):
+    def stalled(self, now: float, timeout: float) -> bool:
         """Whether the client has taken nothing for ``timeout`` seconds while bytes wait for it."""
         stream = self._stream
         if stream is None or stream.closed() or self.backlog() == 0:
@@ -279,7 +331,7 @@ class StreamSink:
             return False
         return now - since >= timeout
 
-    def disconnect(self):
+    def disconnect(self) -> None:
         if self._stream is not None:
             self._stream.close()
 
@@ -292,22 +344,22 @@ class GatherSink:
     started = False
     paused = False
 
-    def __init__(self, handler):
+    def __init__(self, handler: ApiHandler) -> None:
         self.handler = handler
-        self.texts = []
-        self.reasonings = []          # the reasoning text (also in ``texts`` when inline)
+        self.texts: list[str] = []
+        self.reasonings: list[str] = []  # the reasoning text (also in ``texts`` when inline)
         self.reasoning_inline = False
         self._run: Optional[ConversationRun] = None
         self._room: Optional[int] = None   # bytes the answer may still take
 
-    def attach(self, run):
+    def attach(self, run: ConversationRun) -> None:
         self._run = run
         self._room = run.gateway.settings.max_answer_bytes
 
-    def start(self):
+    def start(self) -> None:
         pass
 
-    def text(self, text):
+    def text(self, text: str) -> None:
         self.texts.append(text)
         if self._room is not None:
             self._room -= len(text.encode("utf-8", "surrogatepass"))
@@ -319,31 +371,31 @@ class GatherSink:
                     502, "the answer is longer than MAX_ANSWER_BYTES (%d bytes) allows; ask for a shorter answer "
                          "or use stream: true" % limit, "upstream_error", "answer_too_large"))
 
-    def stalled(self, now, timeout):
+    def stalled(self, now: float, timeout: float) -> bool:
         return False
 
-    def reasoning(self, text, inline=False):
+    def reasoning(self, text: str, inline: bool = False) -> None:
         self.reasonings.append(text)
         self.reasoning_inline = inline
         if inline:
             self.texts.append(text)
 
-    def keepalive(self):
+    def keepalive(self) -> None:
         pass  # a status line sent early could not honestly report a later failure
 
-    def fail(self, error):
+    def fail(self, error: ApiError) -> None:
         self.handler.send_error_json(error)
 
 
 class CollectSink(GatherSink):
     """Gathers the answer and writes one ``chat.completion`` at the end."""
 
-    def __init__(self, handler, encoder, tokens):
+    def __init__(self, handler: ApiHandler, encoder: openai_format.ChunkEncoder, tokens: TokenCounter) -> None:
         super().__init__(handler)
         self.encoder = encoder
         self.tokens = tokens
 
-    def finish(self, reason, prompt_messages):
+    def finish(self, reason: str, prompt_messages: PromptMessages) -> None:
         e = self.encoder
         text = "".join(self.texts)
         reasoning = "".join(self.reasonings)
@@ -360,7 +412,8 @@ class Relay:
     event larger than MAX_UPSTREAM_EVENT_BYTES); ``halted``: nothing more reaches the sink.
     """
 
-    def __init__(self, conversion, sink, perform, abort=None):
+    def __init__(self, conversion: Conversion, sink: Sink, perform: Callable[[Action], Awaitable[str]],
+                 abort: Optional[Callable[[ApiError], None]] = None) -> None:
         self.conversion = conversion
         self.sink = sink
         self.perform = perform          # async function: action -> text
@@ -368,14 +421,14 @@ class Relay:
         self.closed = False             # the client went away
         self.halted = False             # the client went away, or the answer was aborted
         self.last_upstream = time.monotonic()
-        self._queue: collections.deque = collections.deque()
+        self._queue: collections.deque[Any] = collections.deque()
         self._busy = True               # hold everything until begin(): the sink is not ready
         self.begun = False              # the upstream accepted: what comes is the answer
-        self._idle = None
+        self._idle: Optional[Future[None]] = None
         # None once bad bytes were noted
         self._utf8: Optional[codecs.IncrementalDecoder] = codecs.getincrementaldecoder("utf-8")()
 
-    def on_chunk(self, data):
+    def on_chunk(self, data: bytes) -> None:
         self.last_upstream = time.monotonic()
         if self.halted:
             return
@@ -392,7 +445,7 @@ class Relay:
         if items:
             self._emit(items)
 
-    def _check_utf8(self, data):
+    def _check_utf8(self, data: bytes) -> None:
         """Note (once, for the log) bytes that are not UTF-8: the events holding them cannot be
         read and are skipped. ASCII chunks are not decoded: one cut inside a character and
         followed by ASCII is invalid anyway, so skipping them never raises a false alarm."""
@@ -405,12 +458,12 @@ class Relay:
             self.conversion.warnings.note("the upstream sent bytes that are not UTF-8 (%s); the events holding "
                                             "them were skipped" % e.reason)
 
-    def finish_input(self):
+    def finish_input(self) -> None:
         items = self.conversion.close()
         if items:
             self._emit(items)
 
-    def follow(self, message=None, reopen=None):
+    def follow(self, message: Optional[Message] = None, reopen: Optional[str] = None) -> None:
         """The answer goes on past the upstream body that ended: a polled message, or a new
         body about to stream (``Conversion.follow``); what it gives reaches the sink in order."""
         self.last_upstream = time.monotonic()
@@ -418,7 +471,7 @@ class Relay:
         if items:
             self._emit(items)
 
-    def begin(self):
+    def begin(self) -> None:
         """The upstream accepted: pass on what arrived before, then everything as it comes."""
         self.begun = True
         items = list(self._queue)
@@ -426,7 +479,7 @@ class Relay:
         self._busy = False
         self._emit(items)
 
-    def _emit(self, items):
+    def _emit(self, items: list[Any]) -> None:
         if self.halted:
             return
         if self._busy:
@@ -444,7 +497,7 @@ class Relay:
                 IOLoop.current().add_callback(self._drain)
                 return
 
-    async def _drain(self):
+    async def _drain(self) -> None:
         try:
             while self._queue and not self.halted:
                 item = self._queue.popleft()
@@ -459,7 +512,7 @@ class Relay:
             if self._idle is not None:
                 future_set_result_unless_cancelled(self._idle, None)
 
-    async def drained(self):
+    async def drained(self) -> None:
         """Wait until every queued item, including actions, has reached the sink."""
         while self._busy and not self.halted:
             self._idle = Future()
@@ -477,33 +530,33 @@ class StreamWatch:
     whose client has not taken it yet stay watched (``draining``) until it has, or WRITE_TIMEOUT.
     """
 
-    def __init__(self, keepalive_interval, idle_timeout, write_timeout=None):
+    def __init__(self, keepalive_interval: float, idle_timeout: float, write_timeout: Optional[float] = None) -> None:
         self.keepalive_interval = keepalive_interval
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
-        self._runs = set()
-        self._draining = set()
-        self._tasks = set()     # work that follows answers (hiding conversations)
+        self._runs: set[ConversationRun] = set()
+        self._draining: set[StreamSink] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()  # work that follows answers (hiding conversations)
         self._ended = 0         # answers ended since the last full garbage collection
-        self.metrics = None  # pgw.metrics.Metrics: told once per sweep, never per event
+        self.metrics: Optional[Metrics] = None  # pgw.metrics.Metrics: told once per sweep, never per event
         # A quarter of the interval: a keep-alive is then at most 25% late, not a whole tick.
         tick = min(keepalive_interval / 4, 1.0) if keepalive_interval > 0 else 1.0
         if write_timeout:
             tick = min(tick, max(write_timeout / 4, 0.05))
         self._timer = PeriodicCallback(self._sweep, tick * 1000)
 
-    def start(self):
+    def start(self) -> None:
         self._timer.start()
 
-    def stop(self):
+    def stop(self) -> None:
         self._timer.stop()
 
-    def add(self, run):
+    def add(self, run: ConversationRun) -> None:
         self._runs.add(run)
 
-    def discard(self, run):
+    def discard(self, run: ConversationRun) -> None:
         self._runs.discard(run)
-        sink = run.sink
+        sink: Any = run.sink  # backlog() is a StreamSink's: sink.streaming says it is one
         if sink.streaming and not run.closed and sink.backlog():
             self._draining.add(sink)
         self._ended += 1
@@ -511,30 +564,30 @@ class StreamWatch:
             self._ended = 0
             IOLoop.current().add_callback(_collect)
 
-    def runs(self):
+    def runs(self) -> list[ConversationRun]:
         """The conversations open now (a copy)."""
         return list(self._runs)
 
-    def spawn(self, work, *args):
+    def spawn(self, work: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run the coroutine function ``work(*args)`` in the background, watched by ``idle``."""
         task = asyncio.ensure_future(work(*args))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    def _task_done(self, task):
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background work failed", exc_info=task.exception())
 
-    def idle(self):
+    def idle(self) -> bool:
         """No answer open, none still reaching its client, no follow-up work running."""
         self._draining = {sink for sink in self._draining if sink.backlog()}
         return not (self._runs or self._draining or self._tasks)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._runs)
 
-    def _sweep(self):
+    def _sweep(self) -> None:
         now = time.monotonic()
         keepalive = self.keepalive_interval
         write_timeout = self.write_timeout
@@ -543,7 +596,7 @@ class StreamWatch:
             relay = run.relay
             if relay.closed:
                 continue
-            sink = relay.sink
+            sink: Any = relay.sink  # last_write and disconnect() are a StreamSink's (streaming, stalled() say so)
             transfer = run.reading
             if transfer is not None and getattr(transfer, "paused", False):
                 relay.last_upstream = now  # the silence is the client's, not the upstream's
@@ -570,7 +623,7 @@ class StreamWatch:
                 self._disconnect(sink, write_timeout)
 
     @staticmethod
-    def _disconnect(sink, timeout):
+    def _disconnect(sink: StreamSink, timeout: float) -> None:
         log.warning("a client took nothing of its answer for %g s (WRITE_TIMEOUT): disconnected", timeout)
         sink.disconnect()
 
@@ -584,13 +637,13 @@ class StreamWatch:
 COLLECT_AFTER = 200
 
 
-def _collect():
+def _collect() -> None:
     t0 = time.perf_counter()
     found = gc.collect()
     log.debug("idle: full garbage collection, %d objects freed in %.1f ms", found, (time.perf_counter() - t0) * 1000)
 
 
-def renderer_for(settings, fetch_images=False):
+def renderer_for(settings: Settings, fetch_images: bool = False) -> Renderer:
     """A fresh renderer for one answer: for bots (BOT_MODE) or for web UIs. ``fetch_images``:
     fetch every image even where the text does not show it (the images endpoint)."""
     if settings.bot_mode:
@@ -612,19 +665,21 @@ class MediaDownloads:
     actions whose fetch failed (the images endpoint answers from these).
     """
 
-    def __init__(self, upstream, media, key, public_base, known=None):
+    def __init__(self, upstream: UpstreamClient, media: MediaStore, key: str, public_base: str,
+                 known: Optional[SavedFiles] = None) -> None:
         self.upstream = upstream
         self.media = media
         self.key = key
         self.public_base = public_base
         self.known = known       # SavedFiles of this process: one upstream file is saved once
-        self.conversion = None   # set by ConversationRun: sandbox files and sediment:// need the conversation id
-        self.saved = []
-        self.failed = []
-        self._fetched = {}       # upstream file -> (saved name, bytes), for this answer
+        # set by ConversationRun: sandbox files and sediment:// need the conversation id
+        self.conversion: Optional[Conversion] = None
+        self.saved: list[tuple[Action, str, bytes]] = []
+        self.failed: list[Action] = []
+        self._fetched: dict[tuple[Any, ...], Saved] = {}  # upstream file -> (saved name, bytes): this answer
 
     @staticmethod
-    def _what(action):
+    def _what(action: Action) -> Optional[tuple[Any, ...]]:
         """Which upstream file an action fetches (None: not one this knows)."""
         if type(action) is FetchImage:
             return ("file", action.image.store, action.image.file_id)
@@ -632,7 +687,7 @@ class MediaDownloads:
             return ("sandbox", action.file.message_id, action.file.path)
         return None
 
-    async def perform(self, action):
+    async def perform(self, action: Action) -> str:
         what = self._what(action)
         saved = self._fetched.get(what) if what is not None else None
         if saved is not None:  # the same upstream file shown again: fetched and saved once
@@ -647,11 +702,11 @@ class MediaDownloads:
         self.saved.append((action, url, saved[1]))
         return action.render(url)
 
-    def public_url(self, name):
+    def public_url(self, name: str) -> str:
         """Where clients fetch a saved file (see handlers/images.py)."""
         return "%s/images/%s" % (self.public_base, name)
 
-    async def fetch(self, action):
+    async def fetch(self, action: Action) -> Optional[Saved]:
         """Fetch an image or sandbox file the answer shows: ``(saved name, bytes)`` or None.
 
         Two steps, as the upstream wants: a backend-api call (with the key) answers a
@@ -668,14 +723,14 @@ class MediaDownloads:
             return saved
         return await known.fetch(ident, self._fetch_logged(action))
 
-    async def _fetch_logged(self, action):
+    async def _fetch_logged(self, action: Action) -> Optional[Saved]:
         try:
             return await self._fetch(action)
         except Exception:
             log.exception("fetching %r failed", action)
             return None
 
-    def _identity(self, action):
+    def _identity(self, action: Action) -> Optional[tuple[Any, ...]]:
         """What names the upstream file an action fetches, for ``SavedFiles``: per key (a copy
         is only ever linked for the account that could fetch it)."""
         cid = self.conversion.conversation_id if self.conversion is not None else None
@@ -687,7 +742,7 @@ class MediaDownloads:
             return (self.key, "sandbox", cid, action.file.message_id, action.file.path)
         return None
 
-    async def _fetch(self, action):
+    async def _fetch(self, action: Any) -> Optional[Saved]:  # an Action, told apart by type(action) below
         t = type(action)
         key = self.key
         cid = self.conversion.conversation_id if self.conversion is not None else None
@@ -736,11 +791,13 @@ class SavedFiles:
     first time instead of saving another. A fetch under way is shared by whoever asks meanwhile.
     Bounded (least recently used go first); a file the age sweep deleted is fetched again."""
 
-    def __init__(self, limit=4096):
+    def __init__(self, limit: int = 4096) -> None:
         self.limit = limit
-        self._entries = collections.OrderedDict()  # identity -> saved name, or Future while fetching
+        # identity -> saved name, or Future while fetching
+        self._entries: collections.OrderedDict[tuple[Any, ...], Union[str, Future[Optional[Saved]]]] = \
+            collections.OrderedDict()
 
-    async def get(self, ident, media):
+    async def get(self, ident: tuple[Any, ...], media: MediaStore) -> Optional[Saved]:
         """``(saved name, bytes)`` of a file saved before, or None."""
         entry = self._entries.get(ident)
         if entry is None:
@@ -755,9 +812,9 @@ class SavedFiles:
         with open(path, "rb") as f:
             return entry, f.read()
 
-    async def fetch(self, ident, fetching):
+    async def fetch(self, ident: tuple[Any, ...], fetching: Awaitable[Optional[Saved]]) -> Optional[Saved]:
         """Await ``fetching`` (giving ``(name, bytes)`` or None) as the one fetch of ``ident``."""
-        future: "Future[Any]" = Future()
+        future: Future[Optional[Saved]] = Future()
         self._entries[ident] = future
         result = None
         try:
@@ -777,23 +834,23 @@ class _Waiting:
     """What the stream watch holds for a run while it polls the conversation instead of reading
     a transfer: ``cancel`` (the client left, or the upstream went silent) ends the wait at once."""
 
-    def __init__(self):
-        self.failure = None
+    def __init__(self) -> None:
+        self.failure: Optional[str] = None
         self.cancelled = False
-        self._wake: "Future[None]" = Future()
+        self._wake: Future[None] = Future()
 
-    def cancel(self, reason="cancelled"):
+    def cancel(self, reason: str = "cancelled") -> None:
         if not self.cancelled:
             self.cancelled = True
             self.failure = reason
             future_set_result_unless_cancelled(self._wake, None)
 
-    async def sleep(self, seconds):
+    async def sleep(self, seconds: float) -> None:
         if not self.cancelled:
             await asyncio.wait([self._wake], timeout=seconds)
 
 
-def no_answer_error(transfer) -> ApiError:
+def no_answer_error(transfer: Transfer) -> ApiError:
     """The error for a conversation the upstream never answered: it could not be reached, or
     it took the request and then sent nothing (StreamWatch's silence limit) or hung up."""
     if transfer.cancelled:  # by StreamWatch: the upstream kept silent (the client leaving returns earlier)
@@ -816,7 +873,8 @@ class ConversationRun:
     with ``error``. Afterwards the conversation is hidden upstream when the settings say so.
     """
 
-    def __init__(self, gateway, key, payload, sink, downloads, prompt_messages, renderer=None):
+    def __init__(self, gateway: Gateway, key: str, payload: dict[str, Any], sink: Sink, downloads: MediaDownloads,
+                 prompt_messages: PromptMessages, renderer: Optional[Renderer] = None) -> None:
         self.gateway = gateway
         self.key = key
         self.payload = payload
@@ -834,22 +892,23 @@ class ConversationRun:
         #                            continued one, or _Waiting while the conversation is polled
         self.polls = 0            # GET conversation/{id} calls made while the answer finished elsewhere
         self._continued = True    # False once the upstream refused to continue a cut answer
-        self.error = None   # why the answer was aborted (abort)
-        self.refused = None   # (status or None, body) when the upstream refused before any answer byte
+        self.error: Optional[ApiError] = None  # why the answer was aborted (abort)
+        # (status or None, body) when the upstream refused before any answer byte
+        self.refused: Optional[tuple[Optional[int], bytes]] = None
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         """The client went away."""
         return self.relay.closed
 
-    def cancel(self, reason="the client disconnected"):
+    def cancel(self, reason: str = "the client disconnected") -> None:
         relay = self.relay
         if not relay.closed:
             relay.closed = relay.halted = True
             if self.reading is not None:
                 self.reading.cancel(reason)
 
-    def abort(self, error):
+    def abort(self, error: ApiError) -> None:
         """End the answer with ``error`` now: nothing more reaches the sink, the transfer is aborted."""
         if self.error is None and not self.relay.closed:
             self.error = error
@@ -857,7 +916,7 @@ class ConversationRun:
             if self.reading is not None:
                 self.reading.cancel(error.message)
 
-    async def run(self):
+    async def run(self) -> None:
         gw = self.gateway
         relay, sink, key = self.relay, self.sink, self.key
         transfer = self.transfer = self.reading = gw.upstream.start_conversation(key, self.payload, relay.on_chunk)
@@ -897,7 +956,7 @@ class ConversationRun:
                     raise error  # nothing was sent: the handler answers with the error's status
                 sink.fail(error)
             else:
-                sink.finish(reason, self.prompt_messages)
+                sink.finish(reason, self.prompt_messages)  # type: ignore[arg-type]  # outcome(): no error, a reason
         finally:
             gw.watch.discard(self)
             for warning in self.conversion.warnings:  # each kind once per stream
@@ -906,7 +965,7 @@ class ConversationRun:
             if cid and gw.settings.need_delete_conversation_after_response:
                 gw.watch.spawn(gw.upstream.hide_conversation, key, cid)
 
-    async def _refused(self, status, transfer):
+    async def _refused(self, status: Optional[int], transfer: Transfer) -> None:
         """The upstream answered with something other than the answer's events: raise the
         matching ``ApiError`` (nothing was sent to the client yet). Returns only when the
         client has gone."""
@@ -928,17 +987,17 @@ class ConversationRun:
     # Following an answer past its SSE body: pictures drawn later, hand-offs, cut answers.
 
     # Conversations being polled in this process: one poller per conversation.
-    _polled: "set[str]" = set()
+    _polled: set[str] = set()
     # Follow-ups of one answer at most (hand-offs, polls, continuations together): no endless chase.
     MAX_FOLLOWUPS = 32
 
-    async def _follow(self):
+    async def _follow(self) -> Optional[ApiError]:
         """After the SSE body ended: follow the answer where it goes on until nothing is left
         to wait for. Returns an ``ApiError`` that ends the answer, or None (then the
         conversion's outcome decides). Everything new goes through the same ``Conversion``."""
         settings = self.gateway.settings
         answer = self.conversion._answer
-        handled_images: "set[str]" = set()
+        handled_images: set[str] = set()
         continues = 0
         for _ in range(self.MAX_FOLLOWUPS):
             await self.relay.drained()
@@ -949,7 +1008,7 @@ class ConversationRun:
             elif set(answer.image_tasks) - handled_images:
                 pending = set(answer.image_tasks) - handled_images
                 handled_images |= pending
-                error = await self._poll(lambda messages, ids=pending: followup.images_ready(messages, ids),
+                error = await self._poll(lambda messages, ids=pending: followup.images_ready(messages, ids),  # type: ignore[misc]
                                          settings.image_wait_timeout, ApiError(
                                              504, "no picture after waiting %g s (IMAGE_WAIT_TIMEOUT) for the "
                                              "upstream to finish drawing it" % settings.image_wait_timeout,
@@ -965,12 +1024,12 @@ class ConversationRun:
         log.warning("answer for key %s: stopped following after %d follow-ups", mask(self.key), self.MAX_FOLLOWUPS)
         return None
 
-    def _read(self, transfer):
+    def _read(self, transfer: Union[Transfer, _Waiting]) -> None:
         """Read ``transfer`` (a new upstream body of this answer) instead of the last one (the
         stream watch, flow control and ``abort`` act on what is read now)."""
         self.reading = transfer
 
-    async def _follow_handoff(self, answer):
+    async def _follow_handoff(self, answer: Answer) -> Optional[ApiError]:
         """``stream_handoff``: stream the rest from ``f/conversation/resume``; if that is
         refused or unreachable, poll the conversation until its last answer has finished."""
         cid = self.conversion.conversation_id
@@ -1007,7 +1066,7 @@ class ConversationRun:
             answer.done()  # the polled turn has ended: that is this answer's completion
         return error
 
-    async def _continue(self, answer):
+    async def _continue(self, answer: Answer) -> Optional[ApiError]:  # a follow-up step: never an error
         """``finish_details: max_tokens``: post ``"action": "continue"`` after the cut message
         and stream the rest into the same answer. A refused continuation leaves the answer as it
         was: cut, finishing with ``length``."""
@@ -1015,7 +1074,7 @@ class ConversationRun:
         parent = answer.last_prose_id
         if not cid:
             return None
-        body = followup.continue_payload(self.payload, cid, parent)
+        body = followup.continue_payload(self.payload, cid, parent)  # type: ignore[arg-type]  # _follow checked it
         self.relay.follow(reopen=parent)
         answer.finish_reason = None  # the continuation says how the answer ends now
         previous = self.reading
@@ -1032,7 +1091,8 @@ class ConversationRun:
             self._continued = False
         return None
 
-    async def _poll(self, ready, timeout, timeout_error):
+    async def _poll(self, ready: Callable[[list[Message]], Optional[list[Message]]], timeout: float,
+                    timeout_error: ApiError) -> Optional[ApiError]:
         """Poll ``GET conversation/{id}`` every IMAGE_POLL_INTERVAL until ``ready(messages of its
         current branch)`` gives the messages to pass on, then read them into the answer. The
         stream stays registered with the watch (keep-alives flow); the client leaving ends the
@@ -1079,7 +1139,7 @@ class ConversationRun:
             ConversationRun._polled.discard(cid)
 
 
-def _is_event_stream(content_type):
+def _is_event_stream(content_type: Optional[str]) -> bool:
     """Whether an answer's Content-Type can be the conversation's events (none at all is taken
     on trust; a page of HTML or an image is not)."""
     return not content_type or not content_type.startswith(("text/html", "image/", "application/xhtml"))
