@@ -284,19 +284,28 @@ class JsonBodyHandler(ApiHandler):
         self._limit = self.gateway.settings.max_request_body
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self._limit:
-            self._size = int(length)  # known to be too large: do not keep any of it
+            raise self._too_large()  # answered now; nothing of the body is read
 
     def data_received(self, chunk):
         self._size += len(chunk)
         if self._size <= self._limit:
             self._chunks.append(chunk)
+        elif not self._finished:  # a chunked body past the limit: answer now, read no more of it
+            self.send_error_json(self._too_large())
+
+    def _too_large(self):
+        """The 413 naming MAX_REQUEST_BODY. Answering before the body has been read makes Tornado
+        close the connection once the answer is out (it reads no more of the body); its own cap,
+        which would cut in with a bare 400 first, is lifted for this request."""
+        self.request.connection.set_max_body_size(1 << 62)
+        return ApiError(413, "the request body is larger than the %d bytes this gateway accepts (MAX_REQUEST_BODY)"
+                        % self._limit, "invalid_request_error", "request_too_large")
 
     def json_body(self):
         """The decoded body, checked: size (413), UTF-8, JSON, object count and depth (400)."""
         settings = self.gateway.settings
         if self._size > self._limit:
-            raise ApiError(413, "the request body is larger than the %d bytes this gateway accepts (MAX_REQUEST_BODY)"
-                           % self._limit, "invalid_request_error", "request_too_large")
+            raise self._too_large()
         raw = b"".join(self._chunks)
         self._chunks = []
         if not raw.strip():

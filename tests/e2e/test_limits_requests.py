@@ -107,3 +107,62 @@ def test_random_json_never_gives_a_5xx_from_the_live_server(gateway, body, path)
     assert status < 500, raw[:300]
     if status >= 400:
         _error((status, None, raw), status)
+
+
+def _raw_exchange(gw, head, body_parts, timeout=10):
+    """Send a request head and body parts over a raw socket; return everything the server sent
+    until it closed the connection (or ``timeout``)."""
+    import socket
+    import urllib.parse
+    u = urllib.parse.urlsplit(gw.url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
+    try:
+        sock.sendall(head)
+        for part in body_parts:
+            try:
+                sock.sendall(part)
+            except OSError:
+                break  # the server answered and closed: it reads no more
+        got = b""
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            got += data
+        return got
+    finally:
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def small_body_gw(gateway_factory):
+    return gateway_factory(MAX_REQUEST_BODY="4096")
+
+
+def test_a_body_declared_far_too_large_is_a_413_without_being_read(small_body_gw):
+    """A Content-Length of 1 GB (beyond Tornado's own cap, which answered a bare 400) is refused
+    at once with the OpenAI error naming the limit; the client never has to send the body."""
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer fk-big\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n")
+    got = _raw_exchange(small_body_gw, head, [b"{"])
+    status_line, _, rest = got.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 413"), got[:200]
+    error = json.loads(rest.partition(b"\r\n\r\n")[2])["error"]
+    assert error["code"] == "request_too_large" and "MAX_REQUEST_BODY" in error["message"]
+    assert got.count(b"HTTP/1.1 ") == 1  # one answer, not a 400 appended to it
+
+
+def test_a_chunked_body_past_the_limit_is_a_413_as_soon_as_it_passes(small_body_gw):
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer fk-big\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    piece = b"x" * 1024
+    chunks = [b"%x\r\n%s\r\n" % (len(piece), piece)] * 64  # 64 KB, far past 4096: never all needed
+    got = _raw_exchange(small_body_gw, head, chunks)
+    assert got.startswith(b"HTTP/1.1 413"), got[:200]
+    body = got.partition(b"\r\n\r\n")[2]
+    assert b"request_too_large" in body and b"MAX_REQUEST_BODY" in body
+    status, _, _ = _post(small_body_gw, {"model": "gpt-4-s", "messages": [{"role": "user", "content": "hi"}]})
+    assert status != 500  # the server keeps serving
