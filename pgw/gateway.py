@@ -43,6 +43,7 @@ class Gateway:
         self.watch = StreamWatch(settings.keepalive_interval, settings.upstream_idle_timeout,
                                   settings.write_timeout)
         self.media = MediaStore(settings.images_dir)
+        self.waiting: set = set()  # handlers waiting for files or an account (ended at shutdown)
         self.saved_files = SavedFiles()  # upstream files saved by this process: none saved twice
         self.metrics = Metrics() if settings.metrics_enabled else None
         self.watch.metrics = self.metrics

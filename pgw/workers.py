@@ -238,13 +238,18 @@ async def graceful_stop(server, gateway, signum):
     gateway.stopping = True
     server.stop()
     deadline = time.monotonic() + grace
-    while len(watch) and time.monotonic() < deadline:
+    while (len(watch) or gateway.waiting) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     left = watch.runs()
     if left:
         log.warning("ending %d answers still open after SHUTDOWN_GRACE (%g s)", len(left), grace)
         for run in left:
             run.abort(ApiError(503, SHUTTING_DOWN, "server_error", "shutting_down"))
+    waiting = list(gateway.waiting)  # requests still preparing or queued for an account
+    if waiting:
+        log.warning("ending %d requests still waiting (files, the account queue) after SHUTDOWN_GRACE", len(waiting))
+        for handler in waiting:
+            handler.stop_waiting(ApiError(503, SHUTTING_DOWN, "server_error", "shutting_down"))
     deadline = time.monotonic() + SETTLE
     while not watch.idle() and time.monotonic() < deadline:
         await asyncio.sleep(0.05)

@@ -28,6 +28,7 @@ class ConversationHandler(JsonBodyHandler):
     """
 
     _gone = False
+    _stop_error = None    # set at shutdown: the waits below end with it (``stop_waiting``)
     _pending: frozenset = frozenset()   # preparation and queue waits to cancel when the client leaves
     _run = None       # the conversation (the first, when several run: the images endpoint)
     _runs = ()
@@ -37,15 +38,17 @@ class ConversationHandler(JsonBodyHandler):
         if self._gone:
             raise ClientGone()
         pending = asyncio.ensure_future(awaitable)
-        self._pending = self._pending | {pending}
+        self._waiting(pending)
         try:
             return await pending
         except asyncio.CancelledError:
             if self._gone:
                 raise ClientGone() from None
+            if self._stop_error is not None:
+                raise self._stop_error from None
             raise
         finally:
-            self._pending = self._pending - {pending}
+            self._done_waiting(pending)
 
     def payload(self, messages, route, gizmo=None, hints=(), effort=None):
         """The upstream request body, asking for the stream encoding the settings choose;
@@ -171,7 +174,7 @@ class ConversationHandler(JsonBodyHandler):
         if self._gone:
             raise ClientGone()
         wait = asyncio.ensure_future(pool.acquire(model, tried))
-        self._pending = self._pending | {wait}
+        self._waiting(wait)
         interval = self.gateway.settings.keepalive_interval
         try:
             while True:
@@ -185,11 +188,30 @@ class ConversationHandler(JsonBodyHandler):
         except asyncio.CancelledError:
             if self._gone:
                 raise ClientGone() from None
+            if self._stop_error is not None:
+                raise self._stop_error from None
             raise
         finally:
-            self._pending = self._pending - {wait}
+            self._done_waiting(wait)
             if not wait.done():
                 wait.cancel()
+
+    def _waiting(self, future):
+        """``future`` is a wait of this request (files, a GPT's details, the account queue)."""
+        self._pending = self._pending | {future}
+        self.gateway.waiting.add(self)
+
+    def _done_waiting(self, future):
+        self._pending = self._pending - {future}
+        if not self._pending:
+            self.gateway.waiting.discard(self)
+
+    def stop_waiting(self, error):
+        """Shutdown (``pgw.workers.graceful_stop``): end this request's waits with ``error``; a
+        queued stream that already has its headers ends with it as an error event and [DONE]."""
+        self._stop_error = error
+        for pending in self._pending:
+            pending.cancel()
 
     def on_connection_close(self):
         self._gone = True

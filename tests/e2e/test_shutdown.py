@@ -193,3 +193,24 @@ def test_healthz_counts_open_streams_and_connections(gateway_factory, upstream, 
             break
         time.sleep(0.05)
     assert health["open_streams"] == 0 and health["open_connections"] == 1
+
+
+def test_sigterm_ends_a_stream_still_queued_for_an_account_with_an_error_event(gateway_factory, upstream, tmp_path):
+    """A stream waiting in the account queue already has its headers and keep-alives: at the end
+    of SHUTDOWN_GRACE it gets an end too (the error event and [DONE]), never a cut connection."""
+    from tests.e2e.test_pool import new_accounts, start_pool
+    subs, tokens = new_accounts(1)
+    upstream.plan(subs[0], scenario="long", options={"chars": 400}, chunking="event", gate=20)
+    gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}], SHUTDOWN_GRACE=1)
+    held, _ = _open_stream(gw, gw.access_key)  # holds the only account
+    queued = rawstream.connect(gw.url)
+    queued.sendall(rawstream.request_bytes(gw.url, gw.access_key))
+    seen = rawstream.read_until(queued, b": keep-alive")  # queued, with headers (KEEPALIVE_INTERVAL 0.2)
+    assert b": keep-alive" in seen and b"HTTP/1.1 200" in seen
+    gw.proc.send_signal(signal.SIGTERM)
+    answer = rawstream.read_answer(queued, 15, seen)
+    assert answer.status == 200 and answer.done and answer.complete_body
+    assert answer.error["code"] == "shutting_down"
+    assert _wait_exit(gw.proc, 15) == 0
+    held.close()
+    queued.close()
