@@ -6,6 +6,7 @@ as it comes; ``while_connected`` abandons preparation work when the client leave
 """
 
 import asyncio
+import contextlib
 import logging
 
 from tornado.ioloop import IOLoop
@@ -38,17 +39,8 @@ class ConversationHandler(JsonBodyHandler):
         if self._gone:
             raise ClientGone()
         pending = asyncio.ensure_future(awaitable)
-        self._waiting(pending)
-        try:
+        with self._waiting(pending):
             return await pending
-        except asyncio.CancelledError:
-            if self._gone:
-                raise ClientGone() from None
-            if self._stop_error is not None:
-                raise self._stop_error from None
-            raise
-        finally:
-            self._done_waiting(pending)
 
     def payload(self, messages, route, gizmo=None, hints=(), effort=None):
         """The upstream request body, asking for the stream encoding the settings choose;
@@ -174,17 +166,30 @@ class ConversationHandler(JsonBodyHandler):
         if self._gone:
             raise ClientGone()
         wait = asyncio.ensure_future(pool.acquire(model, tried))
-        self._waiting(wait)
         interval = self.gateway.settings.keepalive_interval
         try:
-            while True:
-                done, _ = await asyncio.wait((wait,), timeout=interval if sink.streaming and interval else None)
-                if done:
-                    return wait.result()
-                if not sink.started:
-                    sink.start()
-                else:
-                    sink.keepalive()
+            with self._waiting(wait):
+                while True:
+                    done, _ = await asyncio.wait((wait,), timeout=interval if sink.streaming and interval else None)
+                    if done:
+                        return wait.result()
+                    if not sink.started:
+                        sink.start()
+                    else:
+                        sink.keepalive()
+        finally:
+            if not wait.done():
+                wait.cancel()
+
+    @contextlib.contextmanager
+    def _waiting(self, future):
+        """While inside: ``future`` is a wait of this request (files, a GPT's details, the
+        account queue), cancelled when the client leaves (``ClientGone``) or at shutdown (the
+        shutdown's error)."""
+        self._pending = self._pending | {future}
+        self.gateway.waiting.add(self)
+        try:
+            yield
         except asyncio.CancelledError:
             if self._gone:
                 raise ClientGone() from None
@@ -192,19 +197,9 @@ class ConversationHandler(JsonBodyHandler):
                 raise self._stop_error from None
             raise
         finally:
-            self._done_waiting(wait)
-            if not wait.done():
-                wait.cancel()
-
-    def _waiting(self, future):
-        """``future`` is a wait of this request (files, a GPT's details, the account queue)."""
-        self._pending = self._pending | {future}
-        self.gateway.waiting.add(self)
-
-    def _done_waiting(self, future):
-        self._pending = self._pending - {future}
-        if not self._pending:
-            self.gateway.waiting.discard(self)
+            self._pending = self._pending - {future}
+            if not self._pending:
+                self.gateway.waiting.discard(self)
 
     def stop_waiting(self, error):
         """Shutdown (``pgw.workers.graceful_stop``): end this request's waits with ``error``; a
