@@ -263,7 +263,8 @@ class ConversationHandler(FakeHandler):
             self.set_header("Content-Type", "text/event-stream; charset=utf-8")
             record["encoding"] = "raw"
             await self._write_events([raw.encode("utf-8", "surrogatepass")], plan, drop=False, key=key)
-            record["completed"] = True
+            if not record["aborted"]:  # _write_events returns early when the gateway left
+                record["completed"] = True
             return
         # Like the real upstream: v1 only for clients that ask for it; a plan may force either.
         encoding = plan.get("encoding") or ("v1" if "v1" in (body.get("supported_encodings") or ()) else "legacy")
@@ -295,7 +296,8 @@ class ConversationHandler(FakeHandler):
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         await self._write_events(events, plan, drop=not script.done, key=key)
-        record["completed"] = True
+        if not record["aborted"]:  # _write_events returns early when the gateway left
+            record["completed"] = True
 
     async def _fault(self, fault, plan):
         try:
@@ -351,7 +353,8 @@ class ConversationHandler(FakeHandler):
             if self._record["aborted"]:
                 return
             self.write(tail)
-            self._record["completed"] = True
+            if not self._record["aborted"]:  # _write_events returns early when the gateway left
+                self._record["completed"] = True
             self.finish()
         except StreamClosedError:
             self._record["aborted"] = True
@@ -368,7 +371,8 @@ class ConversationHandler(FakeHandler):
             return self.json(400, {"detail": "parent_message_id is not the message to continue"})
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         await self._write_events(events, plan, drop=False, key=key)
-        self._record["completed"] = True
+        if not self._record["aborted"]:  # _write_events returns early when the gateway left
+            self._record["completed"] = True
 
     async def _write_events(self, events, plan, drop, key):
         pieces = split(events, plan.get("chunking", "event"))
@@ -525,7 +529,8 @@ class ResumeHandler(ConversationHandler):
         plan = dict(self.state.plans.get(key) or {})
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         await self._write_events(stored.resume_events(pings=plan.get("pings", True)), plan, drop=False, key=key)
-        record["completed"] = True
+        if not record["aborted"]:  # _write_events returns early when the gateway left
+            record["completed"] = True
 
 
 class AttachmentDownloadHandler(FakeHandler):
