@@ -84,6 +84,21 @@ def chat(gw, key, text, stream=False, timeout=30, model="gpt-3.5-turbo"):
                 {"Authorization": "Bearer " + key, "Content-Type": "application/json"}, timeout=timeout)
 
 
+def assert_served_in_arrival_order(upstream, subs, results, texts, waves=3):
+    """Every request answered with its own text, never two at once on one account, and in
+    arrival order: accounts free up in waves of ``waves``, so a later request never starts
+    before one that arrived that many places earlier."""
+    assert [r[0] for r in results] == [200] * len(texts)
+    for i, (_, _, body) in enumerate(results):
+        assert texts[i] in answer_text(body)
+    assert_one_at_a_time(upstream, subs)
+    started = sorted(answered(upstream, subs), key=lambda x: x[1]["time"])
+    order = [int(r["body"]["messages"][-1]["content"]["parts"][0].split()[-1]) for _, r in started]
+    assert sorted(order) == list(range(len(texts)))
+    for pos, n in enumerate(order):
+        assert all(m < n + waves for m in order[:pos]), " ".join(map(str, order))
+
+
 def answer_text(body):
     return json.loads(body)["choices"][0]["message"]["content"]
 
@@ -158,17 +173,7 @@ def test_burst_of_40_over_3_accounts_all_succeed_one_at_a_time_in_arrival_order(
         upstream.release(sub)
     for t in threads:
         t.join(60)
-    assert [r[0] for r in results] == [200] * 40
-    for i, (_, _, body) in enumerate(results):
-        assert texts[i] in answer_text(body)
-    assert_one_at_a_time(upstream, subs)
-    started = sorted(answered(upstream, subs), key=lambda x: x[1]["time"])
-    order = [int(r["body"]["messages"][-1]["content"]["parts"][0].split()[-1]) for _, r in started]
-    assert sorted(order) == list(range(40))
-    # Arrival order: accounts free up in waves of three, so a later request never starts before one
-    # that arrived three or more places earlier.
-    for pos, n in enumerate(order):
-        assert all(m < n + 3 for m in order[:pos]), " ".join(map(str, order))
+    assert_served_in_arrival_order(upstream, subs, results, texts)
     rows = admin(gw)["accounts"]
     assert sum(r["served"] for r in rows) == 40 and all(r["in_flight"] == 0 for r in rows)
     assert all(tok not in json.dumps(rows) for tok in tokens)  # the admin view masks tokens
