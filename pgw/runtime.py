@@ -79,6 +79,8 @@ class Sink(Protocol):
 
     def attach(self, run: ConversationRun) -> None: ...
 
+    def detach(self, run: ConversationRun) -> None: ...
+
     def start(self) -> None: ...
 
     def text(self, text: str) -> None: ...
@@ -181,6 +183,12 @@ class StreamSink:
     def attach(self, run: ConversationRun) -> None:
         """The conversation this sink writes: its transfer is paused and resumed from here."""
         self._run = run
+
+    def detach(self, run: ConversationRun) -> None:
+        """``run`` is over: let go of it (see ``ConversationRun.run``), unless a later run (the
+        next account a pooled request tries) writes here now."""
+        if self._run is run:
+            self._run = None
 
     def start(self) -> None:
         if self.started:
@@ -355,6 +363,10 @@ class GatherSink:
     def attach(self, run: ConversationRun) -> None:
         self._run = run
         self._room = run.gateway.settings.max_answer_bytes
+
+    def detach(self, run: ConversationRun) -> None:
+        if self._run is run:
+            self._run = None
 
     def start(self) -> None:
         pass
@@ -964,6 +976,12 @@ class ConversationRun:
             cid = self.conversion.conversation_id
             if cid and gw.settings.need_delete_conversation_after_response:
                 gw.watch.spawn(gw.upstream.hide_conversation, key, cid)
+            # The references back to this run go: the sink's and the relay's. What a request made
+            # (handler, run, relay, sink, conversion, transfer: ~130 objects) is then freed the
+            # moment the handler is, instead of as a garbage cycle the collector must find (a full
+            # collection freeing 27,000 such objects held the loop for 31 ms: bench Q1's p99).
+            sink.detach(self)
+            relay.abort = None
 
     async def _refused(self, status: Optional[int], transfer: Transfer) -> None:
         """The upstream answered with something other than the answer's events: raise the

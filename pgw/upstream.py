@@ -153,7 +153,7 @@ class CancellableCurlClient(CurlAsyncHTTPClient):
         try:
             future = self.fetch(request, raise_error=False)
         except Exception as e:
-            return HTTPResponse(request, 599, error=e)
+            return HTTPResponse(request, 599, error=e.with_traceback(None))
         try:
             # Shielded: a cancelled Tornado future would make the abort below log an ERROR
             # ("Exception after Future was cancelled") each time a client leaves mid-fetch.
@@ -163,7 +163,9 @@ class CancellableCurlClient(CurlAsyncHTTPClient):
             self.cancel(request)
             raise
         except Exception as e:
-            return HTTPResponse(request, 599, error=e)
+            # without its traceback: that would hold this frame, which holds the future, which
+            # holds the error (a cycle only the garbage collector frees); failure_text says it all
+            return HTTPResponse(request, 599, error=e.with_traceback(None))
 
     def cancel(self, request):
         """End ``request`` (the HTTPRequest given to fetch) now, as if the transfer had failed."""
@@ -365,6 +367,13 @@ class Transfer:
                 future_set_result_unless_cancelled(self.accepted, None)
             else:
                 self._accept(response.code)
+        # Over: the callbacks that tie the request and libcurl's buffer back to this object go,
+        # so that all of it is freed by reference counting, not left for the cyclic collector.
+        request = self.request
+        request.header_callback = request.streaming_callback = request.prepare_curl_callback = None
+        self._buffer = None
+        if response._error_is_response_code:  # Tornado's HTTPClientError of a non-2xx holds the response
+            response.error = None              # (the status is ours already)
 
 
 def split_key(key):

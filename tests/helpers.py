@@ -66,16 +66,17 @@ class FakeUpstream(ChildProcess):
 
 class Gateway(ChildProcess):
     """``server.py`` with ``settings`` as environment variables; ``cwd``: its working directory
-    (where relative paths such as log/ and ./gpts.json are read)."""
+    (where relative paths such as log/ and ./gpts.json are read); ``args``: a command that
+    runs the server its own way (``python -m tests.gcprobe``)."""
 
-    def __init__(self, settings, cwd=ROOT):
+    def __init__(self, settings, cwd=ROOT, args=None):
         env = dict(os.environ)
         env.update({k: str(v) for k, v in settings.items()})
         env.setdefault("PORT", "0")
         env.setdefault("HOST", "127.0.0.1")
         self.images_dir = tempfile.mkdtemp(prefix="gw-images-")  # saved images stay out of the work tree
         env.setdefault("IMAGES_DIR", self.images_dir)
-        super().__init__([sys.executable, os.path.join(ROOT, "server.py")], env=env, cwd=cwd, prefix="gw-")
+        super().__init__(args or [sys.executable, os.path.join(ROOT, "server.py")], env=env, cwd=cwd, prefix="gw-")
         self.url = self.match.group(1).replace("0.0.0.0", "127.0.0.1")
 
     def stop(self, timeout=5):

@@ -141,7 +141,7 @@ class ConversationHandler(JsonBodyHandler):
             except ApiError as e:
                 if run.refused is None:
                     raise
-                refusal = e
+                refusal = e.with_traceback(None)  # kept past this frame: no cycle through its traceback
             else:
                 if run.refused is None:  # clears the account's trouble, off the answer's path
                     IOLoop.current().spawn_callback(pool.succeeded, lease)
@@ -207,6 +207,13 @@ class ConversationHandler(JsonBodyHandler):
         self._stop_error = error
         for pending in self._pending:
             pending.cancel()
+
+    def log_request(self):
+        """The access line (it names the run's account and upstream status), then the request
+        lets go of its runs: nothing is left to cancel, and handler and runs are freed by
+        reference counting rather than as a cycle for the garbage collector."""
+        super().log_request()
+        self._run, self._runs = None, ()
 
     def on_connection_close(self):
         self._gone = True
