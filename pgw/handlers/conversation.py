@@ -167,19 +167,27 @@ class ConversationHandler(JsonBodyHandler):
             raise ClientGone()
         wait = asyncio.ensure_future(pool.acquire(model, tried))
         interval = self.gateway.settings.keepalive_interval
+        if sink.streaming and interval:  # a timer, not asyncio.wait: a grant wakes us one loop callback sooner
+            self._queue_timer = IOLoop.current().call_later(interval, self._queued_keepalive, sink, interval)
         try:
             with self._waiting(wait):
-                while True:
-                    done, _ = await asyncio.wait((wait,), timeout=interval if sink.streaming and interval else None)
-                    if done:
-                        return wait.result()
-                    if not sink.started:
-                        sink.start()
-                    else:
-                        sink.keepalive()
+                return await wait
         finally:
+            if self._queue_timer is not None:
+                IOLoop.current().remove_timeout(self._queue_timer)
+                self._queue_timer = None
             if not wait.done():
                 wait.cancel()
+
+    _queue_timer = None
+
+    def _queued_keepalive(self, sink, interval):
+        """Every KEEPALIVE_INTERVAL in the queue: the headers first, then keep-alives."""
+        if not sink.started:
+            sink.start()
+        else:
+            sink.keepalive()
+        self._queue_timer = IOLoop.current().call_later(interval, self._queued_keepalive, sink, interval)
 
     @contextlib.contextmanager
     def _waiting(self, future):
