@@ -21,9 +21,12 @@ class ChatCompletionsHandler(ConversationHandler):
         route = gw.models.require(request.model)
 
         async def prepare(upstream_key):  # files go to the account that answers
-            messages = await self.while_connected(gw.attachments.messages(upstream_key, request, route, new_id))
-            return self.payload(messages, route, await self.while_connected(gw.gizmos.gizmo(route)),
-                                effort=request.reasoning_effort)
+            # (awaited only when there is something to wait for: each wait is a task of its own)
+            messages = request.messages
+            if request.files:
+                messages = await self.while_connected(gw.attachments.messages(upstream_key, request, route, new_id))
+            gizmo = await self.while_connected(gw.gizmos.gizmo(route)) if route.gizmo_id else None
+            return self.payload(messages, route, gizmo, effort=request.reasoning_effort)
 
         encoder = openai_format.ChunkEncoder("chatcmpl-" + uuid.uuid4().hex[:29], int(time.time()), request.model)
         if request.stream:
