@@ -42,6 +42,7 @@ from tornado.ioloop import IOLoop
 from pgw.errors import ApiError
 from pgw.logs import mask
 from pgw.tokens import jwt_exp
+from pgw.upstream import describe
 
 log = logging.getLogger("gateway.pool")
 
@@ -74,9 +75,6 @@ class Account:
     def key_with(self, token):
         """The upstream key for ``token``: ``"<token>,<account id>"`` for a team account."""
         return "%s,%s" % (token, self.account_id) if self.account_id else token
-
-    def same_as(self, other):
-        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
 
     def expired(self, wall_now):
         return self.exp is not None and self.exp <= wall_now
@@ -415,12 +413,11 @@ class AccountPool:
         except Exception as e:
             return "refused", "the token still cannot be refreshed: %s" % e
         status, _, raw = await self.upstream.get_conversation(key, str(uuid.uuid4()), timeout=PROBE_TIMEOUT)
-        text = " ".join(bytes(raw[:120]).decode("utf-8", "replace").split())
         if status in (200, 404):
             return "ok", "HTTP %d" % status
         if status in (401, 403):
-            return "refused", "still refused (HTTP %d: %s)" % (status, text)
-        return "unknown", ("no answer: %s" % text) if status == 599 else "HTTP %d: %s" % (status, text)
+            return "refused", "still refused (%s)" % describe(status, raw)
+        return "unknown", describe(status, raw)
 
     async def recheck(self, account):
         """One background re-check of an unhealthy account: True when its token is accepted
