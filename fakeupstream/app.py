@@ -54,7 +54,9 @@ Accounts, as ChatGPT's behave: a JWT access token (``mint_jwt``) is filed under 
 account), so plans and logs follow the account through refreshes. Such an account answers one
 message at a time (a second one gets the real 429 "Only one message at a time"; plan
 ``exclusive`` turns this on or off for any key); an expired JWT, or one issued before the plan's
-``tokens_valid_after``, gets 401. Plan ``caps``: ``{"gpt-4o": {"after": 2, "clears_in": 30}}``
+``tokens_valid_after``, gets 401 (on every call, as a key planned ``status: 401`` does; a valid
+token gets the real 404 "Conversation not found" for a conversation id it does not own, the
+call a gateway re-checks a refused token with). Plan ``caps``: ``{"gpt-4o": {"after": 2, "clears_in": 30}}``
 answers 429 ``model_cap_exceeded`` after that many conversations on that model. Every
 conversation record has ``time`` (start), ``ended`` and ``refused`` (busy, cap), so tests can
 check that no account ever answered two at once. ``POST /_fake/oauth/token`` is the refresh
@@ -195,8 +197,15 @@ class FakeHandler(tornado.web.RequestHandler):
             "time": time.time(), "aborted": False, "completed": False})
 
     def refuse_without_key(self, key):
+        """401 as the real upstream answers it to every authenticated call: no key, an expired or
+        signed-out JWT, or a key planned ``status: 401`` (a revoked token is refused everywhere,
+        not only on conversations: a gateway's re-check of it must see that too)."""
         if not key:
             self.json(401, {"detail": "Unauthorized"})
+            return True
+        plan = self.state.plans.get(key) or {}
+        if plan.get("status") == 401:
+            self.json(401, {"detail": plan.get("detail") or "Unauthorized"})
             return True
         if self.expired:
             self.json(401, {"detail": {"message": "Your authentication token has expired. Please try signing in "

@@ -62,9 +62,9 @@ class Gateway:
             from pgw import pool_redis
             self.redis = pool_redis.connect(settings)
             tokens = Tokens(settings, self.upstream.http, pool_redis.RedisTokenStore(self.redis, settings))
-            return tokens, pool_redis.RedisPool(settings, accounts, access_keys, tokens, self.redis)
+            return tokens, pool_redis.RedisPool(settings, accounts, access_keys, tokens, self.redis, self.upstream)
         tokens = Tokens(settings, self.upstream.http, FileStore(settings.data_dir))
-        return tokens, account_pool.MemoryPool(settings, accounts, access_keys, tokens)
+        return tokens, account_pool.MemoryPool(settings, accounts, access_keys, tokens, self.upstream)
 
     async def _fetch_gizmos(self):
         """GPTs' details, fetched with KEY_FOR_GPTS_INFO; when that is one of the pool's access

@@ -12,16 +12,29 @@ the least busy, then the least recently used, is chosen.
 (the default) and ``pgw.pool_redis.RedisPool`` keeps it in Redis, shared by processes and
 machines. What an upstream refusal means for an account (benched, unhealthy, retry elsewhere)
 is decided here too (``verdict``), so both back ends and the handlers agree.
+
+An account's state (in-flight count, benches, health) belongs to its credentials, not to its
+label: both back ends key it by ``Account.ident``, a short hash of the token and account id. A
+reload that renames an account keeps its count (the upstream sees one account, answering one
+message at a time, whatever we call it), and one that gives a label a new token starts that
+token clean. Labels are for people: logs and the admin view.
+
+A token the upstream refuses (401) makes its account unhealthy: it is handed to no request
+until a background re-check (``recheck``, every UNHEALTHY_RECHECK) finds the token accepted
+again, with one cheap authenticated call (``probe``: the upstream's 404 for a conversation that
+does not exist means the token got through). Users' requests are never the probe.
 """
 
 import asyncio
 import collections
+import hashlib
 import hmac
 import json
 import logging
 import math
 import os
 import time
+import uuid
 
 import ujson
 from tornado.ioloop import IOLoop
@@ -29,6 +42,7 @@ from tornado.ioloop import IOLoop
 from pgw.errors import ApiError
 from pgw.logs import mask
 from pgw.tokens import jwt_exp
+from pgw.upstream import describe
 
 log = logging.getLogger("gateway.pool")
 
@@ -38,16 +52,20 @@ KINDS = ("access_token", "share_token", "refresh_token")
 # means another client of the same account is mid-answer, and answers take seconds.)
 FORBIDDEN_BACKOFF_MAX = 3600.0
 HANDOFFS_KEPT = 1000  # the last handoff times kept for the admin view and the bench
+PROBE_TIMEOUT = 15.0  # seconds a re-check's call may take; no answer by then: the next re-check
 
 
 class Account:
     """One upstream account as the operator configured it (the live token is the pool's)."""
 
-    __slots__ = ("label", "kind", "token", "account_id", "max_concurrent", "exp")
+    __slots__ = ("label", "kind", "token", "account_id", "max_concurrent", "exp", "ident")
 
     def __init__(self, label, kind, token, account_id=None, max_concurrent=None):
         # An access token is a JWT: past its exp it is refused (401), so it is not even tried.
         self.exp = jwt_exp(token) if kind == "access_token" else None
+        # What the pool's state is keyed by (in memory and in Redis): the credentials, never the
+        # label an operator may change under a running answer; a hash, safe in keys and logs.
+        self.ident = hashlib.sha256(("%s\n%s" % (token, account_id or "")).encode()).hexdigest()[:16]
         self.label = label
         self.kind = kind              # access_token | share_token | refresh_token
         self.token = token            # the access/share token, or the refresh token
@@ -57,9 +75,6 @@ class Account:
     def key_with(self, token):
         """The upstream key for ``token``: ``"<token>,<account id>"`` for a team account."""
         return "%s,%s" % (token, self.account_id) if self.account_id else token
-
-    def same_as(self, other):
-        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
 
     def expired(self, wall_now):
         return self.exp is not None and self.exp <= wall_now
@@ -130,6 +145,13 @@ def load_accounts(settings):
     dup = {x for x in labels if labels.count(x) > 1}
     if dup:
         raise AccountsError("two accounts have the label %s" % sorted(dup)[0])
+    seen = {}
+    for a in accounts:
+        if a.ident in seen:  # one upstream account listed twice would be handed two messages at once
+            raise AccountsError("accounts %s and %s have the same token%s: list an account once (max_concurrent "
+                                "lets it answer more at once)" % (seen[a.ident], a.label,
+                                                                  " and account_id" if a.account_id else ""))
+        seen[a.ident] = a.label
     return accounts, access_keys
 
 
@@ -153,12 +175,15 @@ class AccessKeys:
 
 class Lease:
     """One account held by one request: ``key`` is the upstream key to send, ``queued_s`` how
-    long the request waited. Give it back with ``await pool.release(lease)`` (idempotent)."""
+    long the request waited; ``ident`` the account's ``Account.ident`` (what its count, benches
+    and health are kept under), ``label`` its name for logs. Give it back with ``await
+    pool.release(lease)`` (idempotent)."""
 
-    __slots__ = ("label", "key", "queued_s", "model", "released", "token_id", "freed_at", "since")
+    __slots__ = ("label", "ident", "key", "queued_s", "model", "released", "token_id", "freed_at", "since")
 
-    def __init__(self, label, key, queued_s, model, token_id=None):
+    def __init__(self, label, ident, key, queued_s, model, token_id=None):
         self.label = label
+        self.ident = ident
         self.key = key
         self.queued_s = queued_s
         self.model = model
@@ -249,18 +274,25 @@ def no_accounts_error():
 class AccountPool:
     """The interface handlers use; back ends implement the abstract parts.
 
-    ``acquire(model, exclude)`` waits (FIFO) for a lease or raises an ``ApiError``; ``release``
-    gives it back; ``refused(lease, status, body)`` records what a refusal means and returns its
-    ``Verdict``; ``succeeded(lease)`` clears an account's trouble; ``snapshot()`` is for the
-    admin endpoint; ``reload(accounts, access_keys)`` swaps the configuration in place.
+    ``acquire(model, exclude)`` waits (FIFO) for a lease or raises an ``ApiError`` (``exclude``:
+    the idents of accounts already tried); ``release`` gives it back; ``refused(lease, status,
+    body)`` records what a refusal means and returns its ``Verdict``; ``succeeded(lease)``
+    clears an account's 403 streak; ``snapshot()`` is for the admin endpoint; ``reload(accounts,
+    access_keys)`` swaps the configuration in place. ``upstream`` (``pgw.upstream.UpstreamClient``)
+    is what re-checks of unhealthy accounts call.
     """
 
-    def __init__(self, settings, accounts, access_keys, tokens):
+    def __init__(self, settings, accounts, access_keys, tokens, upstream=None):
         self.settings = settings
         self.tokens = tokens
+        self.upstream = upstream
         self.access = AccessKeys(access_keys)
-        self.accounts = {a.label: a for a in accounts}
+        self._set_accounts(accounts)
         self.handoffs = collections.deque(maxlen=HANDOFFS_KEPT)
+
+    def _set_accounts(self, accounts):
+        self.accounts = {a.label: a for a in accounts}   # in the file's order (the admin view's)
+        self.by_ident = {a.ident: a for a in accounts}
 
     def is_access_key(self, key):
         return self.access.match(key)
@@ -283,26 +315,26 @@ class AccountPool:
             return account.key_with(token)
         return account.key_with(account.token)
 
-    async def lease_key(self, label, model, queued_s, token_id=None):
+    async def lease_key(self, ident, model, queued_s, token_id=None):
         """A ``Lease`` for an assigned account, its token resolved; a refresh that fails makes
         the account unhealthy, gives the slot back and raises ``TokenError``."""
-        account = self.accounts.get(label)
-        lease = Lease(label, None, queued_s, model, token_id)
+        account = self.by_ident.get(ident)
+        lease = Lease(account.label if account is not None else ident, ident, None, queued_s, model, token_id)
         try:
             if account is None:
-                raise KeyError(label)
+                raise KeyError(ident)  # taken out by a reload in the instant it was assigned
             lease.key = await self.key_for(account)
         except BaseException as e:
             await self.release(lease)
             if isinstance(e, Exception) and account is not None:
-                await self.mark(label, Verdict(True, self.settings.unhealthy_recheck, unhealthy=True,
-                                               why="token refresh failed: %s" % e))
+                await self.mark(account, Verdict(True, self.settings.unhealthy_recheck, unhealthy=True,
+                                                 why="token refresh failed: %s" % e))
             raise
         return lease
 
     async def refresh_after_401(self, lease):
         """Refresh the leased account's token (once): the new key, or None when it cannot."""
-        account = self.accounts.get(lease.label)
+        account = self.by_ident.get(lease.ident)
         if account is None or account.kind != "refresh_token":
             return None
         try:
@@ -334,8 +366,10 @@ class AccountPool:
     async def release(self, lease):
         raise NotImplementedError
 
-    async def mark(self, label, verdict):
-        """Record a ``Verdict`` against an account: bench it (or its model), or mark it unhealthy."""
+    async def mark(self, who, verdict):
+        """Record a ``Verdict`` against an account (``who``: an ``Account`` or a ``Lease``; its
+        ``ident`` says which, its label names it in logs): bench it (or its model), or mark it
+        unhealthy, which keeps it out until a re-check (``recheck``) finds its token accepted."""
         raise NotImplementedError
 
     async def succeeded(self, lease):
@@ -354,51 +388,72 @@ class AccountPool:
         pass
 
     async def refused(self, lease, status, body):
-        forbidden_streak = await self.forbidden_streak(lease.label) if status == 403 else 0
+        forbidden_streak = await self.forbidden_streak(lease) if status == 403 else 0
         v = verdict(status, body, lease.model, self.settings, forbidden_streak)
-        account = self.accounts.get(lease.label)
-        if v.unhealthy and account is not None and account.kind == "refresh_token":
-            v.bench *= 2  # out until the re-check (at UNHEALTHY_RECHECK) brings it back; tried anyway later
         if v.bench or v.unhealthy or v.why:
-            await self.mark(lease.label, v)
-        if v.unhealthy:
-            self.recheck_later(lease.label)
+            await self.mark(lease, v)
         return v
 
-    def recheck_later(self, label):
-        """The background re-check of an unhealthy account: after UNHEALTHY_RECHECK a
-        refresh-token account exchanges its token again and, if that works, is back at once (an
-        access token cannot mend itself: that account is simply tried again then)."""
-        account = self.accounts.get(label)
-        if account is None or account.kind != "refresh_token":
-            return
+    async def probe(self, account):
+        """Does the upstream accept the account's token now? ``("ok" | "refused" | "unknown",
+        why)``. The call is ``GET conversation/<a random id>`` with the account's key (and its
+        ChatGPT-Account-Id): authenticated, cheap, and it changes nothing; the upstream answers
+        404 "Conversation not found" (200 would do too) only to a token it accepts, 401/403 to
+        one it refuses. No answer, a 5xx or anything else proves nothing: "unknown". A
+        refresh-token account exchanges its token again first (the old one was refused)."""
+        if account.expired(time.time()):
+            return "refused", "its access token has expired"
+        if self.upstream is None:
+            return "unknown", "no upstream client to re-check with"
+        try:
+            if account.kind == "refresh_token":
+                key = account.key_with(await self.tokens.access_token(account.token, force=True))
+            else:
+                key = account.key_with(account.token)
+        except Exception as e:
+            return "refused", "the token still cannot be refreshed: %s" % e
+        status, _, raw = await self.upstream.get_conversation(key, str(uuid.uuid4()), timeout=PROBE_TIMEOUT)
+        if status in (200, 404):
+            return "ok", "HTTP %d" % status
+        if status in (401, 403):
+            return "refused", "still refused (%s)" % describe(status, raw)
+        return "unknown", describe(status, raw)
 
-        async def recheck():
-            current = self.accounts.get(label)
-            if current is None or not current.same_as(account):
-                return  # reloaded meanwhile
-            try:
-                await self.tokens.access_token(account.token, force=True)
-            except Exception as e:
-                log.warning("re-check of account %s: the token still cannot be refreshed: %s", label, e)
-                return
-            log.info("re-check of account %s: new token, back in the pool", label)
-            await self.clear(label)
-        IOLoop.current().call_later(self.settings.unhealthy_recheck, lambda: IOLoop.current().spawn_callback(recheck))
+    async def recheck(self, account):
+        """One background re-check of an unhealthy account: True when its token is accepted
+        and the account is back in the pool (``clear``), for every process sharing the pool.
+        A refusal is recorded as its last error; the back end schedules the next re-check."""
+        try:
+            outcome, why = await self.probe(account)
+        except Exception as e:  # a bug here must not end the re-checks
+            outcome, why = "unknown", "the re-check failed: %s" % e
+        if outcome == "ok":
+            log.info("re-check of account %s: its token is accepted (%s), back in the pool", account.label, why)
+            await self.clear(account)
+            return True
+        log.warning("re-check of account %s: %s; still unhealthy, next re-check in %g s", account.label, why,
+                    self.settings.unhealthy_recheck)
+        if outcome == "refused":
+            await self.note_error(account, "re-check: " + why)
+        return False
 
-    async def clear(self, label):
+    async def clear(self, who):
         """Lift an account's bench and unhealthy mark (its per-model caps stay)."""
         raise NotImplementedError
 
-    async def forbidden_streak(self, label):
+    async def note_error(self, who, why):
+        """Record ``why`` as the account's last error (the admin view shows it)."""
+        raise NotImplementedError
+
+    async def forbidden_streak(self, who):
         return 0
 
 
 class _State:
-    """What the memory back end knows about one account."""
+    """What the memory back end knows about one account (one ``Account.ident``)."""
 
     __slots__ = ("in_flight", "last_used", "served", "benched_until", "bench_why", "models", "unhealthy",
-                 "last_error", "forbidden_streak")
+                 "recheck_at", "last_error", "forbidden_streak")
 
     def __init__(self):
         self.in_flight = 0
@@ -408,15 +463,20 @@ class _State:
         self.bench_why = ""
         self.models = {}          # model -> (until, why)
         self.unhealthy = False
+        self.recheck_at = 0.0     # unhealthy: when (monotonic) the next re-check is due
         self.last_error = ""
         self.forbidden_streak = 0
 
     def resting(self, model, now):
-        """Seconds until this account may answer ``model`` again (0: now)."""
+        """Seconds until this account may answer ``model`` again (0: now). An unhealthy one
+        rests until a re-check clears it: the next re-check's due time, and a little more while
+        one is under way (so an all-unhealthy pool says "benched", with a Retry-After)."""
         until = self.benched_until
         m = self.models.get(model)
         if m is not None and m[0] > until:
             until = m[0]
+        if self.unhealthy:
+            return max(until - now, self.recheck_at - now, 0.001)
         return max(0.0, until - now)
 
 
@@ -432,29 +492,30 @@ class _Waiter:
 
 
 class MemoryPool(AccountPool):
-    """The pool for one process: counts, queue and benches in memory.
+    """The pool for one process: counts, queue and benches in memory, keyed by ``Account.ident``.
 
     The queue is served by ``_dispatch`` whenever a slot may have freed (a release, a bench
     ending, a reload): the earliest waiter that some free account can serve gets it. A waiter
-    whose every account is benched is told so at once rather than left to time out.
+    whose every account is benched is told so at once rather than left to time out. An
+    unhealthy account is re-checked by a timer of its own (``_recheck_later``).
     """
 
-    def __init__(self, settings, accounts, access_keys, tokens):
-        super().__init__(settings, accounts, access_keys, tokens)
-        self.state = {a.label: _State() for a in accounts}
+    def __init__(self, settings, accounts, access_keys, tokens, upstream=None):
+        super().__init__(settings, accounts, access_keys, tokens, upstream)
+        self.state = {a.ident: _State() for a in accounts}
         self.waiters = collections.deque()
         self._hold_ewma = 5.0   # seconds an answer holds an account, for Retry-After estimates
 
     # -- choosing
     def _free(self, model, exclude, now, accounts):
         best, best_rank = None, None
-        for label, account in accounts.items():
-            s = self.state[label]
-            if label in exclude or s.in_flight >= self.max_concurrent(account) or s.resting(model, now):
+        for account in accounts.values():
+            s = self.state[account.ident]
+            if account.ident in exclude or s.in_flight >= self.max_concurrent(account) or s.resting(model, now):
                 continue
             rank = (s.in_flight, s.last_used)
             if best_rank is None or rank < best_rank:
-                best, best_rank = label, rank
+                best, best_rank = account.ident, rank
         return best
 
     def _soonest(self, model, exclude, now, accounts):
@@ -462,17 +523,17 @@ class MemoryPool(AccountPool):
         frees; else the seconds until the first bench ends (excluded accounts count: they may
         be tried again then), ``math.inf`` when nothing is benched (no account left to try)."""
         soonest = math.inf
-        for label in accounts:
-            rest = self.state[label].resting(model, now)
+        for account in accounts.values():
+            rest = self.state[account.ident].resting(model, now)
             if rest == 0:
-                if label not in exclude:
+                if account.ident not in exclude:
                     return 0.0
             else:
                 soonest = min(soonest, rest)
         return soonest
 
-    def _take(self, label, now):
-        s = self.state[label]
+    def _take(self, ident, now):
+        s = self.state[ident]
         s.in_flight += 1
         s.last_used = now
         s.served += 1
@@ -489,10 +550,10 @@ class MemoryPool(AccountPool):
         if soonest:
             raise all_benched_error(soonest, model) if soonest < math.inf else no_accounts_error()
         if not self.waiters:
-            label = self._free(model, exclude, now, accounts)
-            if label is not None:
-                self._take(label, now)
-                return await self.lease_key(label, model, 0.0)
+            ident = self._free(model, exclude, now, accounts)
+            if ident is not None:
+                self._take(ident, now)
+                return await self.lease_key(ident, model, 0.0)
         if len(self.waiters) >= self.settings.queue_max:
             raise queue_full_error(self.settings.queue_max)
         waiter = _Waiter(model, exclude, now)
@@ -507,13 +568,13 @@ class MemoryPool(AccountPool):
         # each one waits behind everything else ready in that loop turn: bench Q1's p99).
         timer = asyncio.get_running_loop().call_later(self.settings.queue_timeout, self._expire, waiter)
         try:
-            label = await waiter.future  # raises the all-benched (or timeout) error a dispatch decided
+            ident = await waiter.future  # raises the all-benched (or timeout) error a dispatch decided
         except asyncio.CancelledError:
             self._leave(waiter)
             raise
         finally:
             timer.cancel()
-        lease = await self.lease_key(label, model, time.monotonic() - waiter.since)
+        lease = await self.lease_key(ident, model, time.monotonic() - waiter.since)
         lease.freed_at = waiter.granted
         return lease
 
@@ -543,7 +604,7 @@ class MemoryPool(AccountPool):
             f.cancel()
 
     def _free_slots(self):
-        return sum(max(0, self.max_concurrent(a) - self.state[label].in_flight) for label, a in self.accounts.items())
+        return sum(max(0, self.max_concurrent(a) - self.state[a.ident].in_flight) for a in self.accounts.values())
 
     def _dispatch(self):
         """Serve waiters in order. With no slot free (the common case under load) nothing is
@@ -567,12 +628,12 @@ class MemoryPool(AccountPool):
             if waiter.future.done():
                 served.append(waiter)
                 continue
-            label = self._free(waiter.model, waiter.exclude, now, accounts)
-            if label is not None:
-                self._take(label, now)
+            ident = self._free(waiter.model, waiter.exclude, now, accounts)
+            if ident is not None:
+                self._take(ident, now)
                 free -= 1
                 waiter.granted = now
-                waiter.future.set_result(label)
+                waiter.future.set_result(ident)
                 served.append(waiter)
                 continue
             soonest = self._soonest(waiter.model, waiter.exclude, now, accounts)
@@ -583,10 +644,12 @@ class MemoryPool(AccountPool):
         for waiter in served:
             self.waiters.remove(waiter)
 
-    def _put_back(self, label):
-        s = self.state.get(label)
+    def _put_back(self, ident):
+        s = self.state.get(ident)
         if s is not None and s.in_flight > 0:
             s.in_flight -= 1
+            if s.in_flight == 0 and ident not in self.by_ident:
+                del self.state[ident]  # a reload took the account out while it answered: forgotten now
         self._dispatch()
 
     async def release(self, lease):
@@ -594,14 +657,14 @@ class MemoryPool(AccountPool):
             return
         lease.released = True
         self._hold_ewma = 0.9 * self._hold_ewma + 0.1 * (time.monotonic() - lease.since)
-        self._put_back(lease.label)
+        self._put_back(lease.ident)
 
     def _wake_at(self, seconds):
         """Serve the queue again when a bench ends (the account may be the one waiters need)."""
         IOLoop.current().call_later(seconds + 0.001, self._dispatch)
 
-    async def mark(self, label, v):
-        s = self.state.get(label)
+    async def mark(self, who, v):
+        s = self.state.get(who.ident)
         if s is None:
             return
         now = time.monotonic()
@@ -613,62 +676,76 @@ class MemoryPool(AccountPool):
                 s.models[v.model] = (now + v.bench, v.why)
             else:
                 s.benched_until, s.bench_why = now + v.bench, v.why
-            s.unhealthy = v.unhealthy
             self._wake_at(v.bench)
-            log.warning("account %s benched for %g s: %s", label, v.bench, v.why)
+            log.warning("account %s benched for %g s: %s", who.label, v.bench, v.why)
+        if v.unhealthy and not s.unhealthy:  # (already unhealthy: its re-checks are under way)
+            s.unhealthy = True
+            self._recheck_later(who.ident, s)
+            log.warning("account %s is unhealthy (%s): out of the pool until a re-check, every %g s, finds its "
+                        "token accepted", who.label, v.why, self.settings.unhealthy_recheck)
 
-    async def forbidden_streak(self, label):
-        s = self.state.get(label)
+    def _recheck_later(self, ident, s):
+        """The next re-check of unhealthy state ``s`` in UNHEALTHY_RECHECK; the chain ends when
+        the account is cleared, or its state forgotten (a reload took its token out)."""
+        s.recheck_at = time.monotonic() + self.settings.unhealthy_recheck
+
+        async def due():
+            if self.state.get(ident) is not s or not s.unhealthy:
+                return
+            account = self.by_ident.get(ident)  # (None: out of the file for now, its state kept)
+            if account is not None and await self.recheck(account):
+                return
+            if self.state.get(ident) is s and s.unhealthy:
+                self._recheck_later(ident, s)
+        IOLoop.current().call_later(self.settings.unhealthy_recheck, lambda: IOLoop.current().spawn_callback(due))
+
+    async def note_error(self, who, why):
+        s = self.state.get(who.ident)
+        if s is not None:
+            s.last_error = why
+
+    async def forbidden_streak(self, who):
+        s = self.state.get(who.ident)
         return s.forbidden_streak if s is not None else 0
 
-    async def clear(self, label):
-        s = self.state.get(label)
+    async def clear(self, who):
+        s = self.state.get(who.ident)
         if s is not None:
             s.benched_until, s.bench_why, s.unhealthy = 0.0, "", False
             self._dispatch()
 
     async def succeeded(self, lease):
-        s = self.state.get(lease.label)
+        """An answer went through: the 403 back-off starts over. (An unhealthy mark stays: this
+        answer's request was accepted before the token was refused; only a re-check lifts it.)"""
+        s = self.state.get(lease.ident)
         if s is not None:
             s.forbidden_streak = 0
-            s.unhealthy = False
 
     async def snapshot(self):
         now, wall = time.monotonic(), time.time()
-        waiting = collections.Counter()
-        for w in self.waiters:
-            waiting[w.model] += 1
         rows = []
-        for label, account in self.accounts.items():
-            s = self.state[label]
-            queued = sum(1 for w in self.waiters if label not in w.exclude)
+        for account in self.accounts.values():
+            s = self.state[account.ident]
+            queued = sum(1 for w in self.waiters if account.ident not in w.exclude)
             rows.append(account_row(account, self.tokens, {
                 "in_flight": s.in_flight, "queued": queued, "served": s.served, "last_error": s.last_error or None,
-                "unhealthy": s.unhealthy and s.benched_until > now,
+                "unhealthy": s.unhealthy, "recheck_at": wall + s.recheck_at - now if s.unhealthy else None,
                 "benched_until": wall + s.benched_until - now if s.benched_until > now else None,
                 "bench_why": s.bench_why if s.benched_until > now else None,
                 "models": {m: {"until": wall + u - now, "why": why} for m, (u, why) in s.models.items() if u > now}}))
         return {"accounts": rows, "queued": len(self.waiters), "backend": "memory", "handoff": self.handoff_stats()}
 
     async def reload(self, accounts, access_keys):
-        """Swap in new accounts and keys; leases in flight keep their account's count (an
-        account removed while answering simply disappears when its lease comes back)."""
-        old = self.accounts
+        """Swap in new accounts and keys. State follows the credentials (``Account.ident``): an
+        account renamed keeps its count, benches and health; a label given a new token starts
+        clean, and the old token's leases in flight still count against the old token, until
+        they come back (so an account taken out and put back meanwhile gets no second message)."""
         self.access = AccessKeys(access_keys)
-        self.accounts = {a.label: a for a in accounts}
-        # An account taken out while answering keeps its count until its leases come back, so
-        # one put back meanwhile (a second reload) is not handed a second message.
-        state = {}
-        for a in accounts:
-            s = self.state.get(a.label)
-            if s is None or a.label not in old or not a.same_as(old[a.label]):  # a new token: a clean slate
-                fresh = _State()
-                fresh.in_flight = s.in_flight if s is not None else 0
-                s = fresh
-            state[a.label] = s
-        for label, s in self.state.items():
-            if label not in state and s.in_flight > 0:
-                state[label] = s
+        self._set_accounts(accounts)
+        state = {a.ident: self.state.get(a.ident) or _State() for a in accounts}
+        for ident, s in self.state.items():
+            if ident not in state and s.in_flight > 0:
+                state[ident] = s
         self.state = state
         self._dispatch()
 
@@ -676,7 +753,9 @@ class MemoryPool(AccountPool):
 def account_row(account, tokens, live):
     """One account for ``GET /admin/accounts``: nothing usable of its token."""
     exp = tokens.expiry(account) if tokens is not None else None
-    health = "unhealthy" if live.pop("unhealthy") else ("benched" if live.get("benched_until") else "ok")
+    unhealthy = live.pop("unhealthy")
+    health = "unhealthy" if unhealthy else ("benched" if live.get("benched_until") else "ok")
+    live["recheck_at"] = live.get("recheck_at") if unhealthy else None  # (Unix time the next re-check is due)
     if account.expired(time.time()):
         health = "expired"
     row = {"label": account.label, "kind": account.kind, "token": mask(account.token),

@@ -1,11 +1,26 @@
 """The account pool in Redis: one limit per account and one FIFO order for every process and
 machine that shares ``REDIS_URL`` (the one place that knows the pool's Redis keys).
 
-Every account slot is a lease: a member of ``<prefix>:slots:<label>`` (a sorted set) scored
-by its expiry, renewed by its holder every third of ``LEASE_TTL`` while the answer streams, so
-a killed process frees its accounts within ``LEASE_TTL``. Waiters are members of
-``<prefix>:queue`` scored by a ticket from one counter (arrival order across machines), with a
-heartbeat in ``<prefix>:beat``: a waiter whose process died drops out of the queue.
+Accounts are named in Redis by ``Account.ident`` (a hash of token and account id, never the
+token; ``<id>`` below), not by label: a reload that renames an account keeps its slots, and
+one that gives a label a new token does not inherit the old token's. The keys, under
+``<prefix>`` (``REDIS_PREFIX``):
+
+- ``slots:<id>``: sorted set, the account's leases (slot id -> expiry, ms);
+- ``queue`` (waiter id -> ticket), ``ticket`` (the counter), ``beat`` (waiter id -> heartbeat
+  expiry), ``wmeta`` (waiter id -> "model\\n,excluded ids,");
+- hashes by ``<id>``: ``bench`` (also ``<id>|<model>``; until, ms), ``why`` (the same fields),
+  ``lasterr``, ``unhealthy`` (the next re-check's due time, ms; present while unhealthy),
+  ``forbidden`` (403 streak), ``served``, ``last`` (last handed out, ms), ``freedat`` (last
+  freed, ms);
+- ``handoffs``: list, the last handoff times; ``freed``: the channel releases publish on;
+- ``tokens`` and ``tokens:lock:<entry>``: the refresh-token cache (``RedisTokenStore``).
+
+Every account slot is a lease: a member of ``slots:<id>`` scored by its expiry, renewed by its
+holder every third of ``LEASE_TTL`` while the answer streams, so a killed process frees its
+accounts within ``LEASE_TTL``. Waiters are members of ``queue`` scored by a ticket from one
+counter (arrival order across machines), with a heartbeat in ``beat``: a waiter whose process
+died drops out of the queue.
 
 ``ACQUIRE`` is one Lua script, so an acquisition is atomic: it enters the waiter into the
 queue, and gives it an account only if every earlier waiter that some free account could serve
@@ -14,6 +29,12 @@ publish on ``<prefix>:freed``; every process listens and retries its own earlies
 polls twice a second as well (bench ends, lost messages). Times are Redis's own (``TIME``), so
 machines with skewed clocks agree. Redis unreachable: requests get a clear 503 at once (short
 socket timeouts), waiters are failed, and everything works again when it is back.
+
+An unhealthy account (its field in ``unhealthy``) is handed to nobody. Every process looks for
+re-checks that are due every RECHECK_SWEEP seconds; ``CLAIM`` gives each due one to a single
+process, atomically, by moving its due time UNHEALTHY_RECHECK on (a process that dies while
+re-checking only delays the next one). A re-check that finds the token accepted deletes the
+field and publishes on ``freed``, so every process's waiters may take the account at once.
 """
 
 import asyncio
@@ -39,6 +60,7 @@ from pgw.tokens import LOCK_TTL_MS
 log = logging.getLogger("gateway.pool")
 
 POLL_INTERVAL = 0.5   # seconds between queue retries without a "freed" message
+RECHECK_SWEEP = 1.0   # seconds between looks for due re-checks of unhealthy accounts (one EVALSHA)
 # A waiter's heartbeat lives this long: a waiter whose process died leaves the queue within it
 # (renewed every RENEW_EVERY at most, with the slots).
 BEAT_TTL = 3.0
@@ -52,10 +74,10 @@ local ttl, beat, qmax, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local q, beats, meta, bench = p .. ':queue', p .. ':beat', p .. ':wmeta', p .. ':bench'
-local labels, limits, free, total = {}, {}, {}, 0
+local ids, limits, free, total = {}, {}, {}, 0
 for i = 1, n do
   local l = ARGV[7 + 2 * i]
-  labels[i], limits[i] = l, tonumber(ARGV[8 + 2 * i])
+  ids[i], limits[i] = l, tonumber(ARGV[8 + 2 * i])
   redis.call('ZREMRANGEBYSCORE', p .. ':slots:' .. l, '-inf', now)
   free[i] = limits[i] - redis.call('ZCARD', p .. ':slots:' .. l)
   if free[i] > 0 then total = total + free[i] end
@@ -69,6 +91,9 @@ local function rest(l, m)
     local um = tonumber(redis.call('HGET', bench, k) or '0')
     if um > u then u = um end
     r = u - now
+    -- unhealthy: out until a re-check clears it (due then; a little longer while it runs)
+    local sick = redis.call('HGET', p .. ':unhealthy', l)
+    if sick then r = math.max(r, tonumber(sick) - now, 1) end
     restcache[k] = r
   end
   return r
@@ -80,9 +105,9 @@ for _, d in ipairs(dead) do
 end
 local soonest = -1
 for i = 1, n do
-  local r = rest(labels[i], model)
+  local r = rest(ids[i], model)
   if r <= 0 then
-    if not excluded(exclude, labels[i]) then soonest = 0; break end
+    if not excluded(exclude, ids[i]) then soonest = 0; break end
   elseif soonest < 0 or r < soonest then soonest = r end
 end
 if soonest ~= 0 then
@@ -116,9 +141,9 @@ for _, w in ipairs(order) do
   if m then
     local best, bestbusy, bestlast = nil, 0, 0
     for i = 1, n do
-      if free[i] > 0 and not excluded(ex, labels[i]) and rest(labels[i], m) <= 0 then
+      if free[i] > 0 and not excluded(ex, ids[i]) and rest(ids[i], m) <= 0 then
         local busy = limits[i] - free[i]
-        local last = tonumber(redis.call('HGET', p .. ':last', labels[i]) or '0')
+        local last = tonumber(redis.call('HGET', p .. ':last', ids[i]) or '0')
         if best == nil or busy < bestbusy or (busy == bestbusy and last < bestlast) then
           best, bestbusy, bestlast = i, busy, last
         end
@@ -126,7 +151,7 @@ for _, w in ipairs(order) do
     end
     if best then
       if w == id then
-        local l = labels[best]
+        local l = ids[best]
         redis.call('ZADD', p .. ':slots:' .. l, now + ttl, id)
         redis.call('HSET', p .. ':last', l, now)
         redis.call('HINCRBY', p .. ':served', l, 1)
@@ -144,7 +169,7 @@ end
 return {'wait', ticket}
 """
 
-# ARGV: prefix, ttl ms, beat ms, then label, id pairs (slots to renew), '--', waiter ids
+# ARGV: prefix, ttl ms, beat ms, then account id, slot id pairs (slots to renew), '--', waiter ids
 RENEW = """
 local p, ttl, beat = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
@@ -158,7 +183,7 @@ for j = i + 1, #ARGV do redis.call('ZADD', p .. ':beat', 'XX', now + beat, ARGV[
 return now
 """
 
-# ARGV: prefix, label, slot id: give the slot back, note when (for handoff times), tell everyone
+# ARGV: prefix, account id, slot id: give the slot back, note when (for handoff times), tell everyone
 RELEASE = """
 local p, l = ARGV[1], ARGV[2]
 if redis.call('ZREM', p .. ':slots:' .. l, ARGV[3]) == 1 then
@@ -169,7 +194,8 @@ redis.call('PUBLISH', p .. ':freed', l)
 return 1
 """
 
-# ARGV: prefix, label, field (label or label|model), seconds, why, unhealthy (0/1), forbidden (0/1)
+# ARGV: prefix, account id, field (id or id|model), seconds, why, unhealthy (0/1), forbidden (0/1).
+# An account already unhealthy keeps its re-check's due time (HSETNX).
 MARK = """
 local p, l, f, sec, why = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local t = redis.call('TIME')
@@ -179,9 +205,35 @@ if sec > 0 then
   redis.call('HSET', p .. ':why', f, why)
 end
 redis.call('HSET', p .. ':lasterr', l, why)
-if ARGV[6] == '1' then redis.call('HSET', p .. ':unhealthy', l, now + math.floor(sec * 1000)) end
+if ARGV[6] == '1' then redis.call('HSETNX', p .. ':unhealthy', l, now + math.floor(sec * 1000)) end
 if ARGV[7] == '1' then redis.call('HINCRBY', p .. ':forbidden', l, 1) end
 return now
+"""
+
+# ARGV: prefix, re-check interval ms, account ids: the unhealthy ones whose re-check is due, each
+# now due again an interval later (so exactly one process re-checks it this time)
+CLAIM = """
+local p, every = ARGV[1], tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local claimed = {}
+for i = 3, #ARGV do
+  local due = redis.call('HGET', p .. ':unhealthy', ARGV[i])
+  if due and tonumber(due) <= now then
+    redis.call('HSET', p .. ':unhealthy', ARGV[i], now + every)
+    claimed[#claimed + 1] = ARGV[i]
+  end
+end
+return claimed
+"""
+
+# ARGV: prefix, account id: lift its bench and unhealthy mark, and tell every process's waiters
+CLEAR = """
+local p, l = ARGV[1], ARGV[2]
+redis.call('HDEL', p .. ':bench', l)
+redis.call('HDEL', p .. ':unhealthy', l)
+redis.call('PUBLISH', p .. ':freed', l)
+return 1
 """
 
 
@@ -239,16 +291,18 @@ class _Waiter:
 
 
 class RedisPool(AccountPool):
-    def __init__(self, settings, accounts, access_keys, tokens, client):
-        super().__init__(settings, accounts, access_keys, tokens)
+    def __init__(self, settings, accounts, access_keys, tokens, client, upstream=None):
+        super().__init__(settings, accounts, access_keys, tokens, upstream)
         self.client = client
         self.prefix = settings.redis_prefix
         self._acquire = client.register_script(ACQUIRE)
         self._renew = client.register_script(RENEW)
         self._mark = client.register_script(MARK)
         self._release = client.register_script(RELEASE)
+        self._claim = client.register_script(CLAIM)
+        self._clear = client.register_script(CLEAR)
         self.waiters = []          # this process's waiters, in arrival order
-        self.held = {}             # lease id -> label, renewed while held
+        self.held = {}             # lease id -> account id, renewed while held
         self._kicking = False
         self._again = False
         self._timers = []
@@ -258,7 +312,8 @@ class RedisPool(AccountPool):
     def start(self):
         ttl = self.settings.lease_ttl
         self._timers = [PeriodicCallback(self._renew_all, min(ttl / 3, RENEW_EVERY) * 1000),
-                        PeriodicCallback(self._poll, POLL_INTERVAL * 1000)]
+                        PeriodicCallback(self._poll, POLL_INTERVAL * 1000),
+                        PeriodicCallback(self._recheck_due, RECHECK_SWEEP * 1000)]
         for t in self._timers:
             t.start()
         self._listener = IOLoop.current().asyncio_loop.create_task(self._listen())
@@ -271,8 +326,8 @@ class RedisPool(AccountPool):
 
     def _args(self, accounts):
         args = [len(accounts)]
-        for label, account in accounts.items():
-            args += [label, self.max_concurrent(account)]
+        for account in accounts.values():
+            args += [account.ident, self.max_concurrent(account)]
         return args
 
     # -- acquiring
@@ -297,14 +352,14 @@ class RedisPool(AccountPool):
         if not waiter.future.done():
             self._leave(waiter)
             raise queue_timeout_error(timeout, max(1, math.ceil(timeout / 4)))
-        label = waiter.future.result()
-        lease = await self.lease_key(label, model, time.monotonic() - waiter.since, waiter.id)
+        ident = waiter.future.result()
+        lease = await self.lease_key(ident, model, time.monotonic() - waiter.since, waiter.id)
         lease.freed_at = waiter.freed_at
         return lease
 
     async def _try(self, waiter, release=None):
-        """One ACQUIRE for ``waiter``: "ok" (its future holds the label), "wait", or a refusal
-        set on its future ("benched", "full", "error"). ``release``: ``(label, slot id)`` to give
+        """One ACQUIRE for ``waiter``: "ok" (its future holds the account id), "wait", or a refusal
+        set on its future ("benched", "full", "error"). ``release``: ``(account id, slot id)`` to give
         back first, in the same round trip (our own release handing over to our own waiter)."""
         s = self.settings
         try:
@@ -418,9 +473,9 @@ class RedisPool(AccountPool):
         if lease.released:
             return
         lease.released = True
-        await self._release_slot(lease.label, lease.token_id)
+        await self._release_slot(lease.ident, lease.token_id)
 
-    async def _release_slot(self, label, slot_id):
+    async def _release_slot(self, ident, slot_id):
         """Give a slot back. With a waiter of ours first in line (and no retry loop running), the
         release and its ACQUIRE go in one round trip: a handover within one process then costs
         one round trip, not two."""
@@ -429,15 +484,16 @@ class RedisPool(AccountPool):
         if head is not None:
             self._kicking = True  # no other ACQUIRE for our waiters meanwhile
             try:
-                if await self._try(head, release=(label, slot_id)) != "wait":
+                if await self._try(head, release=(ident, slot_id)) != "wait":
                     self._drop(head)
             finally:
                 self._kicking = False
         else:
             try:
-                await self._release(args=[self.prefix, label, slot_id])
+                await self._release(args=[self.prefix, ident, slot_id])
             except RedisError as e:
-                log.warning("giving account %s back to Redis failed (its lease expires instead): %s", label, e)
+                log.warning("giving account %s back to Redis failed (its lease expires instead): %s",
+                            self._name(ident), e)
         self._kick()
 
     async def _renew_all(self):
@@ -446,8 +502,8 @@ class RedisPool(AccountPool):
             return
         s = self.settings
         args = [self.prefix, int(s.lease_ttl * 1000), int(BEAT_TTL * 1000)]
-        for slot_id, label in list(self.held.items()):
-            args += [label, slot_id]
+        for slot_id, ident in list(self.held.items()):
+            args += [ident, slot_id]
         try:
             await self._renew(args=args + ["--"] + waiting)
         except RedisError as e:
@@ -494,41 +550,64 @@ class RedisPool(AccountPool):
             pass
 
     # -- judging
-    async def mark(self, label, v):
-        field = label if v.model is None else "%s|%s" % (label, v.model)
+    def _name(self, ident):
+        account = self.by_ident.get(ident)
+        return account.label if account is not None else ident
+
+    async def mark(self, who, v):
+        field = who.ident if v.model is None else "%s|%s" % (who.ident, v.model)
         try:
-            await self._mark(args=[self.prefix, label, field, v.bench, v.why, int(v.unhealthy),
+            await self._mark(args=[self.prefix, who.ident, field, v.bench, v.why, int(v.unhealthy),
                                    int(v.why.startswith("forbidden"))])
         except RedisError as e:
-            log.warning("recording %s for account %s in Redis failed: %s", v.why, label, e)
+            log.warning("recording %s for account %s in Redis failed: %s", v.why, who.label, e)
             return
         if v.bench:
-            log.warning("account %s benched for %g s: %s", label, v.bench, v.why)
+            log.warning("account %s benched for %g s: %s", who.label, v.bench, v.why)
             IOLoop.current().call_later(v.bench + 0.01, self._kick)
+        if v.unhealthy:
+            log.warning("account %s is unhealthy (%s): out of the pool until a re-check, every %g s, finds its "
+                        "token accepted", who.label, v.why, self.settings.unhealthy_recheck)
 
-    async def forbidden_streak(self, label):
+    async def _recheck_due(self):
+        """Claim the re-checks that are due among our accounts (``CLAIM``) and run them."""
+        if not self.by_ident:
+            return
         try:
-            return int(await self.client.hget(self.prefix + ":forbidden", label) or 0)
+            due = await self._claim(args=[self.prefix, int(self.settings.unhealthy_recheck * 1000),
+                                          *self.by_ident])
+        except RedisError:
+            return  # Redis away: requests say so; the re-checks wait until it is back
+        for ident in due:
+            account = self.by_ident.get(ident)
+            if account is not None:
+                IOLoop.current().spawn_callback(self.recheck, account)
+
+    async def note_error(self, who, why):
+        try:
+            await self.client.hset(self.prefix + ":lasterr", who.ident, why)
+        except RedisError:
+            pass
+
+    async def forbidden_streak(self, who):
+        try:
+            return int(await self.client.hget(self.prefix + ":forbidden", who.ident) or 0)
         except RedisError:
             return 0
 
-    async def clear(self, label):
+    async def clear(self, who):
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hdel(self.prefix + ":bench", label)
-            pipe.hdel(self.prefix + ":unhealthy", label)
-            await pipe.execute()
+            await self._clear(args=[self.prefix, who.ident])
         except RedisError as e:
-            log.warning("clearing account %s in Redis failed: %s", label, e)
+            log.warning("clearing account %s in Redis failed: %s", who.label, e)
             return
         self._kick()
 
     async def succeeded(self, lease):
+        """An answer went through: the 403 back-off starts over (an unhealthy mark stays: only
+        a re-check lifts it, see ``MemoryPool.succeeded``)."""
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hdel(self.prefix + ":forbidden", lease.label)
-            pipe.hdel(self.prefix + ":unhealthy", lease.label)
-            await pipe.execute()
+            await self.client.hdel(self.prefix + ":forbidden", lease.ident)
         except RedisError:
             pass
 
@@ -539,8 +618,8 @@ class RedisPool(AccountPool):
             sec, micro = await self.client.time()
             now = sec * 1000 + micro // 1000
             pipe = self.client.pipeline(transaction=False)
-            for label in self.accounts:
-                pipe.zcount("%s:slots:%s" % (p, label), now, "+inf")
+            for account in self.accounts.values():
+                pipe.zcount("%s:slots:%s" % (p, account.ident), now, "+inf")
             for name in ("bench", "why", "lasterr", "unhealthy", "served"):
                 pipe.hgetall("%s:%s" % (p, name))
             pipe.lrange(p + ":handoffs", 0, -1)
@@ -552,22 +631,26 @@ class RedisPool(AccountPool):
         counts = got[:n]
         bench, why, lasterr, unhealthy, served = got[n:n + 5]
         rows = []
-        for (label, account), in_flight in zip(self.accounts.items(), counts, strict=True):
-            until = int(bench.get(label, 0))
+        for account, in_flight in zip(self.accounts.values(), counts, strict=True):
+            ident = account.ident
+            until = int(bench.get(ident, 0))
             models = {}
             for field, value in bench.items():
-                if field.startswith(label + "|") and int(value) > now:
-                    models[field[len(label) + 1:]] = {"until": int(value) / 1000, "why": why.get(field)}
+                if field.startswith(ident + "|") and int(value) > now:
+                    models[field[len(ident) + 1:]] = {"until": int(value) / 1000, "why": why.get(field)}
+            due = unhealthy.get(ident)
             rows.append(account_row(account, self.tokens, {
-                "in_flight": in_flight, "queued": got[-1], "served": int(served.get(label, 0)),
-                "last_error": lasterr.get(label),
-                "unhealthy": int(unhealthy.get(label, 0)) > now,
+                "in_flight": in_flight, "queued": got[-1], "served": int(served.get(ident, 0)),
+                "last_error": lasterr.get(ident),
+                "unhealthy": due is not None, "recheck_at": int(due) / 1000 if due is not None else None,
                 "benched_until": until / 1000 if until > now else None,
-                "bench_why": why.get(label) if until > now else None, "models": models}))
+                "bench_why": why.get(ident) if until > now else None, "models": models}))
         return {"accounts": rows, "queued": got[-1], "backend": "redis",
                 "handoff": self.handoff_stats([float(x) for x in got[-2]])}
 
     async def reload(self, accounts, access_keys):
+        """Swap in new accounts and keys; everything in Redis is by account id, so a renamed
+        account keeps its slots and a label given a new token starts clean (module docstring)."""
         self.access = AccessKeys(access_keys)
-        self.accounts = {a.label: a for a in accounts}
+        self._set_accounts(accounts)
         self._kick()

@@ -115,7 +115,7 @@ class ConversationHandler(JsonBodyHandler):
                     await pool.release(lease)
                 if last is None:
                     return
-                tried.add(lease.label)
+                tried.add(lease.ident)  # (the account's credentials: a reload may rename it meanwhile)
             raise last
         except ApiError as e:
             if sink.started:  # headers went out while queued: the error goes in the stream

@@ -495,3 +495,92 @@ def test_gpt_details_with_an_access_key_are_fetched_with_an_account(gateway_fact
     assert not upstream.log(access_key)
     status, _, body = http("GET", gw.url + "/v1/models")
     assert "Pooled GPT" in body.decode()
+
+
+def probes(upstream, sub):
+    """The re-checks the gateway made with an account's token: GETs of conversations that do not exist."""
+    return [r for r in upstream.log(sub) if r.get("method") == "GET" and "/backend-api/conversation/" in r["path"]]
+
+
+def test_a_refused_access_token_is_rechecked_in_the_background_and_no_user_request_is_its_probe(
+        gateway_factory, upstream, tmp_path, backend):
+    subs, tokens = new_accounts(2)
+    revoked, other = subs
+    upstream.plan(revoked, tokens_valid_after=time.time() + 3600)  # signed out elsewhere: every call gets 401
+    gw = start_pool(gateway_factory, tmp_path, [{"label": "team", "access_token": tokens[0], "account_id": "acc-42"},
+                                                {"label": "b", "access_token": tokens[1]}],
+                    UNHEALTHY_RECHECK=0.5, **backend)
+    status, _, body = chat(gw, gw.access_key, "first")  # team is tried first (never used), refuses, b answers
+    assert status == 200 and "first" in answer_text(body)
+    assert len(conversations(upstream, revoked)) == 1 and len(conversations(upstream, other)) == 1
+
+    wait_until(lambda: len(probes(upstream, revoked)) >= 2, timeout=10, what="two background re-checks (refused)")
+    row = {r["label"]: r for r in admin(gw)["accounts"]}["team"]
+    assert row["health"] == "unhealthy" and "401" in row["last_error"] and isinstance(row["recheck_at"], float)
+    assert tokens[0] not in json.dumps(row)
+    for text in ("second", "third"):  # team is the least recently used, and still left alone
+        status, _, body = chat(gw, gw.access_key, text)
+        assert status == 200 and text in answer_text(body)
+    assert len(conversations(upstream, revoked)) == 1 and len(conversations(upstream, other)) == 3
+
+    accepted_at = time.time()
+    upstream.plan(revoked)  # the token works again
+    wait_until(lambda: {r["label"]: r for r in admin(gw)["accounts"]}["team"]["health"] == "ok", timeout=10,
+               what="the re-check bringing team back")
+    status, _, body = chat(gw, gw.access_key, "back")  # team is the least recently used: it answers
+    assert status == 200 and "back" in answer_text(body)
+    posts = conversations(upstream, revoked)
+    assert [r["body"]["messages"][-1]["content"]["parts"][0] for r in posts] == ["first", "back"]
+    checks = probes(upstream, revoked)
+    ok_probe = next(r for r in checks if r["time"] > accepted_at)
+    assert posts[1]["time"] > ok_probe["time"]  # no user request before a re-check found the token accepted
+    assert len({r["path"] for r in checks}) == len(checks)  # a fresh random conversation id each time
+    assert all(r["authorization"] == "Bearer " + tokens[0] and r["account_id"] == "acc-42" for r in checks)
+    assert probes(upstream, other) == []  # a healthy account is never re-checked
+
+
+def test_a_reload_renaming_an_answering_account_does_not_double_book_its_token(gateway_factory, upstream, tmp_path,
+                                                                               backend):
+    subs, tokens = new_accounts(1)
+    upstream.plan(subs[0], gate=1)  # a JWT account: one message at a time, the second gets 429
+    gw = start_pool(gateway_factory, tmp_path, [{"label": "a1", "access_token": tokens[0]}], **backend)
+    threads, results = run_threads([lambda: chat(gw, gw.access_key, "first", stream=True)])
+    wait_until(lambda: conversations(upstream, subs[0]), what="the stream running")
+    gw.accounts_path.write_text(json.dumps({"accounts": [{"label": "b1", "access_token": tokens[0]}],
+                                            "access_keys": [gw.access_key]}))
+    status, _, _ = http("POST", gw.url + "/admin/accounts/reload", b"", {"Authorization": "Bearer " + ADMIN})
+    assert status == 200
+    more, results2 = run_threads([lambda: chat(gw, gw.access_key, "second")])
+    wait_until(lambda: admin(gw)["queued"] == 1, what="the second request waiting for b1")
+    assert len(conversations(upstream, subs[0])) == 1  # nothing sent to the token while it answers
+    row = admin(gw)["accounts"][0]
+    assert row["label"] == "b1" and row["in_flight"] == 1  # the renamed account is the one answering the stream
+    upstream.release(subs[0])
+    for t in threads + more:
+        t.join(20)
+    assert results[0][0] == 200 and b"data: [DONE]" in results[0][2]
+    assert results2[0][0] == 200 and "second" in answer_text(results2[0][2])
+    assert_one_at_a_time(upstream, subs)
+    asked = [r["body"]["messages"][-1]["content"]["parts"][0] for r in conversations(upstream, subs[0])]
+    assert asked == ["first", "second"]
+
+
+def test_a_label_given_a_new_token_does_not_inherit_the_old_tokens_count(gateway_factory, upstream, tmp_path,
+                                                                         backend):
+    subs, tokens = new_accounts(2)
+    upstream.plan(subs[0], gate=1)
+    gw = start_pool(gateway_factory, tmp_path, [{"label": "a1", "access_token": tokens[0]}], QUEUE_TIMEOUT=3,
+                    **backend)
+    threads, results = run_threads([lambda: chat(gw, gw.access_key, "old token", stream=True)])
+    wait_until(lambda: conversations(upstream, subs[0]), what="the stream running")
+    gw.accounts_path.write_text(json.dumps({"accounts": [{"label": "a1", "access_token": tokens[1]}],
+                                            "access_keys": [gw.access_key]}))
+    status, _, _ = http("POST", gw.url + "/admin/accounts/reload", b"", {"Authorization": "Bearer " + ADMIN})
+    assert status == 200
+    status, _, body = chat(gw, gw.access_key, "new token")  # answered at once while the old token streams
+    assert status == 200 and "new token" in answer_text(body)
+    assert len(conversations(upstream, subs[1])) == 1
+    upstream.release(subs[0])
+    threads[0].join(20)
+    assert results[0][0] == 200
+    wait_until(lambda: admin(gw)["accounts"][0]["in_flight"] == 0, timeout=2, what="the account given back")

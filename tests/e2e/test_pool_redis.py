@@ -174,3 +174,35 @@ def test_a_killed_instances_waiters_leave_the_shared_queue(gateway_factory, upst
     assert status == 200 and "not held up" in answer_text(body)
     assert "never" not in json.dumps(conversations(upstream, subs[0]))
     assert admin(survivor)["queued"] == 0
+
+
+def test_a_recheck_by_one_instance_brings_the_account_back_for_all(gateway_factory, upstream, tmp_path,
+                                                                     redis_server):
+    from tests.e2e.test_pool import probes
+    subs, tokens = new_accounts(2)
+    revoked, other = subs
+    upstream.plan(revoked, tokens_valid_after=time.time() + 3600)  # every call with its token: 401
+    accounts = [{"label": "a", "access_token": tokens[0]}, {"label": "b", "access_token": tokens[1]}]
+    key = "ak-" + uuid.uuid4().hex
+    prefix = "t" + uuid.uuid4().hex[:8]
+    one, two = (shared_pool(gateway_factory, tmp_path, redis_server, accounts, key, REDIS_PREFIX=prefix,
+                            UNHEALTHY_RECHECK=0.5) for _ in range(2))
+
+    def health(gw, label="a"):
+        return {r["label"]: r for r in admin(gw)["accounts"]}[label]["health"]
+    status, _, body = chat(one, key, "first")  # a refuses (401) in instance one, b answers
+    assert status == 200 and "first" in answer_text(body)
+    assert health(two) == "unhealthy"  # the mark lives in Redis
+    wait_until(lambda: len(probes(upstream, revoked)) >= 2, timeout=10, what="two re-checks (refused)")
+    for gw, text in ((two, "second"), (one, "third")):  # a is the least recently used and left alone by both
+        status, _, body = chat(gw, key, text)
+        assert status == 200 and text in answer_text(body)
+    assert len(conversations(upstream, revoked)) == 1 and len(conversations(upstream, other)) == 3
+
+    upstream.plan(revoked)
+    wait_until(lambda: health(one) == "ok" and health(two) == "ok", timeout=10, what="a back in both instances")
+    for gw, text in ((two, "back via two"), (one, "back via one")):
+        status, _, body = chat(gw, key, text)
+        assert status == 200 and text in answer_text(body)
+    asked = [r["body"]["messages"][-1]["content"]["parts"][0] for r in conversations(upstream, revoked)]
+    assert asked[:2] == ["first", "back via two"]  # a, least recently used, answers as soon as it is back

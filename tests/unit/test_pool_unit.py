@@ -8,11 +8,13 @@ import io
 import json
 import os
 import time
+import uuid
 
 import pytest
 from tornado.httpclient import HTTPResponse
 
 from pgw.conf import settings as conf_settings
+from pgw.errors import ApiError
 from pgw.pool import AccessKeys, Account, AccountsError, MemoryPool, Verdict, load_accounts, parse_accounts, verdict
 from pgw.tokens import FileStore, TokenError, Tokens, jwt_exp, looks_like_refresh_token
 
@@ -70,6 +72,12 @@ def test_upstream_keys_and_access_keys_settings(tmp_path):
     path.write_text("{nope")
     with pytest.raises(AccountsError, match="cannot be read"):
         load_accounts(settings(accounts_file=str(path)))
+    # One upstream account listed twice would get two messages at once: refused, naming both labels.
+    path.write_text(json.dumps([{"label": "one", "access_token": "t1"}]))
+    with pytest.raises(AccountsError, match="one and key-1 have the same token") as caught:
+        load_accounts(settings(accounts_file=str(path), upstream_keys="t1"))
+    assert "t1" not in str(caught.value).replace("key-1", "")
+    assert len(load_accounts(settings(accounts_file=str(path), upstream_keys="t1:team-7"))[0]) == 2  # a team seat
 
 
 def test_access_keys_match_exactly():
@@ -107,6 +115,11 @@ def test_forbidden_backs_off_and_is_capped():
 class NoTokens:
     def expiry(self, account):
         return None
+
+
+def state_of(pool, label):
+    """The memory back end's state of the account now labelled ``label``."""
+    return pool.state[pool.accounts[label].ident]
 
 
 def pool_of(n, **changes):
@@ -161,7 +174,7 @@ def test_waiters_are_served_in_arrival_order_and_leavers_drop_out():
         lease = tasks[4].result()
         assert order == [0, 1, 3, 4]
         await pool.release(lease)
-        assert pool.state["a0"].in_flight == 0
+        assert state_of(pool, "a0").in_flight == 0
         assert (await pool.snapshot())["queued"] == 0
     run(go())
 
@@ -176,7 +189,7 @@ def test_an_account_handed_to_a_waiter_that_left_in_the_same_instant_goes_back()
         task.cancel()               # ...which leaves before it runs
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert pool.state["a0"].in_flight == 0
+        assert state_of(pool, "a0").in_flight == 0
     run(go())
 
 
@@ -184,11 +197,11 @@ def test_benched_accounts_are_skipped_and_all_benched_says_when():
     async def go():
         pool = pool_of(2)
         lease = await pool.acquire("gpt-4o")
-        await pool.mark(lease.label, Verdict(True, 300, "gpt-4o", "usage cap"))
+        await pool.mark(lease, Verdict(True, 300, "gpt-4o", "usage cap"))
         await pool.release(lease)
         other = await pool.acquire("gpt-4o")
         assert other.label != lease.label
-        await pool.mark(other.label, Verdict(True, 100, None, "busy"))
+        await pool.mark(other, Verdict(True, 100, None, "busy"))
         await pool.release(other)
         with pytest.raises(Exception) as caught:
             await pool.acquire("gpt-4o")
@@ -205,11 +218,75 @@ def test_a_waiter_whose_accounts_all_get_benched_is_told_at_once():
         lease = await pool.acquire("m")
         task = asyncio.ensure_future(pool.acquire("m"))
         await settle()
-        await pool.mark(lease.label, Verdict(True, 50, None, "forbidden (403)"))
+        await pool.mark(lease, Verdict(True, 50, None, "forbidden (403)"))
         await pool.release(lease)
         with pytest.raises(Exception) as caught:
             await task
         assert caught.value.code == "accounts_benched"
+    run(go())
+
+
+class ProbedUpstream:
+    """Answers the pool's re-checks (``GET conversation/<id>``) with the statuses given, then 404
+    "Conversation not found" (what the upstream answers a valid token for an unknown id)."""
+
+    def __init__(self, statuses):
+        self.statuses = list(statuses)
+        self.calls = []
+
+    async def get_conversation(self, key, conversation_id, timeout=30):
+        self.calls.append((key, conversation_id))
+        status = self.statuses.pop(0) if self.statuses else 404
+        body = {401: b'{"detail": "Unauthorized"}', 599: b"connection refused"}.get(
+            status, b'{"detail": "Conversation not found"}' if status == 404 else b"{}")
+        return status, None, body
+
+
+def test_an_unhealthy_account_is_handed_to_nobody_until_a_recheck_finds_its_token_accepted():
+    async def go():
+        upstream = ProbedUpstream([599, 503, 401])  # no answer, a 5xx, still refused; then accepted
+        pool = MemoryPool(settings(unhealthy_recheck=0.01), [Account("team", "access_token", "tok", "acc-1")],
+                          ["ak"], NoTokens(), upstream)
+        lease = await pool.acquire("m")
+        v = await pool.refused(lease, 401, b'{"detail": "Unauthorized"}')
+        await pool.release(lease)
+        assert v.retry and v.unhealthy
+        seen_refused = False
+        for _ in range(500):  # bounded: re-checks every 10 ms
+            row = (await pool.snapshot())["accounts"][0]
+            if row["health"] == "ok":
+                break
+            assert row["health"] == "unhealthy" and row["recheck_at"] is not None
+            seen_refused |= "re-check: still refused (HTTP 401" in (row["last_error"] or "")
+            with pytest.raises(ApiError) as caught:  # whatever the clock says, nobody gets it meanwhile
+                await pool.acquire("m")
+            assert caught.value.code == "accounts_benched"
+            await asyncio.sleep(0.005)
+        assert row["health"] == "ok" and row["recheck_at"] is None and seen_refused
+        assert len(upstream.calls) == 4  # and no re-check once it is back
+        assert {key for key, _ in upstream.calls} == {"tok,acc-1"}  # the team header goes with each
+        assert len({str(uuid.UUID(cid)) for _, cid in upstream.calls}) == 4  # a fresh random id each time
+        back = await pool.acquire("m")
+        assert back.label == "team"
+        await pool.release(back)
+        await asyncio.sleep(0.05)
+        assert len(upstream.calls) == 4
+    run(go())
+
+
+def test_a_recheck_of_a_refresh_token_account_exchanges_it_again_first():
+    class Refreshing(NoTokens):
+        calls = []
+
+        async def access_token(self, refresh_token, force=False):
+            self.calls.append((refresh_token, force))
+            return "fresh-%d" % len(self.calls)
+
+    async def go():
+        upstream, tokens = ProbedUpstream([]), Refreshing()
+        pool = MemoryPool(settings(), [Account("r", "refresh_token", "rt-x")], ["ak"], tokens, upstream)
+        assert await pool.probe(pool.accounts["r"]) == ("ok", "HTTP 404")
+        assert tokens.calls == [("rt-x", True)] and upstream.calls[0][0] == "fresh-1"
     run(go())
 
 
@@ -233,10 +310,13 @@ def test_reload_keeps_leases_in_flight():
     async def go():
         pool = pool_of(2)
         lease = await pool.acquire("m")
+        old = pool.accounts[lease.label]
         await pool.reload([Account(lease.label, "access_token", "new"), Account("b", "access_token", "tb")], ["k2"])
-        assert pool.state[lease.label].in_flight == 1 and pool.is_access_key("k2") and not pool.is_access_key("ak")
+        # The label's new token starts clean; the old token's answer still counts against the old token.
+        assert state_of(pool, lease.label).in_flight == 0 and pool.state[old.ident].in_flight == 1
+        assert pool.is_access_key("k2") and not pool.is_access_key("ak")
         await pool.release(lease)
-        assert pool.state[lease.label].in_flight == 0
+        assert old.ident not in pool.state  # forgotten once its last lease came back
     run(go())
 
 

@@ -28,7 +28,7 @@ def test_account_removed_and_added_back_while_answering_gets_no_second_message()
         third = await pool.acquire("m")   # once the first answer ended, a1 is free again
         assert third.label == "a1"
         await pool.release(third)
-        assert pool.state["a1"].in_flight == 0
+        assert pool.state[a1.ident].in_flight == 0
     asyncio.run(go())
 
 
@@ -43,7 +43,7 @@ def test_a_request_moved_to_another_account_keeps_its_place_in_the_queue():
         later = [asyncio.ensure_future(pool.acquire("m")) for _ in range(2)]  # R3, R4 wait
         await asyncio.sleep(0)
         await pool.release(r1)              # R1's account refused it: given back (R3 takes it) ...
-        retry = asyncio.ensure_future(pool.acquire("m", frozenset({r1.label})))  # ... and R1 asks again
+        retry = asyncio.ensure_future(pool.acquire("m", frozenset({r1.ident})))  # ... and R1 asks again
         await asyncio.sleep(0)
         await pool.release(r2)              # the next account to free up is R1's, not R4's
         for _ in range(5):
@@ -86,7 +86,7 @@ def test_redis_pool_a_moved_request_keeps_its_place_too(tmp_path):
                     await asyncio.sleep(0.01)
                 await pool.release(r1)
                 await asyncio.wait_for(asyncio.shield(later[0]), 5)   # R3 takes R1's first account
-                retry = asyncio.ensure_future(pool.acquire("m", frozenset({r1.label})))
+                retry = asyncio.ensure_future(pool.acquire("m", frozenset({r1.ident})))
                 while len(pool.waiters) < 2:
                     await asyncio.sleep(0.01)
                 await pool.release(r2)
