@@ -113,11 +113,11 @@ def _lags(results, stats, revealed, interval):
     return lags
 
 
-def s1(table, n, events, chars, interval_ms, ramp, dialect, nginx=None, floor=None):
+def s1(table, n, events, chars, interval_ms, ramp, dialect, nginx=None, floors=()):
     """n paced streams through the gateway; with ``nginx`` (its binary) the same load through
-    nginx too, and the gateway's CPU per streamed event as a multiple of nginx's; with ``floor``
-    (an event loop name) the same load through the Tornado+pycurl pass-through floor
-    (bench/tornado_floor.py), and the ratios gateway/floor and floor/nginx."""
+    nginx too, and the gateway's CPU per streamed event as a multiple of nginx's; for each of
+    ``floors`` (``(event loop, lean)``) the same load through the Tornado+pycurl pass-through
+    floor (bench/tornado_floor.py), and the ratios gateway/floor and floor/nginx."""
     rendered, text = transcript.render(events, chars, dialect)
     frames = transcript.frames(rendered)
     revealed = [chars_so_far for _, chars_so_far in frames]
@@ -150,8 +150,8 @@ def s1(table, n, events, chars, interval_ms, ramp, dialect, nginx=None, floor=No
         if nginx is not None:
             nginx_per_event = s1_nginx(table, nginx, n, events, chars, interval_ms, ramp, dialect, rendered, frames,
                                        setup, pinned, per_event)
-        if floor is not None:
-            s1_floor(table, floor, n, events, chars, interval_ms, ramp, dialect, rendered, frames, setup, pinned,
+        for loop, lean in floors:
+            s1_floor(table, loop, lean, n, events, chars, interval_ms, ramp, dialect, rendered, frames, setup, pinned,
                      per_event, nginx_per_event)
 
 
@@ -206,16 +206,20 @@ def s1_nginx(table, binary, n, events, chars, interval_ms, ramp, dialect, render
     return m["per_event"]
 
 
-def s1_floor(table, loop, n, events, chars, interval_ms, ramp, dialect, rendered, frames, setup, pinned,
+def s1_floor(table, loop, lean, n, events, chars, interval_ms, ramp, dialect, rendered, frames, setup, pinned,
              gateway_per_event, nginx_per_event):
     """The same S1 load through the gateway's own stack passing bytes through (Tornado's server
     and RequestHandler, its CurlAsyncHTTPClient over pycurl, ``write``+``flush`` per chunk): what
     the stack costs by itself, so gateway/floor is the gateway's own code and floor/nginx the
-    stack's (bench/tornado_floor.py)."""
-    m = passthrough(lambda url: procs.TornadoFloor(url, loop), n, events, chars, interval_ms, ramp, dialect,
+    stack's (bench/tornado_floor.py). ``lean``: with the gateway's short cuts around Tornado's
+    per-chunk callbacks and writes (deliver after ``socket_action``, direct socket send)."""
+    m = passthrough(lambda url: procs.TornadoFloor(url, loop, lean), n, events, chars, interval_ms, ramp, dialect,
                     rendered, frames, pinned)
-    table.add("S1 Tornado+pycurl floor", "%s; bench/tornado_floor.py pass-through (Tornado %s, %s loop, "
-              "CurlAsyncHTTPClient, write+flush per chunk); %s" % (setup, tornado.version, loop, pinned.describe()),
+    how = ("gateway's CancellableCurlClient + QueuedBuffer, direct socket send" if lean
+           else "CurlAsyncHTTPClient, write+flush per chunk")
+    table.add("S1 Tornado+pycurl %sfloor" % ("lean " if lean else ""),
+              "%s; bench/tornado_floor.py%s pass-through (Tornado %s, %s loop, %s); %s"
+              % (setup, " --lean" if lean else "", tornado.version, loop, how, pinned.describe()),
               "%s; floor CPU %.2f s (%.1f us per streamed event), peak RSS %.0f MB; gateway/floor CPU per event: "
               "%s; floor/nginx: %s%s" % (m["figures"], m["cpu"], m["per_event"] * 1e6, m["peak"] / 1024.0,
                                          _ratio(gateway_per_event, m["per_event"]),
@@ -329,9 +333,9 @@ def s6(table, n, events, chars, stall):
               "; ".join(cells), exact=exact)
 
 
-def run_s1(table, cfg, dialects, no_nginx, floor="asyncio"):
-    """Every S1 rung of every dialect, nginx and the Tornado floor (``floor``: its event loop,
-    None to skip it) beside the rungs in ``nginx_at``."""
+def run_s1(table, cfg, dialects, no_nginx, floors=(("asyncio", False),)):
+    """Every S1 rung of every dialect, nginx and the Tornado floors (``(event loop, lean)``)
+    beside the rungs in ``nginx_at``."""
     nginx = None if no_nginx else procs.nginx_binary()
     if nginx is None:
         why = "--no-nginx given" if no_nginx else "nginx is missing and could not be installed"
@@ -340,7 +344,7 @@ def run_s1(table, cfg, dialects, no_nginx, floor="asyncio"):
     for k, dialect in enumerate(dialects):
         for n in cfg["ladder"] if k == 0 else cfg["ladder_other"]:
             s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], cfg["ramp"], dialect,
-               nginx if n in cfg["nginx_at"] else None, floor if n in cfg["nginx_at"] else None)
+               nginx if n in cfg["nginx_at"] else None, floors if n in cfg["nginx_at"] else ())
         for n in cfg["gentle"] if k == 0 else ():
             s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], n / 1000.0, dialect)
 
@@ -364,6 +368,9 @@ def main(argv=None):  # noqa: C901 (one branch per option and scenario, read top
     p.add_argument("--no-floor", action="store_true", help="skip the Tornado+pycurl pass-through floor")
     p.add_argument("--floor-loop", choices=["asyncio", "uvloop"], default="asyncio",
                    help="the event loop of the Tornado+pycurl floor (default asyncio, as the gateway's)")
+    p.add_argument("--lean-floor", action="store_true",
+                   help="also the Tornado+pycurl floor with the gateway's short cuts around Tornado "
+                        "(bench/tornado_floor.py --lean)")
     args = p.parse_args(argv)
     cfg = dict(SMOKE if args.smoke else FULL)
     for name in ("events", "interval_ms", "chars", "ramp"):
@@ -386,7 +393,10 @@ def main(argv=None):  # noqa: C901 (one branch per option and scenario, read top
           % (os.cpu_count(), load1, load5, load15, limit))
     table = Table()
     if "S1" in only:
-        run_s1(table, cfg, dialects, args.no_nginx, None if args.no_floor else args.floor_loop)
+        floors = [] if args.no_floor else [(args.floor_loop, False)]
+        if args.lean_floor:
+            floors.append((args.floor_loop, True))
+        run_s1(table, cfg, dialects, args.no_nginx, floors)
     dialect = dialects[0]
     if "S2" in only:
         s2_inprocess(table, cfg["big_events"], cfg["big_chars"], dialect)

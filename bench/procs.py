@@ -136,10 +136,12 @@ class Server(Process):
 
 class TornadoFloor(Process):
     """``bench/tornado_floor.py``: Tornado + its pycurl client passing the upstream's bytes
-    through, no conversion; ``loop``: ``asyncio`` or ``uvloop``."""
+    through, no conversion; ``loop``: ``asyncio`` or ``uvloop``; ``lean``: with the gateway's short
+    cuts around Tornado's callbacks and writes."""
 
-    def __init__(self, upstream_url, loop="asyncio"):
-        super().__init__([sys.executable, "-m", "bench.tornado_floor", "--upstream", upstream_url, "--loop", loop])
+    def __init__(self, upstream_url, loop="asyncio", lean=False):
+        super().__init__([sys.executable, "-m", "bench.tornado_floor", "--upstream", upstream_url, "--loop", loop]
+                         + (["--lean"] if lean else []))
 
 
 def pinning():
