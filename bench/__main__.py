@@ -139,7 +139,7 @@ def s1(table, n, events, chars, interval_ms, ramp, dialect, nginx=None, floors=(
         per_event = cpu / max(1, n * events)
         table.add("S1 streams held", "%s; %s" % (setup, pinned.describe()),
                   "completed %d, failed %d, exact %d/%d; TTFB p50/p99 %s/%s ms; added lag p50/p99 %s/%s ms; "
-                  "server CPU %.1f s (%.0f us per streamed event), peak RSS %.0f MB; upstream late p99 %s ms, "
+                  "server CPU %.2f s (%.0f us per streamed event), peak RSS %.0f MB; upstream late p99 %s ms, "
                   "upstream CPU %.1f s%s"
                   % (len(ok), n - len(ok), exact, len(ok), _ms(load.percentile(ttfb, 50)),
                      _ms(load.percentile(ttfb, 99)), _ms(load.percentile(lags, 50)), _ms(load.percentile(lags, 99)),
