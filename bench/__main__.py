@@ -2,7 +2,9 @@
 
 S1  streams held: a ladder of N concurrent paced streams (E events x T ms, C characters each), in
     the late-2023 framing and in the 2025-2026 one; beside some rungs the same load through nginx
-    as a pass-through proxy (the floor: CPU per streamed event, gateway / nginx)
+    as a pass-through proxy (the floor: CPU per streamed event, gateway / nginx) and through the
+    gateway's own stack passing bytes through (bench/tornado_floor.py: Tornado + pycurl, no
+    conversion; gateway / floor is the gateway's own code, floor / nginx the stack's)
 S2  conversion: in-process pipeline vs the ujson parse-only floor; end to end through the server
 S3  memory: RSS per open idle stream
 S4  processes: concurrent big answers with PROCESS_WORKERS=2 vs 1
@@ -23,13 +25,15 @@ import resource
 import sys
 import time
 
+import tornado
+
 from bench import convert, delta_cost, load, procs, queue, transcript
 from pgw.server import raise_fd_limit
 
 # ramp: seconds over which each rung's streams connect (N/ramp new streams per second);
 # gentle: rungs repeated with 1,000 new streams per second, to tell holding from accepting.
 # ladder: S1 rungs of the first dialect; ladder_other: of the other dialects; nginx_at: rungs
-# (of every dialect) also run through nginx.
+# (of every dialect) also run through nginx and the Tornado+pycurl floor.
 FULL = dict(ladder=[250, 500, 1000, 2000, 4000], ladder_other=[1000, 4000], nginx_at=[2000, 4000],
             events=60, interval_ms=500, chars=4, ramp=1.0, gentle=[4000], big_events=4000, big_chars=4,
             idle=2000, s4_streams=8, s4_ramp=0.0, growth_events=20000, slow_streams=10, slow_events=2000,
@@ -109,9 +113,11 @@ def _lags(results, stats, revealed, interval):
     return lags
 
 
-def s1(table, n, events, chars, interval_ms, ramp, dialect, nginx=None):
+def s1(table, n, events, chars, interval_ms, ramp, dialect, nginx=None, floors=()):
     """n paced streams through the gateway; with ``nginx`` (its binary) the same load through
-    nginx too, and the gateway's CPU per streamed event as a multiple of nginx's."""
+    nginx too, and the gateway's CPU per streamed event as a multiple of nginx's; for each of
+    ``floors`` (``(event loop, lean)``) the same load through the Tornado+pycurl pass-through
+    floor (bench/tornado_floor.py), and the ratios gateway/floor and floor/nginx."""
     rendered, text = transcript.render(events, chars, dialect)
     frames = transcript.frames(rendered)
     revealed = [chars_so_far for _, chars_so_far in frames]
@@ -133,23 +139,30 @@ def s1(table, n, events, chars, interval_ms, ramp, dialect, nginx=None):
         per_event = cpu / max(1, n * events)
         table.add("S1 streams held", "%s; %s" % (setup, pinned.describe()),
                   "completed %d, failed %d, exact %d/%d; TTFB p50/p99 %s/%s ms; added lag p50/p99 %s/%s ms; "
-                  "server CPU %.1f s (%.0f us per streamed event), peak RSS %.0f MB; upstream late p99 %s ms, "
+                  "server CPU %.2f s (%.0f us per streamed event), peak RSS %.0f MB; upstream late p99 %s ms, "
                   "upstream CPU %.1f s%s"
                   % (len(ok), n - len(ok), exact, len(ok), _ms(load.percentile(ttfb, 50)),
                      _ms(load.percentile(ttfb, 99)), _ms(load.percentile(lags, 50)), _ms(load.percentile(lags, 99)),
                      cpu, per_event * 1e6, peak / 1024.0, _ms(stats["late_p99"]), up_cpu,
                      ("; errors: " + "; ".join(errors[:3])) if errors else ""),
                   exact=exact == n)
+        nginx_per_event = None
         if nginx is not None:
-            s1_nginx(table, nginx, n, events, chars, interval_ms, ramp, dialect, rendered, frames, setup, pinned,
-                     per_event)
+            nginx_per_event = s1_nginx(table, nginx, n, events, chars, interval_ms, ramp, dialect, rendered, frames,
+                                       setup, pinned, per_event)
+        for loop, lean in floors:
+            s1_floor(table, loop, lean, n, events, chars, interval_ms, ramp, dialect, rendered, frames, setup, pinned,
+                     per_event, nginx_per_event)
 
 
-def s1_nginx(table, binary, n, events, chars, interval_ms, ramp, dialect, rendered, frames, setup, pinned,
-             gateway_per_event):
-    """The same S1 load through nginx, passing the upstream's events through unchanged: the floor
-    for the cost of a streamed event (no conversion, C-level IO). Exact: every body is as long
-    as the upstream's events (message ids differ per rendering) and converts to the answer's text."""
+def _ratio(a, b):
+    return "%.1fx" % (a / b) if a is not None and b else "-"
+
+
+def passthrough(make_proxy, n, events, chars, interval_ms, ramp, dialect, rendered, frames, pinned):
+    """The S1 load through a proxy that passes the upstream's events through unchanged (nginx,
+    the Tornado floor). Exact: every body is as long as the upstream's events (message ids differ
+    per rendering) and converts to the answer's text. Returns the row's figures."""
     interval = interval_ms / 1000.0
     size = sum(map(len, rendered))
     text = transcript.answer_text(events, chars)
@@ -157,7 +170,7 @@ def s1_nginx(table, binary, n, events, chars, interval_ms, ramp, dialect, render
     for raw, _ in frames:
         total += len(raw)
         offsets.append(total)
-    with procs.Upstream(events, chars, interval_ms, dialect) as up, procs.Nginx(binary, up.url) as proxy:
+    with procs.Upstream(events, chars, interval_ms, dialect) as up, make_proxy(up.url) as proxy:
         pinned.pin(proxy, up)
         cpu0 = proxy.cpu_seconds()
         clients = asyncio.run(load.run(proxy.url, n, ramp=ramp, timeout=events * interval + ramp + 60))
@@ -170,17 +183,48 @@ def s1_nginx(table, binary, n, events, chars, interval_ms, ramp, dialect, render
     ttfb = [r.ttfb() for r in ok if r.ttfb() is not None]
     lags = _lags(ok, stats, offsets, interval)
     errors = sorted({r.error for r in results if not r.ok})
-    per_event = cpu / max(1, n * events)
+    return dict(ok=len(ok), failed=n - len(ok), exact=exact, cpu=cpu, per_event=cpu / max(1, n * events),
+                peak=peak, figures="completed %d, failed %d, exact %d/%d; TTFB p50/p99 %s/%s ms; added lag p50/p99 "
+                "%s/%s ms" % (len(ok), n - len(ok), exact, len(ok), _ms(load.percentile(ttfb, 50)),
+                              _ms(load.percentile(ttfb, 99)), _ms(load.percentile(lags, 50)),
+                              _ms(load.percentile(lags, 99))),
+                errors=("; errors: " + "; ".join(errors[:3])) if errors else "")
+
+
+def s1_nginx(table, binary, n, events, chars, interval_ms, ramp, dialect, rendered, frames, setup, pinned,
+             gateway_per_event):
+    """The same S1 load through nginx, passing the upstream's events through unchanged: the floor
+    for the cost of a streamed event (no conversion, C-level IO). Returns nginx's CPU per event."""
+    m = passthrough(lambda url: procs.Nginx(binary, url), n, events, chars, interval_ms, ramp, dialect, rendered,
+                    frames, pinned)
     table.add("S1 nginx floor", "%s; nginx pass-through (proxy_buffering off, upstream keep-alive); %s"
               % (setup, pinned.describe()),
-              "completed %d, failed %d, exact %d/%d; TTFB p50/p99 %s/%s ms; added lag p50/p99 %s/%s ms; "
-              "nginx CPU %.2f s (%.1f us per streamed event), peak RSS %.0f MB; gateway/nginx CPU per event: "
-              "%.1fx%s"
-              % (len(ok), n - len(ok), exact, len(ok), _ms(load.percentile(ttfb, 50)), _ms(load.percentile(ttfb, 99)),
-                 _ms(load.percentile(lags, 50)), _ms(load.percentile(lags, 99)), cpu, per_event * 1e6,
-                 peak / 1024.0, gateway_per_event / per_event if per_event else float("inf"),
-                 ("; errors: " + "; ".join(errors[:3])) if errors else ""),
-              exact=exact == n)
+              "%s; nginx CPU %.2f s (%.1f us per streamed event), peak RSS %.0f MB; gateway/nginx CPU per event: "
+              "%s%s" % (m["figures"], m["cpu"], m["per_event"] * 1e6, m["peak"] / 1024.0,
+                        _ratio(gateway_per_event, m["per_event"]), m["errors"]),
+              exact=m["exact"] == n)
+    return m["per_event"]
+
+
+def s1_floor(table, loop, lean, n, events, chars, interval_ms, ramp, dialect, rendered, frames, setup, pinned,
+             gateway_per_event, nginx_per_event):
+    """The same S1 load through the gateway's own stack passing bytes through (Tornado's server
+    and RequestHandler, its CurlAsyncHTTPClient over pycurl, ``write``+``flush`` per chunk): what
+    the stack costs by itself, so gateway/floor is the gateway's own code and floor/nginx the
+    stack's (bench/tornado_floor.py). ``lean``: with the gateway's short cuts around Tornado's
+    per-chunk callbacks and writes (deliver after ``socket_action``, direct socket send)."""
+    m = passthrough(lambda url: procs.TornadoFloor(url, loop, lean), n, events, chars, interval_ms, ramp, dialect,
+                    rendered, frames, pinned)
+    how = ("gateway's CancellableCurlClient + QueuedBuffer, direct socket send" if lean
+           else "CurlAsyncHTTPClient, write+flush per chunk")
+    table.add("S1 Tornado+pycurl %sfloor" % ("lean " if lean else ""),
+              "%s; bench/tornado_floor.py%s pass-through (Tornado %s, %s loop, %s); %s"
+              % (setup, " --lean" if lean else "", tornado.version, loop, how, pinned.describe()),
+              "%s; floor CPU %.2f s (%.1f us per streamed event), peak RSS %.0f MB; gateway/floor CPU per event: "
+              "%s; floor/nginx: %s%s" % (m["figures"], m["cpu"], m["per_event"] * 1e6, m["peak"] / 1024.0,
+                                         _ratio(gateway_per_event, m["per_event"]),
+                                         _ratio(m["per_event"], nginx_per_event), m["errors"]),
+              exact=m["exact"] == n)
 
 
 def s2_inprocess(table, events, chars, dialect):
@@ -289,8 +333,9 @@ def s6(table, n, events, chars, stall):
               "; ".join(cells), exact=exact)
 
 
-def run_s1(table, cfg, dialects, no_nginx):
-    """Every S1 rung of every dialect, nginx beside the rungs in ``nginx_at``."""
+def run_s1(table, cfg, dialects, no_nginx, floors=(("asyncio", False),)):
+    """Every S1 rung of every dialect, nginx and the Tornado floors (``(event loop, lean)``)
+    beside the rungs in ``nginx_at``."""
     nginx = None if no_nginx else procs.nginx_binary()
     if nginx is None:
         why = "--no-nginx given" if no_nginx else "nginx is missing and could not be installed"
@@ -299,7 +344,7 @@ def run_s1(table, cfg, dialects, no_nginx):
     for k, dialect in enumerate(dialects):
         for n in cfg["ladder"] if k == 0 else cfg["ladder_other"]:
             s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], cfg["ramp"], dialect,
-               nginx if n in cfg["nginx_at"] else None)
+               nginx if n in cfg["nginx_at"] else None, floors if n in cfg["nginx_at"] else ())
         for n in cfg["gentle"] if k == 0 else ():
             s1(table, n, cfg["events"], cfg["chars"], cfg["interval_ms"], n / 1000.0, dialect)
 
@@ -320,6 +365,12 @@ def main(argv=None):  # noqa: C901 (one branch per option and scenario, read top
                         "(fakeupstream/script.py renderers; default %s)"
                    % (", ".join(sorted(transcript.DIALECTS)), ",".join(DEFAULT_DIALECTS)))
     p.add_argument("--no-nginx", action="store_true", help="skip the nginx pass-through floor")
+    p.add_argument("--no-floor", action="store_true", help="skip the Tornado+pycurl pass-through floor")
+    p.add_argument("--floor-loop", choices=["asyncio", "uvloop"], default="asyncio",
+                   help="the event loop of the Tornado+pycurl floor (default asyncio, as the gateway's)")
+    p.add_argument("--lean-floor", action="store_true",
+                   help="also the Tornado+pycurl floor with the gateway's short cuts around Tornado "
+                        "(bench/tornado_floor.py --lean)")
     args = p.parse_args(argv)
     cfg = dict(SMOKE if args.smoke else FULL)
     for name in ("events", "interval_ms", "chars", "ramp"):
@@ -342,7 +393,10 @@ def main(argv=None):  # noqa: C901 (one branch per option and scenario, read top
           % (os.cpu_count(), load1, load5, load15, limit))
     table = Table()
     if "S1" in only:
-        run_s1(table, cfg, dialects, args.no_nginx)
+        floors = [] if args.no_floor else [(args.floor_loop, False)]
+        if args.lean_floor:
+            floors.append((args.floor_loop, True))
+        run_s1(table, cfg, dialects, args.no_nginx, floors)
     dialect = dialects[0]
     if "S2" in only:
         s2_inprocess(table, cfg["big_events"], cfg["big_chars"], dialect)

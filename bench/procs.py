@@ -1,5 +1,6 @@
-"""The processes a bench scenario runs: the paced upstream, the real gateway (``server.py``) and
-nginx as a plain pass-through proxy (the floor a streamed event's cost is compared with).
+"""The processes a bench scenario runs: the paced upstream, the real gateway (``server.py``),
+nginx as a plain pass-through proxy (the floor a streamed event's cost is compared with) and
+the gateway's own stack passing bytes through (``bench/tornado_floor.py``, the second floor).
 
 CPU seconds and RSS come from /proc; with PROCESS_WORKERS > 1 the forked workers are counted
 too (every process whose parent is the server). ``pin`` binds a process (and its threads) to
@@ -131,6 +132,16 @@ class Server(Process):
         deadline = time.monotonic() + 30
         while workers > 1 and len(self.pids()) < workers + 1 and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+class TornadoFloor(Process):
+    """``bench/tornado_floor.py``: Tornado + its pycurl client passing the upstream's bytes
+    through, no conversion; ``loop``: ``asyncio`` or ``uvloop``; ``lean``: with the gateway's short
+    cuts around Tornado's callbacks and writes."""
+
+    def __init__(self, upstream_url, loop="asyncio", lean=False):
+        super().__init__([sys.executable, "-m", "bench.tornado_floor", "--upstream", upstream_url, "--loop", loop]
+                         + (["--lean"] if lean else []))
 
 
 def pinning():

@@ -2,12 +2,14 @@
 on a busy machine) or py-spy (where the time goes, by Python function), on S1-like load.
 
     .venv/bin/python -m bench.profile callgrind [--streams 200] [--events 20] [--dialect legacy]
-    .venv/bin/python -m bench.profile pyspy [--streams 2000] [--events 60] [--native]
+    .venv/bin/python -m bench.profile pyspy [--streams 2000] [--events 60] [--native] [--target floor]
 
 callgrind: the server runs under ``valgrind --tool=callgrind`` three times (no streams; N streams
 of E events; N of 2E), so instructions per streamed event and per stream set up come out of the
 differences; prints them and the top functions of the last run (``callgrind_annotate``).
-Settings for the server come from ``-e NAME=VALUE``. Instruction counts depend on how many events
+Settings for the server come from ``-e NAME=VALUE``. py-spy's ``--target floor`` (or
+``lean-floor``) samples bench/tornado_floor.py (``--lean``) instead of the gateway: where the
+stack's own time goes when it only passes bytes through. Instruction counts depend on how many events
 share a loop turn, which the machine's load changes: two runs of ``--streams 100 --events 10`` on
 a loaded machine gave 157k and 248k instructions per event, so use it for large differences only.
 """
@@ -107,8 +109,12 @@ def pyspy(args):
     interval = args.interval_ms / 1000.0
     out = os.path.join(tempfile.mkdtemp(prefix="bench-pyspy-"), "profile.txt")
     settings = dict(s.split("=", 1) for s in args.setting)
-    with procs.Upstream(args.events, args.chars, args.interval_ms, args.dialect) as up, \
-            procs.Server(up.url, **settings) as server:
+    def target(url):
+        if args.target == "gateway":
+            return procs.Server(url, **settings)
+        return procs.TornadoFloor(url, settings.get("EVENT_LOOP", "asyncio"), lean=args.target == "lean-floor")
+
+    with procs.Upstream(args.events, args.chars, args.interval_ms, args.dialect) as up, target(up.url) as server:
         if pins:
             server.pin(pins[0])
             up.pin(pins[1])
@@ -121,9 +127,9 @@ def pyspy(args):
                                        timeout=args.events * interval + args.ramp + 60))
         cpu = server.cpu_seconds() - cpu0
         spy.wait()
-    ok = sum(1 for c in clients if load.Result(c).ok)
-    print("streams %d, ok %d, server CPU %.2f s, %.1f us per streamed event; raw profile %s"
-          % (args.streams, ok, cpu, cpu / (args.streams * args.events) * 1e6, out))
+    ok = sum(1 for c in clients if (load.Result(c) if args.target == "gateway" else load.PassResult(c)).ok)
+    print("%s: streams %d, ok %d, server CPU %.2f s, %.1f us per streamed event; raw profile %s"
+          % (args.target, args.streams, ok, cpu, cpu / (args.streams * args.events) * 1e6, out))
     summarize(out, args.top)
 
 
@@ -202,6 +208,8 @@ def main(argv=None):
     p.add_argument("--inclusive", action="store_true", help="callgrind: inclusive costs")
     p.add_argument("--native", action="store_true", help="py-spy: C frames too")
     p.add_argument("--top", type=int, default=40)
+    p.add_argument("--target", choices=["gateway", "floor", "lean-floor"], default="gateway",
+                   help="pyspy: the process sampled (floor: bench/tornado_floor.py; -e EVENT_LOOP=uvloop for its loop)")
     p.add_argument("-e", dest="setting", action="append", default=[], help="a server setting NAME=VALUE")
     args = p.parse_args(argv)
     if args.tool == "summarize":

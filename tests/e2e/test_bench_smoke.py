@@ -3,7 +3,8 @@ text it streamed came out exact. No timing is asserted: numbers belong in the be
 
 The nginx floor is part of the smoke: the bench installs nginx when it is missing. Only when that
 is impossible (no package source) does the smoke go on without it, and then it says so in a
-warning that pytest prints in its summary, never silently.
+warning that pytest prints in its summary, never silently. The second floor, the gateway's own
+stack passing bytes through (bench/tornado_floor.py), needs nothing installed and always runs.
 """
 
 import subprocess
@@ -35,4 +36,7 @@ def test_bench_smoke_runs_and_every_text_is_exact():
         floors = [row for row in rows if row.startswith("| S1 nginx floor |")]
         assert len(floors) == len(DEFAULT_DIALECTS), rows
         assert all("gateway/nginx CPU per event" in row for row in floors)
+    stack = [row for row in rows if row.startswith("| S1 Tornado+pycurl floor |")]
+    assert len(stack) == len(DEFAULT_DIALECTS), rows
+    assert all("gateway/floor CPU per event" in row and "exact 20/20" in row for row in stack), stack
     assert all("failed 0," in row for row in rows if "NOT MEASURED" not in row), rows
