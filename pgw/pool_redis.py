@@ -343,16 +343,16 @@ class RedisPool(AccountPool):
             return await self.lease_key(waiter.future.result(), model, 0.0, waiter.id)
         bisect.insort(self.waiters, waiter, key=lambda w: w.ticket)
         self._kick()
-        timeout = self.settings.queue_timeout
+        # Awaited directly, the timeout a timer of its own (as in pgw.pool.MemoryPool.acquire):
+        # a grant reaches this coroutine one loop callback sooner than through asyncio.wait.
+        timer = asyncio.get_running_loop().call_later(self.settings.queue_timeout, self._expire, waiter)
         try:
-            await asyncio.wait((waiter.future,), timeout=timeout)
+            ident = await waiter.future  # raises a refusal (benched, Redis down, timeout) set on it
         except asyncio.CancelledError:
             self._leave(waiter)
             raise
-        if not waiter.future.done():
-            self._leave(waiter)
-            raise queue_timeout_error(timeout, max(1, math.ceil(timeout / 4)))
-        ident = waiter.future.result()
+        finally:
+            timer.cancel()
         lease = await self.lease_key(ident, model, time.monotonic() - waiter.since, waiter.id)
         lease.freed_at = waiter.freed_at
         return lease
@@ -450,6 +450,16 @@ class RedisPool(AccountPool):
             self.waiters.remove(waiter)
         except ValueError:
             pass
+
+    def _expire(self, waiter):
+        """QUEUE_TIMEOUT has passed for ``waiter``: a 429, and out of the queue here and in Redis
+        (a slot an ACQUIRE in flight gives it now goes back: ``_try`` sees the future done)."""
+        if waiter.future.done():
+            return
+        timeout = self.settings.queue_timeout
+        self._fail(waiter, queue_timeout_error(timeout, max(1, math.ceil(timeout / 4))))
+        self._drop(waiter)
+        IOLoop.current().spawn_callback(self._forget, waiter.id)
 
     def _leave(self, waiter):
         self._drop(waiter)
