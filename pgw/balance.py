@@ -25,11 +25,10 @@ import time
 
 from tornado.ioloop import IOLoop
 
-from pgw.listener import GatewayHTTPServer
+from pgw.listener import ACCEPT_BATCH, GatewayHTTPServer
 
 RECHECK = 0.001   # seconds before a worker that let connections wait looks again
 PATIENCE = 0.05   # seconds a connection waits for a less busy worker before anyone takes it
-BATCH = 128       # connections taken at most per turn of the loop, as Tornado does
 
 
 def _waiting(sock):
@@ -79,7 +78,7 @@ class BalancedHTTPServer(GatewayHTTPServer):
             io_loop.remove_handler(sock)
             io_loop.call_later(RECHECK, self._watch_again, sock)
             return
-        self.accept_some(sock, take or BATCH)  # the listener's limits apply (pgw/listener.py)
+        self.accept_some(sock, take or ACCEPT_BATCH)  # the listener's limits apply (pgw/listener.py)
 
     def _watch_again(self, sock):
         if self._stopped:
