@@ -109,6 +109,14 @@ def admin(gw):
     return json.loads(body)
 
 
+def reload_accounts(gw, accounts):
+    """Rewrite the accounts file with ``accounts`` (the access key kept) and ask for a reload:
+    ``(status, body)`` of ``POST /admin/accounts/reload``."""
+    gw.accounts_path.write_text(json.dumps({"accounts": accounts, "access_keys": [gw.access_key]}))
+    status, _, body = http("POST", gw.url + "/admin/accounts/reload", b"", {"Authorization": "Bearer " + ADMIN})
+    return status, body
+
+
 def wait_until(predicate, timeout=10, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -390,10 +398,8 @@ def test_admin_endpoint_needs_the_admin_key_and_reload_keeps_streams(gateway_fac
 
     threads, results = run_threads([lambda: chat(gw, gw.access_key, "held", stream=True)])
     wait_until(lambda: conversations(upstream, subs[0]), what="the stream running")
-    gw.accounts_path.write_text(json.dumps({"accounts": [{"label": "a", "access_token": tokens[0]},
-                                                         {"label": "b", "access_token": tokens[1]}],
-                                            "access_keys": [gw.access_key]}))
-    status, _, body = http("POST", gw.url + "/admin/accounts/reload", b"", {"Authorization": "Bearer " + ADMIN})
+    status, body = reload_accounts(gw, [{"label": "a", "access_token": tokens[0]},
+                                        {"label": "b", "access_token": tokens[1]}])
     assert status == 200 and json.loads(body)["accounts"] == 2
     status, _, body = chat(gw, gw.access_key, "new account")  # a is busy: b answers
     assert status == 200 and "new account" in answer_text(body)
@@ -546,10 +552,7 @@ def test_a_reload_renaming_an_answering_account_does_not_double_book_its_token(g
     gw = start_pool(gateway_factory, tmp_path, [{"label": "a1", "access_token": tokens[0]}], **backend)
     threads, results = run_threads([lambda: chat(gw, gw.access_key, "first", stream=True)])
     wait_until(lambda: conversations(upstream, subs[0]), what="the stream running")
-    gw.accounts_path.write_text(json.dumps({"accounts": [{"label": "b1", "access_token": tokens[0]}],
-                                            "access_keys": [gw.access_key]}))
-    status, _, _ = http("POST", gw.url + "/admin/accounts/reload", b"", {"Authorization": "Bearer " + ADMIN})
-    assert status == 200
+    assert reload_accounts(gw, [{"label": "b1", "access_token": tokens[0]}])[0] == 200
     more, results2 = run_threads([lambda: chat(gw, gw.access_key, "second")])
     wait_until(lambda: admin(gw)["queued"] == 1, what="the second request waiting for b1")
     assert len(conversations(upstream, subs[0])) == 1  # nothing sent to the token while it answers
@@ -573,10 +576,7 @@ def test_a_label_given_a_new_token_does_not_inherit_the_old_tokens_count(gateway
                     **backend)
     threads, results = run_threads([lambda: chat(gw, gw.access_key, "old token", stream=True)])
     wait_until(lambda: conversations(upstream, subs[0]), what="the stream running")
-    gw.accounts_path.write_text(json.dumps({"accounts": [{"label": "a1", "access_token": tokens[1]}],
-                                            "access_keys": [gw.access_key]}))
-    status, _, _ = http("POST", gw.url + "/admin/accounts/reload", b"", {"Authorization": "Bearer " + ADMIN})
-    assert status == 200
+    assert reload_accounts(gw, [{"label": "a1", "access_token": tokens[1]}])[0] == 200
     status, _, body = chat(gw, gw.access_key, "new token")  # answered at once while the old token streams
     assert status == 200 and "new token" in answer_text(body)
     assert len(conversations(upstream, subs[1])) == 1
