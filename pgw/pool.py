@@ -27,6 +27,7 @@ does not exist means the token got through). Users' requests are never the probe
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import hmac
 import json
@@ -360,11 +361,20 @@ class AccountPool:
                 "max_ms": round(1000 * values[-1], 3)}
 
     # -- what back ends implement
-    async def acquire(self, model, exclude=()):
+    async def acquire(self, model, exclude=(), waiting=None):
+        """``waiting(future)``: a context manager around each wait of the queue (the handler's:
+        it cancels the wait when the client leaves); the caller then needs no task of its own
+        for the wait, and a grant wakes it in one loop callback."""
         raise NotImplementedError
 
     async def release(self, lease):
         raise NotImplementedError
+
+    def free(self, lease):
+        """The upstream is done with the lease's account (its answer's body ended, nothing more
+        will be posted): give it back now, before the response is finished. In the background
+        where that needs IO (Redis); ``release`` afterwards does nothing."""
+        IOLoop.current().spawn_callback(self.release, lease)
 
     async def mark(self, who, verdict):
         """Record a ``Verdict`` against an account (``who``: an ``Account`` or a ``Lease``; its
@@ -447,6 +457,11 @@ class AccountPool:
 
     async def forbidden_streak(self, who):
         return 0
+
+
+def unwatched(future):
+    """``acquire``'s default ``waiting``: nobody cancels the queue's wait from outside."""
+    return contextlib.nullcontext()
 
 
 class _State:
@@ -541,7 +556,8 @@ class MemoryPool(AccountPool):
     def _capacity(self):
         return sum(self.max_concurrent(a) for a in self.accounts.values()) or 1
 
-    async def acquire(self, model, exclude=()):
+    async def acquire(self, model, exclude=(), waiting=None):
+        waiting = waiting or unwatched
         now = time.monotonic()
         if not self.accounts:
             raise no_accounts_error()
@@ -568,8 +584,9 @@ class MemoryPool(AccountPool):
         # each one waits behind everything else ready in that loop turn: bench Q1's p99).
         timer = asyncio.get_running_loop().call_later(self.settings.queue_timeout, self._expire, waiter)
         try:
-            ident = await waiter.future  # raises the all-benched (or timeout) error a dispatch decided
-        except asyncio.CancelledError:
+            with waiting(waiter.future):
+                ident = await waiter.future  # raises the all-benched (or timeout) error a dispatch decided
+        except BaseException:  # cancelled, the client gone, shutdown: out of the queue (idempotent)
             self._leave(waiter)
             raise
         finally:
@@ -653,6 +670,9 @@ class MemoryPool(AccountPool):
         self._dispatch()
 
     async def release(self, lease):
+        self.free(lease)
+
+    def free(self, lease):
         if lease.released:
             return
         lease.released = True

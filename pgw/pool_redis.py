@@ -53,8 +53,8 @@ from redis.exceptions import RedisError
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from pgw.errors import ApiError
-from pgw.pool import (HANDOFFS_KEPT, AccessKeys, AccountPool, account_row, all_benched_error, no_accounts_error,
-                      queue_full_error, queue_timeout_error)
+from pgw.pool import (HANDOFFS_KEPT, AccessKeys, AccountPool, unwatched, account_row, all_benched_error,
+                      no_accounts_error, queue_full_error, queue_timeout_error)
 from pgw.tokens import LOCK_TTL_MS
 
 log = logging.getLogger("gateway.pool")
@@ -331,7 +331,7 @@ class RedisPool(AccountPool):
         return args
 
     # -- acquiring
-    async def acquire(self, model, exclude=()):
+    async def acquire(self, model, exclude=(), waiting=None):
         if not self.accounts:
             raise no_accounts_error()
         if len(self.waiters) >= self.settings.queue_max:
@@ -347,8 +347,9 @@ class RedisPool(AccountPool):
         # a grant reaches this coroutine one loop callback sooner than through asyncio.wait.
         timer = asyncio.get_running_loop().call_later(self.settings.queue_timeout, self._expire, waiter)
         try:
-            ident = await waiter.future  # raises a refusal (benched, Redis down, timeout) set on it
-        except asyncio.CancelledError:
+            with (waiting or unwatched)(waiter.future):
+                ident = await waiter.future  # raises a refusal (benched, Redis down, timeout) set on it
+        except BaseException:  # cancelled, the client gone, shutdown: out of the queue (idempotent)
             self._leave(waiter)
             raise
         finally:
@@ -532,7 +533,14 @@ class RedisPool(AccountPool):
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and self.waiters:
-                        self._kick()
+                        if self._kicking:
+                            self._again = True
+                        else:  # retried from here, not from a callback: one loop turn sooner
+                            self._kicking = True
+                            try:
+                                await self._kick_loop()
+                            except Exception:  # a bug must not end the subscription
+                                log.exception("retrying the queue after a release failed")
             except asyncio.CancelledError:
                 await pubsub.aclose()
                 raise

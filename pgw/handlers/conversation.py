@@ -7,6 +7,7 @@ as it comes; ``while_connected`` abandons preparation work when the client leave
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 from tornado.ioloop import IOLoop
@@ -136,6 +137,7 @@ class ConversationHandler(JsonBodyHandler):
             downloads.key = lease.key
             body = payload if isinstance(payload, dict) else await payload(lease.key)
             run = self._run = self._new_run(lease.key, body, sink, downloads, prompt_messages, renderer)
+            run.on_upstream_done = functools.partial(pool.free, lease)  # before the response is finished
             try:  # (``_run``: the access log reports the account that answered, not one that refused)
                 await run.run()
             except ApiError as e:
@@ -165,19 +167,17 @@ class ConversationHandler(JsonBodyHandler):
         of the queue at once (``on_connection_close`` cancels the wait)."""
         if self._gone:
             raise ClientGone()
-        wait = asyncio.ensure_future(pool.acquire(model, tried))
         interval = self.gateway.settings.keepalive_interval
         if sink.streaming and interval:  # a timer, not asyncio.wait: a grant wakes us one loop callback sooner
             self._queue_timer = IOLoop.current().call_later(interval, self._queued_keepalive, sink, interval)
         try:
-            with self._waiting(wait):
-                return await wait
+            # The queue's wait is this coroutine's own (no task in between): ``_waiting`` cancels
+            # it when the client leaves, and a grant resumes us in one loop callback.
+            return await pool.acquire(model, tried, self._waiting)
         finally:
             if self._queue_timer is not None:
                 IOLoop.current().remove_timeout(self._queue_timer)
                 self._queue_timer = None
-            if not wait.done():
-                wait.cancel()
 
     _queue_timer = None
 
@@ -196,6 +196,8 @@ class ConversationHandler(JsonBodyHandler):
         shutdown's error)."""
         self._pending = self._pending | {future}
         self.gateway.waiting.add(self)
+        if self._gone or self._stop_error is not None:
+            future.cancel()  # left (or shut down) while this wait was being set up: it ends at once
         try:
             yield
         except asyncio.CancelledError:
