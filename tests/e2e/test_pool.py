@@ -109,6 +109,19 @@ def admin(gw):
     return json.loads(body)
 
 
+def send_on_connection(gw, text, stream=True, model="gpt-3.5-turbo"):
+    """Send a chat request through the access key on a connection of its own and return the
+    connection, its answer not read yet (to read it, or to hang up while it waits or answers)."""
+    host, port = gw.url.split("//")[1].split(":")
+    conn = HTTPConnection(host, int(port), timeout=10)
+    body = {"model": model, "messages": [{"role": "user", "content": text}]}
+    if stream:
+        body["stream"] = True
+    conn.request("POST", "/v1/chat/completions", json.dumps(body),
+                 {"Authorization": "Bearer " + gw.access_key, "Content-Type": "application/json"})
+    return conn
+
+
 def reload_accounts(gw, accounts):
     """Rewrite the accounts file with ``accounts`` (the access key kept) and ask for a reload:
     ``(status, body)`` of ``POST /admin/accounts/reload``."""
@@ -266,11 +279,7 @@ def test_queue_timeout_non_stream_and_stream(gateway_factory, upstream, tmp_path
     assert int(headers["Retry-After"]) >= 1
 
     # A stream gets its headers and keep-alives while it waits, then an error event.
-    host, port = gw.url.split("//")[1].split(":")
-    conn = HTTPConnection(host, int(port), timeout=10)
-    conn.request("POST", "/v1/chat/completions", json.dumps({
-        "model": "gpt-3.5-turbo", "stream": True, "messages": [{"role": "user", "content": "waits"}]}),
-        {"Authorization": "Bearer " + gw.access_key, "Content-Type": "application/json"})
+    conn = send_on_connection(gw, "waits")
     response = conn.getresponse()
     assert response.status == 200 and response.headers["Content-Type"].startswith("text/event-stream")
     text = response.read().decode()
@@ -288,11 +297,7 @@ def test_a_client_that_leaves_the_queue_is_out_of_it_at_once(gateway_factory, up
     gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}], **backend)
     threads, results = run_threads([lambda: chat(gw, gw.access_key, "holder")])
     wait_until(lambda: conversations(upstream, subs[0]), what="the account answering")
-    host, port = gw.url.split("//")[1].split(":")
-    conn = HTTPConnection(host, int(port), timeout=10)
-    conn.request("POST", "/v1/chat/completions", json.dumps({
-        "model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "leaver"}]}),
-        {"Authorization": "Bearer " + gw.access_key, "Content-Type": "application/json"})
+    conn = send_on_connection(gw, "leaver", stream=False)
     wait_until(lambda: admin(gw)["queued"] == 1, what="the second request queued")
     conn.close()
     wait_until(lambda: admin(gw)["queued"] == 0, what="the leaver out of the queue")
@@ -311,11 +316,7 @@ def test_a_client_gone_mid_answer_frees_its_account(gateway_factory, upstream, t
     subs, tokens = new_accounts(1)
     upstream.plan(subs[0], gate=1)
     gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}], **backend)
-    host, port = gw.url.split("//")[1].split(":")
-    conn = HTTPConnection(host, int(port), timeout=10)
-    conn.request("POST", "/v1/chat/completions", json.dumps({
-        "model": "gpt-3.5-turbo", "stream": True, "messages": [{"role": "user", "content": "gone"}]}),
-        {"Authorization": "Bearer " + gw.access_key, "Content-Type": "application/json"})
+    conn = send_on_connection(gw, "gone")
     conn.getresponse()
     wait_until(lambda: admin(gw)["accounts"][0]["in_flight"] == 1, what="the account held")
     conn.close()

@@ -13,7 +13,8 @@ from http.client import HTTPConnection
 
 import pytest
 
-from tests.e2e.test_pool import admin, assert_one_at_a_time, new_accounts, start_pool, wait_until
+from tests.e2e.test_pool import (admin, assert_one_at_a_time, new_accounts, send_on_connection, start_pool,
+                                 wait_until)
 
 pytestmark = pytest.mark.e2e
 
@@ -46,11 +47,7 @@ def test_client_gone_while_its_picture_is_drawn_frees_the_account_and_stops_poll
     subs, tokens = new_accounts(1, "imgone")
     upstream.plan(subs[0], scenario="image_gen", options={"delay": 60})
     gw = start_pool(gateway_factory, tmp_path, [{"label": "a", "access_token": tokens[0]}], **FAST)
-    host, port = gw.url.split("//")[1].split(":")
-    conn = HTTPConnection(host, int(port), timeout=10)
-    conn.request("POST", "/v1/chat/completions", json.dumps({
-        "model": "gpt-4-s", "stream": True, "messages": [{"role": "user", "content": "draw"}]}),
-        {"Authorization": "Bearer " + gw.access_key, "Content-Type": "application/json"})
+    conn = send_on_connection(gw, "draw", model="gpt-4-s")
     conn.getresponse()
     wait_until(lambda: len(polls(upstream, subs[0])) >= 2, what="the polling")
     assert admin(gw)["accounts"][0]["in_flight"] == 1  # held while the picture is drawn
