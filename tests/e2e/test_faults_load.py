@@ -1,7 +1,7 @@
 """Load with faults: 300 concurrent streams while a tenth of the upstream answers fail in
 assorted ways (dropped mid-answer, an in-stream error, HTTP 500, an HTML page with status 200,
 silence past UPSTREAM_IDLE_TIMEOUT). Every stream ends with its full text or a clean error,
-none hangs, nothing stays open, and a second round leaves memory where the first left it.
+none hangs, nothing stays open, and memory held between rounds does not grow round after round.
 """
 
 import asyncio
@@ -9,6 +9,7 @@ import json
 import time
 
 from fakeupstream import scenarios
+from pgw.runtime import IDLE_GRACE
 from tests import rawstream
 from tests.helpers import http
 
@@ -78,18 +79,25 @@ def _settled(gw, timeout=5):
         time.sleep(0.05)
 
 
-def test_300_streams_with_a_tenth_failing_all_end_cleanly_and_memory_settles(gateway_factory, upstream):
-    gw = gateway_factory(UPSTREAM_IDLE_TIMEOUT=3, NEED_DELETE_CONVERSATION_AFTER_RESPONSE="false")
-    _round(gw, upstream, 0)
+def _round_and_rss(gw, upstream, round_):
+    """One round, then the process idle long enough for its idle-time collection
+    (runtime.IDLE_GRACE after the last answer): the RSS it holds between bursts."""
+    _round(gw, upstream, round_)
     health = _settled(gw)
     assert health["open_streams"] == 0 and health["open_connections"] == 1  # nothing left open
-    after_first = rawstream.rss_kb(gw.pid)
-    _round(gw, upstream, 1)
-    health = _settled(gw)
-    assert health["open_streams"] == 0 and health["open_connections"] == 1
-    after_second = rawstream.rss_kb(gw.pid)
-    # A second round of the same load takes no more memory than the first left held: nothing
-    # a faulty stream touched stays behind (measured: +0.2 MB; +3.5 MB a round while the
-    # garbage of finished answers waited for the oldest generation's collection).
-    assert after_second - after_first < 2 * 1024, (after_first, after_second)
+    time.sleep(IDLE_GRACE + 0.5)
+    return rawstream.rss_kb(gw.pid)
+
+
+def test_300_streams_with_a_tenth_failing_all_end_cleanly_and_memory_settles(gateway_factory, upstream):
+    gw = gateway_factory(UPSTREAM_IDLE_TIMEOUT=3, NEED_DELETE_CONVERSATION_AFTER_RESPONSE="false")
+    rss = [_round_and_rss(gw, upstream, round_) for round_ in range(3)]
+    # Memory held after a round does not grow round after round: nothing a faulty stream touched
+    # stays behind. A leak of 7 KB a stream would add 2 MB to every round; a one-off step (the
+    # allocator keeping a busier round's peak: +2.2 MB once, seen on a loaded machine) shows in
+    # one of the two steps only, so the smaller step is the one that tells (measured quiet: +0.2
+    # MB a round; +3.5 MB a round while finished answers' garbage waited for the oldest
+    # generation's collection).
+    steps = [rss[1] - rss[0], rss[2] - rss[1]]
+    assert min(steps) < 2 * 1024, rss
     assert "the upstream sent nothing for 3 s" in gw.log_text()
