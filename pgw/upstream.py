@@ -10,6 +10,7 @@ reading the upstream socket; TCP then slows the upstream down) and resumed.
 """
 
 import asyncio
+import functools
 import logging
 import time
 import urllib.parse
@@ -17,7 +18,7 @@ import urllib.parse
 import pycurl
 import ujson
 from tornado.concurrent import Future, future_set_result_unless_cancelled
-from tornado.curl_httpclient import CurlAsyncHTTPClient, _CurlStreamingBuffer
+from tornado.curl_httpclient import CurlAsyncHTTPClient, _CurlStreamingBuffer, curl_log
 from tornado.log import app_log
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders
@@ -43,6 +44,7 @@ READ_BUFFER = 128 * 1024
 # plus the client's high-water mark (STREAM_BUFFER_BYTES). Two reads: at full speed the queue
 # holds at most one read between loop turns, so this never pauses a transfer a client keeps up with.
 QUEUE_LIMIT = 2 * READ_BUFFER
+HTTP_ONLY = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS  # what a transfer and its redirects may speak (as Tornado)
 USER_AGENT = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
               "Chrome/120.0 Safari/537.36")
 
@@ -95,6 +97,7 @@ class CancellableCurlClient(CurlAsyncHTTPClient):
         self._acting = False        # inside _handle_events/_handle_timeout, before delivery
         self._delivery_due = False  # a loop callback will deliver
         super().initialize(max_clients=min(max_clients, 16), defaults=defaults, max_body_size=max_body_size)
+        self._plain_defaults = self.defaults == HTTPRequest._DEFAULTS  # (the lean set-up assumes them)
 
     def deliver_later(self, buffer):
         """``buffer`` holds chunks: delivered when the running ``socket_action`` returns, or
@@ -135,6 +138,58 @@ class CancellableCurlClient(CurlAsyncHTTPClient):
         # socket_action has returned: chunks first, then the transfers it finished (in order)
         self._deliver()
         super()._finish_pending_requests()
+
+    def _curl_setup_request(self, curl, request, buffer, headers):
+        """Set up a streamed POST (a conversation, a resumed turn) in a third of Tornado's time;
+        any other request is set up by Tornado.
+
+        Tornado's set-up is written for every request its client can express: ~40 option reads
+        through ``_RequestProxy``, ~27 ``setopt`` calls (a dozen restoring what the handle's reset
+        already restored), a regex search per header line. Measured warm in process, the same
+        request 5,000 times: 142 µs there, 40 µs here; in a whole call start (payload, run,
+        request, set-up) 171 of 320 µs there, 68 here. Here the handle is reset first (whatever
+        set it up before: Tornado resets it after each transfer too), then only what a streamed
+        POST needs is set, the body handed to libcurl as it is (``POSTFIELDS``). What goes on the
+        wire is byte for byte Tornado's (tests/unit/test_curl_setup.py)."""
+        r = request.request  # fetch wraps the HTTPRequest in a _RequestProxy (client defaults)
+        if not (r.method == "POST" and r.streaming_callback is not None and r.body is not None) or (
+                r.proxy_host or r.auth_username is not None or r.client_cert or r.client_key or r.ssl_options
+                or r.network_interface or r.ca_certs or r.user_agent or r.validate_cert is False
+                or r.allow_ipv6 is False or not self._plain_defaults or curl_log.isEnabledFor(logging.DEBUG)):
+            return super()._curl_setup_request(curl, request, buffer, headers)
+        curl.reset()
+        curl.setopt(pycurl.PROTOCOLS, HTTP_ONLY)
+        curl.setopt(pycurl.REDIR_PROTOCOLS, HTTP_ONLY)
+        curl.setopt(pycurl.URL, r.url)
+        lines = [b"%s: %s" % (name.encode("ascii"), value.encode("latin-1")) for name, value in r.headers.get_all()]
+        joined = b"".join(lines)  # (two searches of one string: a search per line cost 7 µs)
+        if b"\r" in joined or b"\n" in joined:
+            raise ValueError("Illegal characters in header (CR or LF)")
+        if "Expect" not in r.headers:
+            lines.append(b"Expect: ")  # no "100-continue" round trip (as Tornado)
+        if "Pragma" not in r.headers:
+            lines.append(b"Pragma: ")  # no libcurl "no-cache" (as Tornado)
+        curl.setopt(pycurl.HTTPHEADER, lines)
+        curl.setopt(pycurl.HEADERFUNCTION, functools.partial(self._curl_header_callback, headers, r.header_callback))
+        streaming = curl.info["streaming_buffer"] = _CurlStreamingBuffer(self, curl, r.streaming_callback)
+        curl.setopt(pycurl.WRITEFUNCTION, streaming.write)
+        defaults = request.defaults
+        follow = r.follow_redirects
+        curl.setopt(pycurl.FOLLOWLOCATION, defaults["follow_redirects"] if follow is None else follow)
+        redirects = r.max_redirects
+        curl.setopt(pycurl.MAXREDIRS, defaults["max_redirects"] if redirects is None else redirects)
+        connect = r.connect_timeout
+        curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * (defaults["connect_timeout"] if connect is None else connect)))
+        total = r.request_timeout
+        curl.setopt(pycurl.TIMEOUT_MS, int(1000 * (defaults["request_timeout"] if total is None else total)))
+        curl.setopt(pycurl.USERAGENT, "Mozilla/5.0 (compatible; pycurl)")  # Tornado's, under our header
+        if r.decompress_response is not False:
+            curl.setopt(pycurl.ENCODING, "gzip,deflate")
+        body = r.body
+        curl.setopt(pycurl.POSTFIELDSIZE, len(body))
+        curl.setopt(pycurl.POSTFIELDS, body)  # (pycurl holds the bytes while the handle uses them)
+        if r.prepare_curl_callback is not None:
+            r.prepare_curl_callback(curl)
 
     def fetch_impl(self, request, callback):
         if not self._free_list and len(self._curls) < self._limit:
