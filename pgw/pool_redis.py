@@ -12,8 +12,9 @@ one that gives a label a new token does not inherit the old token's. The keys, u
 - hashes by ``<id>``: ``bench`` (also ``<id>|<model>``; until, ms), ``why`` (the same fields),
   ``lasterr``, ``unhealthy`` (the next re-check's due time, ms; present while unhealthy),
   ``forbidden`` (403 streak), ``served``, ``last`` (last handed out, ms), ``freedat`` (last
-  freed, ms);
-- ``handoffs``: list, the last handoff times; ``freed``: the channel releases publish on;
+  freed, µs);
+- ``grants``: waiter id -> "account handoff-µs", accounts handed to waiting requests (kept with the lease);
+- ``handoffs``: list, the last handoff times; ``freed``: the channel grants are published on;
 - ``tokens`` and ``tokens:lock:<entry>``: the refresh-token cache (``RedisTokenStore``).
 
 Every account slot is a lease: a member of ``slots:<id>`` scored by its expiry, renewed by its
@@ -22,23 +23,30 @@ accounts within ``LEASE_TTL``. Waiters are members of ``queue`` scored by a tick
 counter (arrival order across machines), with a heartbeat in ``beat``: a waiter whose process
 died drops out of the queue.
 
-``ACQUIRE`` is one Lua script, so an acquisition is atomic: it enters the waiter into the
-queue, and gives it an account only if every earlier waiter that some free account could serve
-has been given one first (it replays the queue in order against the free slots). Releases
-publish on ``<prefix>:freed``; every process listens and retries its own earliest waiters, and
-polls twice a second as well (bench ends, lost messages). Times are Redis's own (``TIME``), so
-machines with skewed clocks agree. Redis unreachable: requests get a clear 503 at once (short
-socket timeouts), waiters are failed, and everything works again when it is back.
+Every script that can free or hand out an account serves the queue itself (``dispatch`` in
+``COMMON``): ``ACQUIRE`` (a request arrives or retries), ``RELEASE`` (an answer ended),
+``LEAVE`` (a waiter gave up) and ``CLEAR`` (an account is back). Each is one Lua script, so
+it is atomic: in queue order, every waiter that some free account can serve is given one (a
+lease under the waiter's id, and a record in ``grants``), and the grant is published on
+``<prefix>:freed`` as ``g <waiter> <account> <handoff µs>``. The waiter's process takes it from
+the script's answer (its own release) or from the message, and the request goes on: a handover
+costs the release's round trip, whichever process or machine the next waiter is in (it used to
+be the release, a "freed" message, then the waiter's own ACQUIRE). A grant whose message is
+lost is found by the waiter's next ACQUIRE (every process retries its queue twice a second,
+which also serves benches that ended); a grant to a waiter that left in that instant goes back
+(``LEAVE``, or the process that knows it left). A grant record lives as long as its lease. Times
+are Redis's own (``TIME``), so machines with skewed clocks agree. Redis unreachable: requests
+get a clear 503 at once (short socket timeouts), waiters are failed, and everything works again
+when it is back.
 
 An unhealthy account (its field in ``unhealthy``) is handed to nobody. Every process looks for
 re-checks that are due every RECHECK_SWEEP seconds; ``CLAIM`` gives each due one to a single
 process, atomically, by moving its due time UNHEALTHY_RECHECK on (a process that dies while
 re-checking only delays the next one). A re-check that finds the token accepted deletes the
-field and publishes on ``freed``, so every process's waiters may take the account at once.
+field and serves the queue (``CLEAR``), so every process's waiters may take the account at once.
 """
 
 import asyncio
-import bisect
 import logging
 import math
 import time
@@ -68,19 +76,28 @@ RENEW_EVERY = 1.0
 SOCKET_TIMEOUT = 2.0  # a Redis that does not answer within this is treated as down
 MAX_CONNECTIONS = 32  # per process; one is the "freed" subscription
 
-ACQUIRE = """
-local p, id, model, exclude = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ttl, beat, qmax, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+# What every script that hands out accounts shares: the time, the accounts the caller's process
+# lists (``accounts(at)``: ARGV[at] is their number, then id, limit pairs), what rests, and
+# ``dispatch``, which serves the queue in order. ``made`` collects the grants a script makes for
+# the caller to return.
+COMMON = """
+local p = ARGV[1]
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local q, beats, meta, bench = p .. ':queue', p .. ':beat', p .. ':wmeta', p .. ':bench'
-local ids, limits, free, total = {}, {}, {}, 0
-for i = 1, n do
-  local l = ARGV[7 + 2 * i]
-  ids[i], limits[i] = l, tonumber(ARGV[8 + 2 * i])
-  redis.call('ZREMRANGEBYSCORE', p .. ':slots:' .. l, '-inf', now)
-  free[i] = limits[i] - redis.call('ZCARD', p .. ':slots:' .. l)
-  if free[i] > 0 then total = total + free[i] end
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = math.floor(now_us / 1000)
+local q, beats, meta, bench, grants = p .. ':queue', p .. ':beat', p .. ':wmeta', p .. ':bench', p .. ':grants'
+local ids, limits, free, total, made = {}, {}, {}, 0, {}
+local function accounts(at)
+  for i = 1, tonumber(ARGV[at]) do
+    local l = ARGV[at - 1 + 2 * i]
+    ids[i], limits[i] = l, tonumber(ARGV[at + 2 * i])
+    local key = p .. ':slots:' .. l
+    -- a lease that ran out goes, and with it the grant it came from (a grant lives with its slot)
+    for _, gone in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', now)) do redis.call('HDEL', grants, gone) end
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    free[i] = limits[i] - redis.call('ZCARD', key)
+    if free[i] > 0 then total = total + free[i] end
+  end
 end
 local restcache = {}
 local function rest(l, m)
@@ -99,19 +116,85 @@ local function rest(l, m)
   return r
 end
 local function excluded(ex, l) return string.find(ex, ',' .. l .. ',', 1, true) ~= nil end
-local dead = redis.call('ZRANGEBYSCORE', beats, '-inf', now)
-for _, d in ipairs(dead) do
-  redis.call('ZREM', q, d); redis.call('ZREM', beats, d); redis.call('HDEL', meta, d)
+local function out(w) redis.call('ZREM', q, w); redis.call('ZREM', beats, w); redis.call('HDEL', meta, w) end
+local function sweep()  -- waiters whose process died (no heartbeat) leave the queue
+  for _, d in ipairs(redis.call('ZRANGEBYSCORE', beats, '-inf', now)) do out(d) end
 end
+local function choose(m, ex)  -- least busy, then least recently handed out
+  local best, bestbusy, bestlast = nil, 0, 0
+  for i = 1, #ids do
+    if free[i] > 0 and not excluded(ex, ids[i]) and rest(ids[i], m) <= 0 then
+      local busy = limits[i] - free[i]
+      local last = tonumber(redis.call('HGET', p .. ':last', ids[i]) or '0')
+      if best == nil or busy < bestbusy or (busy == bestbusy and last < bestlast) then
+        best, bestbusy, bestlast = i, busy, last
+      end
+    end
+  end
+  return best
+end
+-- Every waiter, in queue order, that some free account can serve is given one: a slot leased
+-- to it (slot id = waiter id), a grant record, and a message on the freed channel that its
+-- process acts on at once. Returns the grant of `caller` (not announced: the reply carries it).
+-- A grant's lease first lives only `claim` ms (a heartbeat's time): the waiter's process
+-- renews it to `ttl` when it takes the grant, and a process that died meanwhile holds the
+-- account no longer than its waiter would have held up the queue.
+local function dispatch(ttl, claim, caller)
+  if total <= 0 then return nil end
+  local mine = nil
+  for _, w in ipairs(redis.call('ZRANGE', q, 0, -1)) do
+    local mt = redis.call('HGET', meta, w)
+    if mt then
+      local cut = string.find(mt, '\\n', 1, true)
+      local i = choose(string.sub(mt, 1, cut - 1), string.sub(mt, cut + 1))
+      if i then
+        local l = ids[i]
+        redis.call('ZADD', p .. ':slots:' .. l, now + (w == caller and ttl or claim), w)
+        redis.call('HSET', p .. ':last', l, now)
+        redis.call('HINCRBY', p .. ':served', l, 1)
+        out(w)
+        free[i] = free[i] - 1
+        total = total - 1
+        local freed = redis.call('HGET', p .. ':freedat', l)
+        local handoff = freed and tostring(now_us - tonumber(freed)) or '-1'
+        if w == caller then
+          mine = {l, handoff}
+        else
+          redis.call('HSET', grants, w, l .. ' ' .. handoff)
+          redis.call('PUBLISH', p .. ':freed', 'g ' .. w .. ' ' .. l .. ' ' .. handoff)
+          made[#made + 1] = w; made[#made + 1] = l; made[#made + 1] = handoff
+        end
+        if total <= 0 then break end
+      end
+    end
+  end
+  return mine
+end
+"""
+
+# ARGV: prefix, waiter id, model, excluded ids (",a,b,"), lease ttl ms, heartbeat ms, queue
+# limit, then accounts. Enters the waiter (a ticket from one counter: arrival order across
+# machines), serves the queue, and answers for the waiter: ok (account, handoff µs; -1: it did
+# not wait), wait (its ticket), benched (ms until the soonest return; -1: no account at all) or full.
+ACQUIRE = COMMON + """
+local id, model, exclude = ARGV[2], ARGV[3], ARGV[4]
+local ttl, beat, qmax = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+accounts(8)
+local granted = redis.call('HGET', grants, id)
+if granted then  -- given an account while its process did not hear of it (a lost message)
+  local cut = string.find(granted, ' ', 1, true)
+  return {'ok', string.sub(granted, 1, cut - 1), string.sub(granted, cut + 1)}
+end
+sweep()
 local soonest = -1
-for i = 1, n do
+for i = 1, #ids do
   local r = rest(ids[i], model)
   if r <= 0 then
     if not excluded(exclude, ids[i]) then soonest = 0; break end
   elseif soonest < 0 or r < soonest then soonest = r end
 end
 if soonest ~= 0 then
-  redis.call('ZREM', q, id); redis.call('ZREM', beats, id); redis.call('HDEL', meta, id)
+  out(id)
   return {'benched', tostring(soonest)}
 end
 local waited = redis.call('ZSCORE', q, id)
@@ -124,52 +207,45 @@ if not waited then
   redis.call('HSET', meta, id, model .. '\\n' .. exclude)
 end
 redis.call('ZADD', beats, now + beat, id)
-local ticket = redis.call('ZSCORE', q, id)
-if total <= 0 then return {'wait', ticket} end
-local order = redis.call('ZRANGE', q, 0, -1)
-for _, w in ipairs(order) do
-  local m, ex = model, exclude
-  if w ~= id then
-    local mt = redis.call('HGET', meta, w)
-    if mt then
-      local cut = string.find(mt, '\\n', 1, true)
-      m, ex = string.sub(mt, 1, cut - 1), string.sub(mt, cut + 1)
-    else
-      m = nil
-    end
-  end
-  if m then
-    local best, bestbusy, bestlast = nil, 0, 0
-    for i = 1, n do
-      if free[i] > 0 and not excluded(ex, ids[i]) and rest(ids[i], m) <= 0 then
-        local busy = limits[i] - free[i]
-        local last = tonumber(redis.call('HGET', p .. ':last', ids[i]) or '0')
-        if best == nil or busy < bestbusy or (busy == bestbusy and last < bestlast) then
-          best, bestbusy, bestlast = i, busy, last
-        end
-      end
-    end
-    if best then
-      if w == id then
-        local l = ids[best]
-        redis.call('ZADD', p .. ':slots:' .. l, now + ttl, id)
-        redis.call('HSET', p .. ':last', l, now)
-        redis.call('HINCRBY', p .. ':served', l, 1)
-        redis.call('ZREM', q, id); redis.call('ZREM', beats, id); redis.call('HDEL', meta, id)
-        local freed = tonumber(redis.call('HGET', p .. ':freedat', l) or '-1')
-        if not waited or freed < 0 then return {'ok', l, '-1'} end
-        return {'ok', l, tostring(now - freed)}
-      end
-      free[best] = free[best] - 1
-      total = total - 1
-      if total <= 0 then break end
-    end
-  end
+local mine = dispatch(ttl, beat, id)
+if mine then
+  if not waited then mine[2] = '-1' end
+  return {'ok', mine[1], mine[2]}
 end
-return {'wait', ticket}
+return {'wait', redis.call('ZSCORE', q, id)}
 """
 
-# ARGV: prefix, ttl ms, beat ms, then account id, slot id pairs (slots to renew), '--', waiter ids
+# ARGV: prefix, account id, slot id, lease ttl ms, heartbeat ms, then accounts: give the slot
+# back, note when (handoff times), serve the queue; returns the grants made (waiter, account,
+# handoff µs, ...).
+RELEASE = COMMON + """
+local l, slot, ttl, beat = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+if redis.call('ZREM', p .. ':slots:' .. l, slot) == 1 then redis.call('HSET', p .. ':freedat', l, now_us) end
+redis.call('HDEL', grants, slot)
+accounts(6)
+sweep()
+dispatch(ttl, beat, nil)
+return made
+"""
+
+# ARGV: prefix, waiter id, lease ttl ms, heartbeat ms, then accounts: the waiter leaves the
+# queue; an account granted to it in that instant goes back and to the next waiter. Returns the
+# grants made.
+LEAVE = COMMON + """
+local w, ttl, beat = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+out(w)
+local granted = redis.call('HGET', grants, w)
+if granted then
+  redis.call('ZREM', p .. ':slots:' .. string.sub(granted, 1, string.find(granted, ' ', 1, true) - 1), w)
+  redis.call('HDEL', grants, w)
+  accounts(5)
+  sweep()
+  dispatch(ttl, beat, nil)
+end
+return made
+"""
+
+# ARGV: prefix, ttl ms, heartbeat ms, then account id, slot id pairs (slots to renew), '--', waiter ids
 RENEW = """
 local p, ttl, beat = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
@@ -181,17 +257,6 @@ while ARGV[i] ~= '--' do
 end
 for j = i + 1, #ARGV do redis.call('ZADD', p .. ':beat', 'XX', now + beat, ARGV[j]) end
 return now
-"""
-
-# ARGV: prefix, account id, slot id: give the slot back, note when (for handoff times), tell everyone
-RELEASE = """
-local p, l = ARGV[1], ARGV[2]
-if redis.call('ZREM', p .. ':slots:' .. l, ARGV[3]) == 1 then
-  local t = redis.call('TIME')
-  redis.call('HSET', p .. ':freedat', l, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-end
-redis.call('PUBLISH', p .. ':freed', l)
-return 1
 """
 
 # ARGV: prefix, account id, field (id or id|model), seconds, why, unhealthy (0/1), forbidden (0/1).
@@ -227,13 +292,17 @@ end
 return claimed
 """
 
-# ARGV: prefix, account id: lift its bench and unhealthy mark, and tell every process's waiters
-CLEAR = """
-local p, l = ARGV[1], ARGV[2]
-redis.call('HDEL', p .. ':bench', l)
+# ARGV: prefix, account id, lease ttl ms, heartbeat ms, then accounts: lift its bench and
+# unhealthy mark, and serve the queue (every process's waiters may take the account at once).
+# Returns the grants made.
+CLEAR = COMMON + """
+local l, ttl, beat = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('HDEL', bench, l)
 redis.call('HDEL', p .. ':unhealthy', l)
-redis.call('PUBLISH', p .. ':freed', l)
-return 1
+accounts(5)
+sweep()
+dispatch(ttl, beat, nil)
+return made
 """
 
 
@@ -299,9 +368,11 @@ class RedisPool(AccountPool):
         self._renew = client.register_script(RENEW)
         self._mark = client.register_script(MARK)
         self._release = client.register_script(RELEASE)
+        self._leave_script = client.register_script(LEAVE)
         self._claim = client.register_script(CLAIM)
         self._clear = client.register_script(CLEAR)
-        self.waiters = []          # this process's waiters, in arrival order
+        self.waiters = {}          # this process's waiters in the shared queue, by id, in arrival order
+        self._left = {}            # ids of waiters that left lately -> when (a grant to one goes back)
         self.held = {}             # lease id -> account id, renewed while held
         self._kicking = False
         self._again = False
@@ -324,8 +395,15 @@ class RedisPool(AccountPool):
         if self._listener is not None:
             self._listener.cancel()
 
-    def _args(self, accounts):
-        args = [len(accounts)]
+    def _accounts_args(self, accounts=None):
+        """Lease time, heartbeat time and the accounts this process lists (every script that
+        serves the queue takes them: Redis knows accounts only by id)."""
+        if accounts is None:
+            try:
+                accounts = self.usable()
+            except ApiError:
+                accounts = {}
+        args = [int(self.settings.lease_ttl * 1000), int(BEAT_TTL * 1000), len(accounts)]
         for account in accounts.values():
             args += [account.ident, self.max_concurrent(account)]
         return args
@@ -337,12 +415,12 @@ class RedisPool(AccountPool):
         if len(self.waiters) >= self.settings.queue_max:
             raise queue_full_error(self.settings.queue_max)
         waiter = _Waiter(model, exclude)
-        # The first try enters the shared queue with a ticket (arrival order across processes).
+        # Known before its first ACQUIRE: a grant another process makes in the instant after it
+        # entered the queue may reach us before that ACQUIRE's answer does.
+        self.waiters[waiter.id] = waiter
         outcome = await self._try(waiter)
         if outcome == "ok":
             return await self.lease_key(waiter.future.result(), model, 0.0, waiter.id)
-        bisect.insort(self.waiters, waiter, key=lambda w: w.ticket)
-        self._kick()
         # Awaited directly, the timeout a timer of its own (as in pgw.pool.MemoryPool.acquire):
         # a grant reaches this coroutine one loop callback sooner than through asyncio.wait.
         timer = asyncio.get_running_loop().call_later(self.settings.queue_timeout, self._expire, waiter)
@@ -358,20 +436,19 @@ class RedisPool(AccountPool):
         lease.freed_at = waiter.freed_at
         return lease
 
-    async def _try(self, waiter, release=None):
+    async def _try(self, waiter):
         """One ACQUIRE for ``waiter``: "ok" (its future holds the account id), "wait", or a refusal
-        set on its future ("benched", "full", "error"). ``release``: ``(account id, slot id)`` to give
-        back first, in the same round trip (our own release handing over to our own waiter)."""
+        set on its future ("benched", "full", "error"). Whatever the ACQUIRE granted to other
+        waiters they hear of on the freed channel."""
         s = self.settings
         try:
-            accounts = self.usable()
-        except ApiError as e:
+            ttl, beat, *accounts = self._accounts_args(self.usable())
+        except ApiError as e:  # every account's token has expired
+            self._drop(waiter)
             self._fail(waiter, e)
             return "error"
-        args = [self.prefix, waiter.id, waiter.model, waiter.exclude, int(s.lease_ttl * 1000),
-                int(BEAT_TTL * 1000), s.queue_max] + self._args(accounts)
-        call = asyncio.ensure_future(self._acquire(args=args) if release is None
-                                     else self._release_then_acquire(release, args))
+        args = [self.prefix, waiter.id, waiter.model, waiter.exclude, ttl, beat, s.queue_max, *accounts]
+        call = asyncio.ensure_future(self._acquire(args=args))
         try:
             kind, value, *more = await asyncio.shield(call)
         except asyncio.CancelledError:
@@ -379,40 +456,55 @@ class RedisPool(AccountPool):
             call.add_done_callback(lambda f: self._undo(f, waiter))
             raise
         except RedisError as e:
+            self._drop(waiter)
             self._fail(waiter, unavailable(e))
             return "error"
         if kind == "ok":
-            self.held[waiter.id] = value
-            handoff = float(more[0]) / 1000 if more else -1.0
-            waiter.freed_at = time.monotonic() - handoff if handoff >= 0 else None
-            if not waiter.future.done():
-                waiter.future.set_result(value)
-                return "ok"
-            IOLoop.current().spawn_callback(self._release_slot, value, waiter.id)
+            self._granted(waiter.id, value, more[0] if more else "-1", claimed=True)
+            return "ok" if waiter.future.done() and not waiter.future.cancelled() \
+                and waiter.future.exception() is None else "wait"
+        if kind == "wait":
+            waiter.ticket = int(float(value))
             return "wait"
+        self._drop(waiter)
         if kind == "benched":
             seconds = float(value) / 1000
             self._fail(waiter, all_benched_error(seconds, waiter.model) if seconds >= 0 else no_accounts_error())
-            return "benched"
-        if kind == "full":
+        else:
             self._fail(waiter, queue_full_error(s.queue_max))
-            return "full"
-        waiter.ticket = int(float(value))
-        return "wait"
+        return kind
 
-    async def _release_then_acquire(self, release, acquire_args):
-        pipe = self.client.pipeline(transaction=False)
-        await self._release(args=[self.prefix, *release], client=pipe)
-        await self._acquire(args=acquire_args, client=pipe)
-        return (await pipe.execute())[1]
+    def _granted(self, wid, ident, handoff, claimed=False):
+        """Redis gave account ``ident`` to waiter ``wid`` (an ACQUIRE's answer, a script's list of
+        grants, or a message on the freed channel: whichever comes first). Ours and waiting: its
+        request goes on now, and the lease (granted for a heartbeat's time unless ``claimed``: the
+        waiter's own ACQUIRE) is renewed to LEASE_TTL off its path. Ours but gone in that
+        instant: the account goes back."""
+        waiter = self.waiters.pop(wid, None)
+        if waiter is None:
+            if self._left.pop(wid, None) is not None:  # left while the grant was being made
+                IOLoop.current().spawn_callback(self._release_slot, ident, wid)
+            return  # another process's waiter, or one this grant already reached
+        self.held[wid] = ident
+        handoff = float(handoff) / 1e6
+        waiter.freed_at = time.monotonic() - handoff if handoff >= 0 else None
+        if waiter.future.done():  # timed out or cancelled: its lease is not wanted
+            IOLoop.current().spawn_callback(self._release_slot, ident, wid)
+        else:
+            waiter.future.set_result(ident)
+            if not claimed:
+                IOLoop.current().spawn_callback(self._renew_all, {wid: ident}, ())
+
+    def _grants(self, made):
+        """A script's list of grants (waiter, account, handoff, ...): ours go on at once."""
+        for i in range(0, len(made), 3):
+            self._granted(*made[i:i + 3])
 
     def _undo(self, future, waiter):
         """The caller left while ACQUIRE ran: a slot it was given goes back, and a place in the
         queue it was given is left at once (else it would hold up everyone behind it)."""
-        if future.cancelled() or future.exception() is not None:
-            IOLoop.current().spawn_callback(self._forget, waiter.id)
-        elif future.result()[0] == "ok":
-            IOLoop.current().spawn_callback(self._release_slot, future.result()[1], waiter.id)
+        if not future.cancelled() and future.exception() is None and future.result()[0] == "ok":
+            self._granted(waiter.id, future.result()[1], "-1", claimed=True)  # (done: given back)
         else:
             IOLoop.current().spawn_callback(self._forget, waiter.id)
 
@@ -422,7 +514,8 @@ class RedisPool(AccountPool):
             waiter.future.exception()  # retrieved here if nobody awaits it any more
 
     def _kick(self):
-        """Retry our waiters in order until one must wait (the later ones then must too)."""
+        """Serve the shared queue again: our waiters' ACQUIREs, in order, until one must wait
+        (each serves every process's waiters; one granted goes on from the answer)."""
         if self._kicking:
             self._again = True
             return
@@ -433,49 +526,41 @@ class RedisPool(AccountPool):
         try:
             while True:
                 self._again = False
-                for waiter in list(self.waiters):
-                    if waiter.future.done():
-                        self._drop(waiter)
-                        continue
-                    outcome = await self._try(waiter)
-                    if outcome == "wait":
-                        break
-                    self._drop(waiter)
+                for waiter in list(self.waiters.values()):
+                    if not waiter.future.done() and await self._try(waiter) == "wait":
+                        break  # (the others are behind it; each refusal fails its waiter at once)
                 if not self._again:
                     return
         finally:
             self._kicking = False
 
     def _drop(self, waiter):
-        try:
-            self.waiters.remove(waiter)
-        except ValueError:
-            pass
+        self.waiters.pop(waiter.id, None)
 
     def _expire(self, waiter):
         """QUEUE_TIMEOUT has passed for ``waiter``: a 429, and out of the queue here and in Redis
-        (a slot an ACQUIRE in flight gives it now goes back: ``_try`` sees the future done)."""
+        (a slot granted to it now goes back: ``_granted`` and ``LEAVE``)."""
         if waiter.future.done():
             return
         timeout = self.settings.queue_timeout
         self._fail(waiter, queue_timeout_error(timeout, max(1, math.ceil(timeout / 4))))
-        self._drop(waiter)
-        IOLoop.current().spawn_callback(self._forget, waiter.id)
+        self._leave(waiter)
 
     def _leave(self, waiter):
-        self._drop(waiter)
         f = waiter.future
-        if f.done() and not f.cancelled() and f.exception() is None:
-            IOLoop.current().spawn_callback(self._release_slot, f.result(), waiter.id)
-        elif not f.done():
+        if self.waiters.pop(waiter.id, None) is None:
+            if f.done() and not f.cancelled() and f.exception() is None:
+                IOLoop.current().spawn_callback(self._release_slot, f.result(), waiter.id)
+            return  # granted already (given back above), or never queued
+        if not f.done():
             f.cancel()
+        self._left[waiter.id] = time.monotonic()
         IOLoop.current().spawn_callback(self._forget, waiter.id)
 
     async def _forget(self, wid):
+        """Out of the shared queue (``LEAVE``): an account granted to it meanwhile goes on."""
         try:
-            await self.client.eval("redis.call('ZREM', KEYS[1], ARGV[1]); redis.call('ZREM', KEYS[2], ARGV[1]); "
-                                   "redis.call('HDEL', KEYS[3], ARGV[1])", 3, self.prefix + ":queue",
-                                   self.prefix + ":beat", self.prefix + ":wmeta", wid)
+            self._grants(await self._leave_script(args=[self.prefix, wid, *self._accounts_args()]))
         except RedisError:
             pass  # its heartbeat expires instead
 
@@ -487,60 +572,58 @@ class RedisPool(AccountPool):
         await self._release_slot(lease.ident, lease.token_id)
 
     async def _release_slot(self, ident, slot_id):
-        """Give a slot back. With a waiter of ours first in line (and no retry loop running), the
-        release and its ACQUIRE go in one round trip: a handover within one process then costs
-        one round trip, not two."""
+        """Give a slot back; ``RELEASE`` serves the queue in the same call, so the next waiter's
+        account is decided in this one round trip, whichever process it waits in (ours go on
+        from the answer, others' from the freed channel)."""
         self.held.pop(slot_id, None)
-        head = None if self._kicking else next((w for w in self.waiters if not w.future.done()), None)
-        if head is not None:
-            self._kicking = True  # no other ACQUIRE for our waiters meanwhile
-            try:
-                if await self._try(head, release=(ident, slot_id)) != "wait":
-                    self._drop(head)
-            finally:
-                self._kicking = False
-        else:
-            try:
-                await self._release(args=[self.prefix, ident, slot_id])
-            except RedisError as e:
-                log.warning("giving account %s back to Redis failed (its lease expires instead): %s",
-                            self._name(ident), e)
-        self._kick()
+        try:
+            self._grants(await self._release(args=[self.prefix, ident, slot_id, *self._accounts_args()]))
+        except RedisError as e:
+            log.warning("giving account %s back to Redis failed (its lease expires instead): %s",
+                        self._name(ident), e)
 
-    async def _renew_all(self):
-        waiting = [w.id for w in self.waiters if not w.future.done()]
-        if not self.held and not waiting:
+    async def _renew_all(self, held=None, waiting=None):
+        """Every lease we hold and every waiter's heartbeat (``held``, ``waiting``: just these)."""
+        if held is None:
+            since = time.monotonic() - 2 * BEAT_TTL
+            for wid in [wid for wid, at in self._left.items() if at < since]:
+                del self._left[wid]  # long out of the queue everywhere: no grant can come for it
+            held = self.held
+            waiting = [w.id for w in self.waiters.values() if not w.future.done()]
+        if not held and not waiting:
             return
         s = self.settings
         args = [self.prefix, int(s.lease_ttl * 1000), int(BEAT_TTL * 1000)]
-        for slot_id, ident in list(self.held.items()):
+        for slot_id, ident in list(held.items()):
             args += [ident, slot_id]
         try:
-            await self._renew(args=args + ["--"] + waiting)
+            await self._renew(args=args + ["--", *waiting])
         except RedisError as e:
-            log.warning("renewing %d account leases in Redis failed: %s", len(self.held), e)
+            log.warning("renewing %d account leases in Redis failed: %s", len(held), e)
 
     async def _poll(self):
+        """Benches end and messages can be lost: the queue is served again twice a second."""
         if self.waiters:
             self._kick()
 
     async def _listen(self):
-        """Kick our queue whenever some process frees a slot; reconnect when Redis comes back."""
+        """Grants to our waiters as they are made (``g <waiter> <account> <handoff µs>``);
+        reconnect when Redis comes back."""
         while True:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.prefix + ":freed")
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and self.waiters:
-                        if self._kicking:
-                            self._again = True
-                        else:  # retried from here, not from a callback: one loop turn sooner
-                            self._kicking = True
+                    if message is not None and (self.waiters or self._left):
+                        data = message["data"]
+                        if isinstance(data, bytes):
+                            data = data.decode()
+                        if data.startswith("g "):
                             try:
-                                await self._kick_loop()
+                                self._granted(*data[2:].split(" "))
                             except Exception:  # a bug must not end the subscription
-                                log.exception("retrying the queue after a release failed")
+                                log.exception("taking a grant from Redis failed: %r", data)
             except asyncio.CancelledError:
                 await pubsub.aclose()
                 raise
@@ -615,11 +698,9 @@ class RedisPool(AccountPool):
 
     async def clear(self, who):
         try:
-            await self._clear(args=[self.prefix, who.ident])
+            self._grants(await self._clear(args=[self.prefix, who.ident, *self._accounts_args()]))
         except RedisError as e:
             log.warning("clearing account %s in Redis failed: %s", who.label, e)
-            return
-        self._kick()
 
     async def succeeded(self, lease):
         """An answer went through: the 403 back-off starts over (an unhealthy mark stays: only
