@@ -930,7 +930,7 @@ class ConversationRun:
         self.refused: Optional[tuple[Optional[int], bytes]] = None
         # Called once the upstream is done with the answer (its body ended, follow-ups done):
         # the account pool gives the account to the next request then (``AccountPool.free``).
-        self.on_upstream_done: Optional[Callable[[], None]] = None
+        self.on_upstream_done: Optional[Callable[[], Optional[Awaitable[None]]]] = None
 
     @property
     def closed(self) -> bool:
@@ -976,14 +976,13 @@ class ConversationRun:
                 if relay.closed:
                     return
             if self.on_upstream_done is not None:
-                self.on_upstream_done()
                 # The request the account went to starts its upstream call before this answer is
-                # finished, and so do those of every account freed in this loop turn: answers
-                # of the same length end together, and each one's finishing (body, usage, write,
-                # access line: ~0.3 ms) would otherwise run first (bench Q1's p99). Two turns:
-                # the waiters resume in the next one, behind the first of these.
-                await asyncio.sleep(0)
-                await asyncio.sleep(0)
+                # finished, and so do those of every account freed meanwhile (the pool says
+                # when: ``AccountPool.free``): each answer's finishing would otherwise run first
+                # whenever it is ahead of them in the loop's queue (bench Q1's p99).
+                handing = self.on_upstream_done()
+                if handing is not None:
+                    await handing
             if self.error is None:
                 relay.finish_input()
                 await relay.drained()

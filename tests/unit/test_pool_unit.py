@@ -193,6 +193,41 @@ def test_an_account_handed_to_a_waiter_that_left_in_the_same_instant_goes_back()
     run(go())
 
 
+def test_an_answer_finishes_only_after_the_request_its_account_went_to_has_resumed():
+    """``free`` hands the account over; the answer that freed it waits on what ``free`` returns,
+    so the next request's upstream call is not held up by this answer's finishing."""
+    async def go():
+        pool = pool_of(2, queue_timeout=100)
+        leases = [await pool.acquire("m"), await pool.acquire("m")]
+        events = []
+
+        async def waiter(i):
+            lease = await pool.acquire("m")
+            events.append("waiter %d resumed" % i)
+            return lease
+        tasks = [asyncio.ensure_future(waiter(i)) for i in range(3)]
+        await settle()
+
+        async def finish(i):
+            after = pool.free(leases[i])
+            assert after is not None
+            await after
+            events.append("answer %d finished" % i)
+        # both answers end in one loop turn, each one's finishing queued ahead of the waiters
+        finishing = [asyncio.ensure_future(finish(i)) for i in range(2)]
+        await settle()
+        assert events == ["waiter 0 resumed", "waiter 1 resumed", "answer 0 finished", "answer 1 finished"]
+        assert all(f.done() for f in finishing) and not tasks[2].done()
+        after = pool.free(tasks[0].result())  # to waiter 2...
+        assert after is not None and not after.done()
+        tasks[2].cancel()  # ...which leaves before it resumes: the answer need not wait on it
+        await settle()
+        assert after.done()
+        assert pool.free(tasks[1].result()) is None  # nobody waiting: the answer finishes at once
+        assert all(s.in_flight == 0 for s in pool.state.values())
+    run(go())
+
+
 def test_benched_accounts_are_skipped_and_all_benched_says_when():
     async def go():
         pool = pool_of(2)
