@@ -57,7 +57,11 @@ def remember(secret):
     """Mask ``secret`` (and each part of a ``token,account`` key) in every later log line."""
     if not secret:
         return
-    for part in [secret] + secret.split(","):
+    if secret in _SEEN:  # a key seen before (every request of a pool account): kept fresh, no more
+        _SEEN.move_to_end(secret)
+        return
+    parts = secret.split(",")
+    for part in parts + [secret] if len(parts) > 1 else parts:
         part = part.strip()
         if len(part) >= 8:
             _keep(_SEEN if _WORDY.match(part) else _ODD, part)

@@ -477,7 +477,8 @@ class UpstreamClient:
             connect_timeout=self.settings.upstream_connect_timeout,
             request_timeout=0,  # no total limit: silence is what times a stream out (see handlers)
             follow_redirects=False)
-        log.debug("conversation for key %s, model %s", mask(key), payload.get("model"))
+        if log.isEnabledFor(logging.DEBUG):  # (masking costs even when the line is not written)
+            log.debug("conversation for key %s, model %s", mask(key), payload.get("model"))
         return Transfer(self.http, request, on_chunk)
 
     def resume_conversation(self, key, token, conversation_id, on_chunk):
