@@ -304,8 +304,11 @@ class Settings:
 
     def __init__(self, values):
         object.__setattr__(self, "_values", dict(values))
+        # Each value is also a plain instance attribute: a read is then a dict lookup in C, not
+        # a call of __getattr__ (six or more reads per request; 1-2 µs each on a slow machine).
+        self.__dict__.update((name.lower(), value) for name, value in values.items())
 
-    def __getattr__(self, attr):
+    def __getattr__(self, attr):  # (only for names that are not settings)
         try:
             return self._values[attr.upper()]
         except KeyError:
