@@ -183,7 +183,9 @@ accounts(8)
 local granted = redis.call('HGET', grants, id)
 if granted then  -- given an account while its process did not hear of it (a lost message)
   local cut = string.find(granted, ' ', 1, true)
-  return {'ok', string.sub(granted, 1, cut - 1), string.sub(granted, cut + 1)}
+  local l = string.sub(granted, 1, cut - 1)
+  redis.call('ZADD', p .. ':slots:' .. l, 'XX', now + ttl, id)  -- taken now: the full lease
+  return {'ok', l, string.sub(granted, cut + 1)}
 end
 sweep()
 local soonest = -1
@@ -257,6 +259,30 @@ while ARGV[i] ~= '--' do
 end
 for j = i + 1, #ARGV do redis.call('ZADD', p .. ':beat', 'XX', now + beat, ARGV[j]) end
 return now
+"""
+
+# ARGV: prefix, lease ttl ms, waiter ids. For each waiter: its grant ("account handoff-µs"; the
+# lease is renewed to ttl, as it is taken now) when it has one, "q" while it waits in the queue,
+# "" when it is in neither (its heartbeat lapsed, or a grant's short lease ran out unheard).
+POLL = """
+local p, ttl = ARGV[1], tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local found = {}
+for i = 3, #ARGV do
+  local w = ARGV[i]
+  local granted = redis.call('HGET', p .. ':grants', w)
+  if granted then
+    local l = string.sub(granted, 1, string.find(granted, ' ', 1, true) - 1)
+    redis.call('ZADD', p .. ':slots:' .. l, 'XX', now + ttl, w)
+    found[#found + 1] = granted
+  elseif redis.call('ZSCORE', p .. ':queue', w) then
+    found[#found + 1] = 'q'
+  else
+    found[#found + 1] = ''
+  end
+end
+return found
 """
 
 # ARGV: prefix, account id, field (id or id|model), seconds, why, unhealthy (0/1), forbidden (0/1).
@@ -347,7 +373,7 @@ class RedisTokenStore:
 
 
 class _Waiter:
-    __slots__ = ("id", "future", "model", "exclude", "since", "ticket", "freed_at")
+    __slots__ = ("id", "future", "model", "exclude", "since", "ticket", "freed_at", "trying")
 
     def __init__(self, model, exclude):
         self.id = uuid.uuid4().hex
@@ -357,6 +383,7 @@ class _Waiter:
         self.since = time.monotonic()
         self.ticket = 0   # place in the shared queue
         self.freed_at = None  # when (our clock) the account it was given became free
+        self.trying = False   # an ACQUIRE of its own is in flight (never two at once: see _try)
 
 
 class RedisPool(AccountPool):
@@ -369,6 +396,7 @@ class RedisPool(AccountPool):
         self._mark = client.register_script(MARK)
         self._release = client.register_script(RELEASE)
         self._leave_script = client.register_script(LEAVE)
+        self._check = client.register_script(POLL)
         self._claim = client.register_script(CLAIM)
         self._clear = client.register_script(CLEAR)
         self.waiters = {}          # this process's waiters in the shared queue, by id, in arrival order
@@ -418,7 +446,11 @@ class RedisPool(AccountPool):
         # Known before its first ACQUIRE: a grant another process makes in the instant after it
         # entered the queue may reach us before that ACQUIRE's answer does.
         self.waiters[waiter.id] = waiter
-        outcome = await self._try(waiter)
+        try:
+            outcome = await self._try(waiter)
+        except BaseException:  # cancelled while Redis answered: out of the queue; a grant goes back
+            self._leave(waiter)
+            raise
         if outcome == "ok":
             return await self.lease_key(waiter.future.result(), model, 0.0, waiter.id)
         # Awaited directly, the timeout a timer of its own (as in pgw.pool.MemoryPool.acquire):
@@ -439,7 +471,16 @@ class RedisPool(AccountPool):
     async def _try(self, waiter):
         """One ACQUIRE for ``waiter``: "ok" (its future holds the account id), "wait", or a refusal
         set on its future ("benched", "full", "error"). Whatever the ACQUIRE granted to other
-        waiters they hear of on the freed channel."""
+        waiters they hear of on the freed channel. Never two at once for one waiter (a second
+        would enter it into the queue again after the first took it out, and lease it a second
+        account): the retry loop and the poll skip a waiter whose ACQUIRE is in flight."""
+        waiter.trying = True
+        try:
+            return await self._acquire_once(waiter)
+        finally:
+            waiter.trying = False
+
+    async def _acquire_once(self, waiter):
         s = self.settings
         try:
             ttl, beat, *accounts = self._accounts_args(self.usable())
@@ -485,6 +526,14 @@ class RedisPool(AccountPool):
             if self._left.pop(wid, None) is not None:  # left while the grant was being made
                 IOLoop.current().spawn_callback(self._release_slot, ident, wid)
             return  # another process's waiter, or one this grant already reached
+        if ident not in self.by_ident and not waiter.future.done():
+            # Another process still lists an account a reload here took out: back it goes, and
+            # the waiter queues again, never to be given that account (its priority kept).
+            IOLoop.current().spawn_callback(self._release_slot, ident, wid)
+            waiter.exclude += ident + ","
+            self.waiters[wid] = waiter
+            IOLoop.current().spawn_callback(self._try, waiter)
+            return
         self.held[wid] = ident
         handoff = float(handoff) / 1e6
         waiter.freed_at = time.monotonic() - handoff if handoff >= 0 else None
@@ -527,8 +576,15 @@ class RedisPool(AccountPool):
             while True:
                 self._again = False
                 for waiter in list(self.waiters.values()):
-                    if not waiter.future.done() and await self._try(waiter) == "wait":
+                    if waiter.future.done() or waiter.trying:
+                        continue
+                    outcome = await self._try(waiter)
+                    if outcome == "wait":
                         break  # (the others are behind it; each refusal fails its waiter at once)
+                    f = waiter.future
+                    if outcome == "error" and not f.cancelled():  # Redis away (or every token
+                        self._fail_all(f.exception())  # expired): all of ours now, not a timeout each
+                        break
                 if not self._again:
                     return
         finally:
@@ -536,6 +592,13 @@ class RedisPool(AccountPool):
 
     def _drop(self, waiter):
         self.waiters.pop(waiter.id, None)
+
+    def _fail_all(self, error):
+        for waiter in list(self.waiters.values()):
+            if not waiter.future.done() and not waiter.trying:
+                self._drop(waiter)
+                self._fail(waiter, error)
+                IOLoop.current().spawn_callback(self._forget, waiter.id)
 
     def _expire(self, waiter):
         """QUEUE_TIMEOUT has passed for ``waiter``: a 429, and out of the queue here and in Redis
@@ -602,9 +665,26 @@ class RedisPool(AccountPool):
             log.warning("renewing %d account leases in Redis failed: %s", len(held), e)
 
     async def _poll(self):
-        """Benches end and messages can be lost: the queue is served again twice a second."""
-        if self.waiters:
-            self._kick()
+        """Twice a second: our waiters' grants whose message was lost are taken (``POLL``), a
+        waiter that fell out of the queue (a heartbeat that lapsed while this process was held
+        up) enters it again, and the queue is served again (benches end)."""
+        waiting = [w for w in self.waiters.values() if not w.future.done() and not w.trying]
+        if not waiting:
+            return
+        try:
+            found = await self._check(args=[self.prefix, int(self.settings.lease_ttl * 1000),
+                                            *[w.id for w in waiting]])
+        except RedisError:
+            found = ["q"] * len(waiting)  # the retry below finds Redis away and says so
+        for waiter, state in zip(waiting, found, strict=True):
+            if state == "q" or waiter.future.done() or waiter.trying or waiter.id not in self.waiters:
+                continue
+            if state:
+                ident, handoff = state.split(" ", 1)
+                self._granted(waiter.id, ident, handoff, claimed=True)  # (POLL renewed its lease)
+            else:
+                IOLoop.current().spawn_callback(self._try, waiter)
+        self._kick()
 
     async def _listen(self):
         """Grants to our waiters as they are made (``g <waiter> <account> <handoff µs>``);
