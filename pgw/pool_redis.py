@@ -76,15 +76,19 @@ RENEW_EVERY = 1.0
 SOCKET_TIMEOUT = 2.0  # a Redis that does not answer within this is treated as down
 MAX_CONNECTIONS = 32  # per process; one is the "freed" subscription
 
+# Redis's own time (every machine agrees on it): ``now`` in ms, ``now_us`` in µs.
+CLOCK = """
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = math.floor(now_us / 1000)
+"""
+
 # What every script that hands out accounts shares: the time, the accounts the caller's process
 # lists (``accounts(at)``: ARGV[at] is their number, then id, limit pairs), what rests, and
 # ``dispatch``, which serves the queue in order. ``made`` collects the grants a script makes for
 # the caller to return.
-COMMON = """
+COMMON = CLOCK + """
 local p = ARGV[1]
-local t = redis.call('TIME')
-local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local now = math.floor(now_us / 1000)
 local q, beats, meta, bench, grants = p .. ':queue', p .. ':beat', p .. ':wmeta', p .. ':bench', p .. ':grants'
 local ids, limits, free, total, made = {}, {}, {}, 0, {}
 local function accounts(at)
@@ -248,10 +252,9 @@ return made
 """
 
 # ARGV: prefix, ttl ms, heartbeat ms, then account id, slot id pairs (slots to renew), '--', waiter ids
-RENEW = """
+RENEW = CLOCK + """
+
 local p, ttl, beat = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local i = 4
 while ARGV[i] ~= '--' do
   redis.call('ZADD', p .. ':slots:' .. ARGV[i], 'XX', now + ttl, ARGV[i + 1])
@@ -264,10 +267,9 @@ return now
 # ARGV: prefix, lease ttl ms, waiter ids. For each waiter: its grant ("account handoff-µs"; the
 # lease is renewed to ttl, as it is taken now) when it has one, "q" while it waits in the queue,
 # "" when it is in neither (its heartbeat lapsed, or a grant's short lease ran out unheard).
-POLL = """
+POLL = CLOCK + """
+
 local p, ttl = ARGV[1], tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local found = {}
 for i = 3, #ARGV do
   local w = ARGV[i]
@@ -287,10 +289,9 @@ return found
 
 # ARGV: prefix, account id, field (id or id|model), seconds, why, unhealthy (0/1), forbidden (0/1).
 # An account already unhealthy keeps its re-check's due time (HSETNX).
-MARK = """
+MARK = CLOCK + """
+
 local p, l, f, sec, why = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if sec > 0 then
   redis.call('HSET', p .. ':bench', f, now + math.floor(sec * 1000))
   redis.call('HSET', p .. ':why', f, why)
@@ -303,10 +304,9 @@ return now
 
 # ARGV: prefix, re-check interval ms, account ids: the unhealthy ones whose re-check is due, each
 # now due again an interval later (so exactly one process re-checks it this time)
-CLAIM = """
+CLAIM = CLOCK + """
+
 local p, every = ARGV[1], tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local claimed = {}
 for i = 3, #ARGV do
   local due = redis.call('HGET', p .. ':unhealthy', ARGV[i])

@@ -6,6 +6,7 @@ during its first ACQUIRE kept an account for good.
 """
 
 import asyncio
+import contextlib
 import uuid
 
 import pytest
@@ -31,6 +32,19 @@ def _accounts():
     return [Account("a0", "access_token", "t0"), Account("a1", "access_token", "t1")]
 
 
+@contextlib.asynccontextmanager
+async def _pool(s):
+    """One RedisPool (one gateway process) and its client, started, closed after."""
+    client = connect(s)
+    pool = RedisPool(s, _accounts(), ["ak"], NoTokens(), client)
+    pool.start()
+    try:
+        yield client, pool
+    finally:
+        pool.close()
+        await client.aclose()
+
+
 async def _slots(client, pool):
     """Each account's leases in Redis, by label."""
     return {a.label: await client.zrange("%s:slots:%s" % (pool.prefix, a.ident), 0, -1)
@@ -41,10 +55,7 @@ def test_a_retry_during_a_new_waiters_first_acquire_leases_it_one_account(server
     s = _settings(server, queue_timeout=5)
 
     async def go():
-        client = connect(s)
-        pool = RedisPool(s, _accounts(), ["ak"], NoTokens(), client)
-        pool.start()
-        try:
+        async with _pool(s) as (client, pool):
             task = asyncio.ensure_future(pool.acquire("m"))
             await asyncio.sleep(0)
             pool._kick()  # what the twice-a-second poll does while a waiter is known
@@ -52,9 +63,6 @@ def test_a_retry_during_a_new_waiters_first_acquire_leases_it_one_account(server
             await asyncio.sleep(0.2)
             booked = [label for label, members in (await _slots(client, pool)).items() if lease.token_id in members]
             assert booked == [lease.label]
-        finally:
-            pool.close()
-            await client.aclose()
     asyncio.run(go())
 
 
@@ -62,12 +70,7 @@ def test_a_lost_grant_to_a_waiter_behind_another_is_taken_by_the_poll(server):
     s = _settings(server, queue_timeout=6)
 
     async def go():
-        ca, cb = connect(s), connect(s)
-        a = RedisPool(s, _accounts(), ["ak"], NoTokens(), ca)
-        b = RedisPool(s, _accounts(), ["ak"], NoTokens(), cb)
-        a.start()
-        b.start()
-        try:
+        async with _pool(s) as (_, a), _pool(s) as (_, b):
             held = [await b.acquire("m"), await b.acquire("m")]  # both accounts busy, in process B
             a0 = next(lease for lease in held if lease.label == "a0")
             a._listener.cancel()  # A hears no grants (its subscription dropped)
@@ -82,11 +85,6 @@ def test_a_lost_grant_to_a_waiter_behind_another_is_taken_by_the_poll(server):
             lease = await asyncio.wait_for(second, 4)
             assert lease.label == "a0" and not first.done()
             first.cancel()
-        finally:
-            a.close()
-            b.close()
-            await ca.aclose()
-            await cb.aclose()
     asyncio.run(go())
 
 
@@ -94,10 +92,7 @@ def test_a_request_cancelled_during_its_first_acquire_holds_no_account(server):
     s = _settings(server, queue_timeout=5)
 
     async def go():
-        client = connect(s)
-        pool = RedisPool(s, _accounts(), ["ak"], NoTokens(), client)
-        pool.start()
-        try:
+        async with _pool(s) as (client, pool):
             task = asyncio.ensure_future(pool.acquire("m"))
             await asyncio.sleep(0)
             task.cancel()
@@ -106,7 +101,4 @@ def test_a_request_cancelled_during_its_first_acquire_holds_no_account(server):
             await asyncio.sleep(3.5)  # past a heartbeat's time, and a few renewals
             assert not any((await _slots(client, pool)).values())
             assert not pool.held and not pool.waiters
-        finally:
-            pool.close()
-            await client.aclose()
     asyncio.run(go())
